@@ -1,0 +1,329 @@
+"""The topology controller: the one stateful object of sparse training, algorithm-agnostic.
+
+It owns named groups of layers (each with its optimizer and, optionally, a target network that mirrors
+it), the updater (method), the schedule and its own seeded ``torch.Generator``. A trainer calls
+:meth:`TopologyController.init_masks` once after building the optimizers, then
+:meth:`TopologyController.step` with its step counter; nothing else is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.utils.hooks import RemovableHandle
+
+from sparse_rl.accounting import forward_flops, training_flops_per_sample
+from sparse_rl.config import SparsityConfig
+from sparse_rl.distributions import allocate
+from sparse_rl.masks import MaskedLayer, attach_mask, find_maskable_layers
+from sparse_rl.sparse_init import unit_scaled_init_
+from sparse_rl.updaters import UPDATERS, Updater
+
+
+class SparsityInvariantError(RuntimeError):
+    """A sparse-training invariant (zero inactive weights, exact counts, target masks) does not hold."""
+
+
+@dataclass
+class SparseGroup:
+    """A network whose maskable layers share one sparsity budget (e.g. ``actor``, ``critic``).
+
+    ``target`` is a structurally identical network (same layer names) that must carry the same masks.
+    """
+
+    name: str
+    module: nn.Module
+    optimizer: Optimizer | None = None
+    target: nn.Module | None = None
+    include: Sequence[str] = ("*",)
+    exclude: Sequence[str] = ()
+    layers: list[MaskedLayer] = field(default_factory=list, init=False)
+    target_layers: list[nn.Module] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        found = find_maskable_layers(self.module, self.include, self.exclude)
+        if not found:
+            raise ValueError(f"group '{self.name}' has no Linear/Conv2d layer matching include={list(self.include)}")
+        self.layers = [MaskedLayer(name, module) for name, module in found.items()]
+        if self.target is not None:
+            target_modules = dict(self.target.named_modules())
+            missing = [layer.name for layer in self.layers if layer.name not in target_modules]
+            if missing:
+                raise ValueError(f"target of group '{self.name}' lacks layers {missing}")
+            self.target_layers = [target_modules[layer.name] for layer in self.layers]
+
+
+def _reset_optimizer_state(optimizer: Optimizer | None, param: torch.Tensor, positions: torch.Tensor) -> None:
+    """Zero every per-element optimizer state tensor of ``param`` (Adam m and v, momentum, ...) at ``positions``."""
+    if optimizer is None or param not in optimizer.state:
+        return
+    for value in optimizer.state[param].values():
+        if torch.is_tensor(value) and value.shape == param.shape:
+            value.masked_fill_(positions, 0)
+
+
+class TopologyController:
+    """Initialises, updates and accounts for the masks of all groups (paper §3, §6)."""
+
+    def __init__(self, groups: Sequence[SparseGroup], config: SparsityConfig, total_steps: int, seed: int) -> None:
+        config.validate()
+        if total_steps <= 0:
+            raise ValueError(f"total_steps must be positive, got {total_steps}")
+        names = [g.name for g in groups]
+        if len(set(names)) != len(names):
+            raise ValueError(f"group names must be unique, got {names}")
+        self.groups = list(groups)
+        self.config = config
+        self.total_steps = total_steps
+        self.updater: Updater = UPDATERS.get(config.method)(config, total_steps)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.num_updates = 0
+        self.last_update_step: int | None = None
+        self.last_update: dict[str, float] = {}
+        self._hooks: list[RemovableHandle] = []
+        self._initialised = False
+
+    @property
+    def sparse(self) -> bool:
+        return self.updater.sparse
+
+    # ------------------------------------------------------------------ initialisation
+    @torch.no_grad()
+    def init_masks(self) -> None:
+        """Allocate per-layer counts, draw masks, zero inactive weights, mirror targets, install optimizer hooks."""
+        if self._initialised:
+            raise RuntimeError("init_masks() was already called")
+        self._initialised = True
+        for group in self.groups:
+            self._measure_output_positions(group)
+            if not self.sparse:
+                continue
+            shapes = [layer.shape for layer in group.layers]
+            counts = allocate(self.config.distribution, shapes, self.config.sparsity_of(group.name))
+            for layer, count in zip(group.layers, counts):
+                layer.allocated = count
+                if self.updater.needs_gradients:
+                    layer.dense_grad = torch.zeros_like(layer.weight)
+                mask = torch.ones(layer.total, dtype=torch.bool)
+                if not self.updater.starts_dense:
+                    mask[:] = False
+                    mask[torch.randperm(layer.total, generator=self.generator)[:count]] = True
+                attach_mask(layer.module)
+                layer.set_mask(mask.view(layer.shape).to(layer.weight.device))
+                if self.config.sparse_init and not self.updater.starts_dense:
+                    unit_scaled_init_(layer, self.generator)
+            for layer, target in zip(group.layers, group.target_layers):
+                attach_mask(target)
+                target.weight_mask.copy_(layer.mask)
+                target.weight.copy_(layer.weight)  # targets start equal to the online network, as in SB3
+            if group.optimizer is not None:
+                self._hooks.append(group.optimizer.register_step_pre_hook(self._make_grad_hook(group)))
+
+    def _measure_output_positions(self, group: SparseGroup) -> None:
+        """Record each layer's output positions per sample at its first forward pass (1 for Linear layers)."""
+        for layer in group.layers:
+            if isinstance(layer.module, nn.Linear):
+                layer.output_positions = 1
+            else:
+                self._record_positions_once(layer)
+
+    @staticmethod
+    def _record_positions_once(layer: MaskedLayer) -> None:
+        handle: RemovableHandle | None = None
+
+        def record(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            layer.output_positions = int(output[0, 0].numel())
+            handle.remove()
+
+        handle = layer.module.register_forward_hook(record)
+
+    def _make_grad_hook(self, group: SparseGroup):
+        """Optimizer pre-step hook: snapshot the dense gradient (RigL), then zero it at inactive positions."""
+        capture = self.updater.needs_gradients
+
+        def hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+            for layer in group.layers:
+                grad = layer.module.weight.grad
+                if grad is None:
+                    continue
+                if capture:
+                    layer.dense_grad.copy_(grad)
+                grad.mul_(layer.module.weight_mask)
+
+        return hook
+
+    def close(self) -> None:
+        """Remove the optimizer hooks (e.g. before handing the networks to another controller)."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+
+    # ------------------------------------------------------------------ updates
+    def step(self, t: int) -> bool:
+        """Update the topology if an update point was reached at step ``t``; True if any mask changed."""
+        if not self._initialised:
+            raise RuntimeError("call init_masks() before step()")
+        if not (self.sparse and self.updater.updates):
+            return False
+        point = self.updater.window.latest_point(t)
+        if point is None or (self.last_update_step is not None and point <= self.last_update_step):
+            return False
+        return self._update(point)
+
+    @torch.no_grad()
+    def _update(self, t: int) -> bool:
+        self.last_update_step = t
+        changed_total, active_total = 0, 0
+        for group in self.groups:
+            for i, layer in enumerate(group.layers):
+                old = layer.mask.clone()
+                new = self.updater.next_mask(layer, t, self.generator)
+                active_total += int(old.sum().item())
+                if new is None:
+                    continue
+                changed = old ^ new
+                changed_total += int((new & ~old).sum().item())
+                self._apply(group, i, new, changed)
+        self.num_updates += 1
+        self.last_update = {
+            "step": float(t),
+            "schedule_value": self.updater.schedule_value(t),
+            "mask_change": changed_total / max(active_total, 1),
+        }
+        return changed_total > 0
+
+    def _apply(self, group: SparseGroup, index: int, new: torch.Tensor, changed: torch.Tensor) -> None:
+        """New connections start at 0 with zero optimizer state; dropped ones are zeroed; targets mirror it."""
+        layer = group.layers[index]
+        layer.weight.masked_fill_(changed, 0.0)
+        layer.set_mask(new)
+        _reset_optimizer_state(group.optimizer, layer.weight, changed)
+        if group.target_layers:
+            target = group.target_layers[index]
+            target.weight_mask.copy_(new)
+            target.weight.masked_fill_(changed, 0.0)
+            target.weight.mul_(new)
+
+    @torch.no_grad()
+    def sync_targets(self) -> None:
+        """Copy online masks into the targets and zero target weights outside them."""
+        for group in self.groups:
+            for layer, target in zip(group.layers, group.target_layers):
+                if hasattr(target, "weight_mask"):
+                    target.weight_mask.copy_(layer.mask)
+                    target.weight.mul_(layer.mask)
+
+    # ------------------------------------------------------------------ checks and accounting
+    def check_invariants(self) -> None:
+        """Raise :class:`SparsityInvariantError` if any sparse-training invariant is violated."""
+        if not self.sparse:
+            return
+        final = (not self.updater.starts_dense) or (
+            self.last_update_step is not None and self.last_update_step >= self.updater.window.end
+        )
+        for group in self.groups:
+            for i, layer in enumerate(group.layers):
+                where = f"group '{group.name}' layer '{layer.name}'"
+                if torch.count_nonzero(layer.weight.detach()[~layer.mask]) != 0:
+                    raise SparsityInvariantError(f"{where}: non-zero weight at an inactive position")
+                if final and layer.active != layer.allocated:
+                    raise SparsityInvariantError(f"{where}: {layer.active} active weights, {layer.allocated} allocated")
+                if group.target_layers:
+                    target = group.target_layers[i]
+                    if not torch.equal(target.weight_mask, layer.mask):
+                        raise SparsityInvariantError(f"{where}: target mask differs from the online mask")
+                    if torch.count_nonzero(target.weight.detach()[~layer.mask]) != 0:
+                        raise SparsityInvariantError(f"{where}: target weight non-zero outside the online mask")
+
+    def stats(self) -> dict[str, Any]:
+        """Per-layer and per-group sparsity, active/total parameters (kernels; kernels + biases) and FLOPs."""
+        groups: dict[str, Any] = {}
+        for group in self.groups:
+            layers = []
+            for layer in group.layers:
+                active = layer.active if self.sparse else layer.total
+                layers.append(
+                    {
+                        "name": layer.name,
+                        "shape": list(layer.shape),
+                        "active": active,
+                        "total": layer.total,
+                        "sparsity": 1.0 - active / layer.total,
+                    }
+                )
+            active = sum(entry["active"] for entry in layers)
+            total = sum(entry["total"] for entry in layers)
+            biases = sum(layer.bias_count for layer in group.layers)
+            positions_known = all(layer.output_positions is not None for layer in group.layers)
+            entry: dict[str, Any] = {
+                "target_sparsity": self.config.sparsity_of(group.name) if self.sparse else 0.0,
+                "sparsity": 1.0 - active / total,
+                "active": active,
+                "total": total,
+                "active_with_bias": active + biases,
+                "total_with_bias": total + biases,
+                "layers": layers,
+            }
+            if positions_known:
+                f_sparse = sum(forward_flops(e["active"], lay.output_positions) for e, lay in zip(layers, group.layers))
+                f_dense = sum(forward_flops(e["total"], lay.output_positions) for e, lay in zip(layers, group.layers))
+                entry["inference_flops"] = f_sparse
+                entry["training_flops_per_sample"] = training_flops_per_sample(
+                    f_sparse, f_dense, self.updater.needs_gradients, self.config.update_interval
+                )
+            groups[group.name] = entry
+        active = sum(g["active"] for g in groups.values())
+        total = sum(g["total"] for g in groups.values())
+        return {
+            "method": self.config.method,
+            "num_updates": self.num_updates,
+            "last_update": dict(self.last_update),
+            "active": active,
+            "total": total,
+            "active_with_bias": sum(g["active_with_bias"] for g in groups.values()),
+            "total_with_bias": sum(g["total_with_bias"] for g in groups.values()),
+            "sparsity": 1.0 - active / total,
+            "groups": groups,
+        }
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: masks, allocations, generator state, update counters."""
+        return {
+            "masks": {f"{g.name}/{layer.name}": layer.mask.clone().cpu() for g in self.groups for layer in g.layers}
+            if self.sparse
+            else {},
+            "allocated": {f"{g.name}/{layer.name}": layer.allocated for g in self.groups for layer in g.layers},
+            "generator": self.generator.get_state(),
+            "num_updates": self.num_updates,
+            "last_update_step": self.last_update_step,
+            "last_update": dict(self.last_update),
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; masks are installed in online and target layers."""
+        if not self._initialised:
+            raise RuntimeError("call init_masks() before load_state_dict()")
+        for group in self.groups:
+            for i, layer in enumerate(group.layers):
+                key = f"{group.name}/{layer.name}"
+                layer.allocated = state["allocated"][key]
+                if not self.sparse:
+                    continue
+                if key not in state["masks"] or tuple(state["masks"][key].shape) != layer.shape:
+                    raise ValueError(f"checkpoint has no mask of shape {layer.shape} for '{key}' (another architecture?)")
+                mask = state["masks"][key].to(device=layer.weight.device, dtype=torch.bool)
+                layer.set_mask(mask)
+                if group.target_layers:
+                    group.target_layers[i].weight_mask.copy_(mask)
+                    group.target_layers[i].weight.mul_(mask)
+        self.generator.set_state(state["generator"])
+        self.num_updates = state["num_updates"]
+        self.last_update_step = state["last_update_step"]
+        self.last_update = dict(state["last_update"])

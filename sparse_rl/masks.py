@@ -1,0 +1,96 @@
+"""Masks on the weights of ``nn.Linear`` and ``nn.Conv2d`` layers.
+
+Implementation choice (DESIGN §2, option (a)): the forward pass stays a plain dense layer. Inactive weights
+are kept exactly zero *in place*; the mask lives as a boolean buffer ``weight_mask`` on the layer (so it is
+part of the module's ``state_dict`` and survives save/load); gradients are masked in an optimizer step
+pre-hook installed by the :class:`~sparse_rl.controller.TopologyController`. Biases are never masked.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+MASK_BUFFER = "weight_mask"
+MASKABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+
+
+def find_maskable_layers(
+    module: nn.Module, include: Sequence[str] = ("*",), exclude: Sequence[str] = ()
+) -> dict[str, nn.Module]:
+    """Linear/Conv2d submodules of ``module`` whose qualified name matches an ``include`` glob and no ``exclude`` glob.
+
+    Returned in ``named_modules`` order (input layer first for sequential networks).
+    """
+    layers: dict[str, nn.Module] = {}
+    for name, sub in module.named_modules():
+        if not isinstance(sub, MASKABLE_TYPES):
+            continue
+        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in include):
+            continue
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude):
+            continue
+        layers[name] = sub
+    return layers
+
+
+def attach_mask(layer: nn.Module) -> torch.Tensor:
+    """The layer's boolean ``weight_mask`` buffer, created all-ones (dense) if absent."""
+    mask = getattr(layer, MASK_BUFFER, None)
+    if mask is None:
+        layer.register_buffer(MASK_BUFFER, torch.ones_like(layer.weight, dtype=torch.bool))
+        mask = getattr(layer, MASK_BUFFER)
+    return mask
+
+
+def fan_in_out(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Active incoming connections per output unit and outgoing per input unit (conv masks summed over space)."""
+    per_pair = mask.reshape(mask.shape[0], mask.shape[1], -1).sum(dim=2) if mask.dim() > 2 else mask
+    per_pair = per_pair.to(torch.float32)
+    return per_pair.sum(dim=1), per_pair.sum(dim=0)
+
+
+@dataclass
+class MaskedLayer:
+    """One masked layer of a group: its module, its allocated final active count, an optional dense-gradient buffer."""
+
+    name: str
+    module: nn.Module
+    allocated: int = 0
+    dense_grad: torch.Tensor | None = field(default=None, repr=False)
+    output_positions: int | None = None  # spatial output positions per sample (1 for Linear); measured at first forward
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.module.weight
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return attach_mask(self.module)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.module.weight.shape)
+
+    @property
+    def total(self) -> int:
+        return self.module.weight.numel()
+
+    @property
+    def active(self) -> int:
+        return int(self.mask.sum().item())
+
+    @property
+    def bias_count(self) -> int:
+        bias = getattr(self.module, "bias", None)
+        return 0 if bias is None else bias.numel()
+
+    def set_mask(self, new_mask: torch.Tensor) -> None:
+        """Install ``new_mask`` and zero the weights it switches off."""
+        with torch.no_grad():
+            self.mask.copy_(new_mask)
+            self.module.weight.mul_(self.mask)

@@ -1,0 +1,133 @@
+"""Which connections change: ``dense``, ``static``, ``set``, ``rigl``, ``prune`` (registry ``UPDATERS``).
+
+An updater proposes a layer's next mask; the :class:`~sparse_rl.controller.TopologyController` applies it
+(zeroing weights, resetting optimizer state, syncing targets). Add a method by registering a subclass.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+
+from sparse_rl.config import SparsityConfig
+from sparse_rl.masks import MaskedLayer
+from sparse_rl.registry import Registry
+from sparse_rl.schedules import DROP_FRACTION_SCHEDULES, UpdateWindow, polynomial_sparsity
+
+UPDATERS: Registry[type[Updater]] = Registry("sparsity method")
+
+
+class Updater:
+    """Base: a sparse method with a random mask at init and no topology updates."""
+
+    sparse: ClassVar[bool] = True  # attaches masks
+    starts_dense: ClassVar[bool] = False  # masks start all-ones (pruning)
+    updates: ClassVar[bool] = False  # changes topology during training
+    needs_gradients: ClassVar[bool] = False  # wants the dense weight gradient of the group's last optimizer step
+
+    def __init__(self, config: SparsityConfig, total_steps: int) -> None:
+        self.config = config
+        self.window = UpdateWindow.from_fractions(
+            total_steps, config.start_fraction, config.end_fraction, config.update_interval
+        )
+
+    def schedule_value(self, t: int) -> float:
+        """The scheduled quantity at step ``t`` (drop fraction or target-sparsity progress), for logging."""
+        return 0.0
+
+    def next_mask(self, layer: MaskedLayer, t: int, generator: torch.Generator) -> torch.Tensor | None:
+        """The layer's next mask at update step ``t``, or ``None`` to leave it unchanged."""
+        return None
+
+
+@UPDATERS.register("dense")
+class DenseUpdater(Updater):
+    """No masks at all: the standard dense network."""
+
+    sparse = False
+
+
+@UPDATERS.register("static")
+class StaticUpdater(Updater):
+    """A random mask drawn at initialisation and kept fixed (paper §3.1)."""
+
+
+def _top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask (shape of ``scores``) of its ``k`` largest entries."""
+    flat = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    if k > 0:
+        flat[torch.topk(scores.flatten(), k, sorted=False).indices] = True
+    return flat.view_as(scores)
+
+
+@UPDATERS.register("set")
+class SETUpdater(Updater):
+    """SET (Mocanu et al. 2018): drop the smallest-|w| active weights, regrow as many at random positions.
+
+    Per layer ``k = floor(f_t · n_active)``; growth candidates are all positions not kept (the just-dropped
+    included), so active counts are conserved exactly. ``f_t`` follows ``drop_fraction_schedule``.
+    """
+
+    updates = True
+
+    def schedule_value(self, t: int) -> float:
+        schedule = DROP_FRACTION_SCHEDULES.get(self.config.drop_fraction_schedule)
+        return schedule(self.config.drop_fraction, self.window.progress(t))
+
+    def grow_scores(self, layer: MaskedLayer, generator: torch.Generator) -> torch.Tensor:
+        """Higher score = grown first. SET: uniform random."""
+        return torch.rand(layer.shape, generator=generator).to(layer.weight.device)
+
+    def next_mask(self, layer: MaskedLayer, t: int, generator: torch.Generator) -> torch.Tensor | None:
+        mask = layer.mask
+        n_active = int(mask.sum().item())
+        n_swap = math.floor(self.schedule_value(t) * n_active)
+        if n_swap == 0:
+            return None
+        neg_inf = torch.tensor(float("-inf"), device=mask.device)
+        kept = _top_k_mask(torch.where(mask, layer.weight.detach().abs(), neg_inf), n_active - n_swap)
+        grown = _top_k_mask(torch.where(kept, neg_inf, self.grow_scores(layer, generator)), n_swap)
+        return kept | grown
+
+
+@UPDATERS.register("rigl")
+class RigLUpdater(SETUpdater):
+    """RigL (Evci et al. 2020): as SET, but regrow where the dense gradient magnitude is largest."""
+
+    needs_gradients = True
+
+    def grow_scores(self, layer: MaskedLayer, generator: torch.Generator) -> torch.Tensor:
+        if layer.dense_grad is None:
+            raise RuntimeError(
+                f"RigL needs the dense gradient of layer '{layer.name}': run its optimizer step before a topology update"
+            )
+        return layer.dense_grad.abs()
+
+
+@UPDATERS.register("prune")
+class PruneUpdater(Updater):
+    """Gradual magnitude pruning (Zhu & Gupta 2017): dense → sparse, keep the largest |w| per layer.
+
+    Layer ``l`` reaches its allocated count at the end of the window: its sparsity at progress ``p`` is
+    ``s_l · (1 − (1 − p)^power)``. Pruned weights never come back.
+    """
+
+    starts_dense = True
+    updates = True
+
+    def schedule_value(self, t: int) -> float:
+        return polynomial_sparsity(self.config.sparsity, self.window.progress(t), self.config.prune_power)
+
+    def next_mask(self, layer: MaskedLayer, t: int, generator: torch.Generator) -> torch.Tensor | None:
+        final_sparsity = 1.0 - layer.allocated / layer.total
+        sparsity_now = polynomial_sparsity(final_sparsity, self.window.progress(t), self.config.prune_power)
+        n_active = int(layer.mask.sum().item())
+        keep = min(n_active, layer.total - round(sparsity_now * layer.total))
+        if t >= self.window.end:
+            keep = min(n_active, layer.allocated)
+        if keep >= n_active:
+            return None
+        neg_inf = torch.tensor(float("-inf"), device=layer.mask.device)
+        return _top_k_mask(torch.where(layer.mask, layer.weight.detach().abs(), neg_inf), keep)

@@ -1,0 +1,78 @@
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparse_rl.distributions import DISTRIBUTIONS, allocate, erk_densities
+
+
+def layer_sparsities(counts, shapes):
+    return [1 - c / math.prod(s) for c, s in zip(counts, shapes)]
+
+
+@pytest.mark.parametrize(
+    "shapes, expected",
+    [
+        # paper_facts §2.2, computed with the reference ERK routine (torch layout: out, in)
+        ([(256, 17), (256, 256), (12, 256)], [0.565, 0.946, 0.395]),
+        ([(256, 23), (256, 256), (1, 256)], [0.586, 0.932, 0.0]),
+        ([(512, 6), (512, 512), (3, 512)], [0.0, 0.916, 0.0]),
+        ([(32, 4, 8, 8), (64, 32, 4, 4), (64, 64, 3, 3), (512, 7744), (6, 512)], [0.70, 0.85, 0.83, 0.90, 0.0]),
+    ],
+)
+def test_erk_reproduces_reference_examples(shapes, expected):
+    counts = allocate("erk", shapes, 0.9)
+    assert layer_sparsities(counts, shapes) == pytest.approx(expected, abs=0.0051)
+    assert sum(counts) == round(0.1 * sum(math.prod(s) for s in shapes))
+
+
+def test_erk_caps_density_at_one_and_resolves_the_rest():
+    shapes = [(512, 6), (512, 512), (3, 512)]
+    densities = erk_densities(shapes, 0.9)
+    assert densities[0] == 1.0 and densities[2] == 1.0
+    assert 0 < densities[1] < 1
+    counts = allocate("erk", shapes, 0.9)
+    assert counts[0] == 512 * 6 and counts[2] == 3 * 512
+
+
+def test_uniform_gives_every_layer_the_same_sparsity():
+    shapes = [(64, 8), (64, 64), (4, 64)]
+    counts = allocate("uniform", shapes, 0.75)
+    assert layer_sparsities(counts, shapes) == pytest.approx([0.75] * 3, abs=1 / 64)
+
+
+def test_er_ignores_kernel_dims_but_erk_does_not():
+    shapes = [(16, 3, 5, 5), (32, 16, 3, 3), (10, 512)]
+    assert allocate("er", shapes, 0.8) != allocate("erk", shapes, 0.8)
+
+
+def test_sparsity_outside_range_is_rejected():
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        allocate("erk", [(4, 4)], 1.0)
+
+
+def test_unknown_distribution_names_valid_choices():
+    with pytest.raises(KeyError, match="er, erk, uniform"):
+        allocate("gaussian", [(4, 4)], 0.5)
+
+
+shape_lists = st.lists(
+    st.one_of(
+        st.tuples(st.integers(1, 300), st.integers(1, 300)),
+        st.tuples(st.integers(1, 32), st.integers(1, 16), st.integers(1, 5), st.integers(1, 5)),
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(shapes=shape_lists, sparsity=st.floats(0.0, 0.995), name=st.sampled_from(DISTRIBUTIONS.names()))
+def test_allocation_total_is_exact_and_within_layer_bounds(shapes, sparsity, name):
+    counts = allocate(name, shapes, sparsity)
+    sizes = [math.prod(s) for s in shapes]
+    assert sum(counts) == round((1 - sparsity) * sum(sizes))
+    assert all(0 <= c <= n for c, n in zip(counts, sizes))
+    if round((1 - sparsity) * sum(sizes)) >= len(sizes):
+        assert all(c >= 1 for c in counts)
