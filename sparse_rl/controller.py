@@ -83,6 +83,7 @@ class TopologyController:
         self.updater: Updater = UPDATERS.get(config.method)(config, total_steps)
         self.generator = torch.Generator().manual_seed(seed)
         self.num_updates = 0
+        self.clock = 0  # the last step passed to step()/tick()
         self.last_update_step: int | None = None
         self.last_update: dict[str, float] = {}
         self._hooks: list[RemovableHandle] = []
@@ -94,8 +95,12 @@ class TopologyController:
 
     # ------------------------------------------------------------------ initialisation
     @torch.no_grad()
-    def init_masks(self) -> None:
-        """Allocate per-layer counts, draw masks, zero inactive weights, mirror targets, install optimizer hooks."""
+    def init_masks(self, existing: bool = False) -> None:
+        """Allocate per-layer counts, draw masks, zero inactive weights, mirror targets, install optimizer hooks.
+
+        With ``existing=True`` the masks already in the layers' ``weight_mask`` buffers (e.g. a loaded model) are
+        adopted instead of drawn; for methods with a fixed count they must match the allocation.
+        """
         if self._initialised:
             raise RuntimeError("init_masks() was already called")
         self._initialised = True
@@ -109,6 +114,9 @@ class TopologyController:
                 layer.allocated = count
                 if self.updater.needs_gradients:
                     layer.dense_grad = torch.zeros_like(layer.weight)
+                if existing:
+                    self._adopt_mask(group, layer)
+                    continue
                 mask = torch.ones(layer.total, dtype=torch.bool)
                 if not self.updater.starts_dense:
                     mask[:] = False
@@ -120,9 +128,21 @@ class TopologyController:
             for layer, target in zip(group.layers, group.target_layers):
                 attach_mask(target)
                 target.weight_mask.copy_(layer.mask)
-                target.weight.copy_(layer.weight)  # targets start equal to the online network, as in SB3
+                if not existing:
+                    target.weight.copy_(layer.weight)  # targets start equal to the online network, as in SB3
+                target.weight.mul_(layer.mask)
             if group.optimizer is not None:
                 self._hooks.append(group.optimizer.register_step_pre_hook(self._make_grad_hook(group)))
+
+    def _adopt_mask(self, group: SparseGroup, layer: MaskedLayer) -> None:
+        if not hasattr(layer.module, "weight_mask"):
+            raise ValueError(f"layer '{group.name}/{layer.name}' has no weight_mask to adopt (not a sparse model?)")
+        if not self.updater.starts_dense and layer.active != layer.allocated:
+            raise ValueError(
+                f"layer '{group.name}/{layer.name}' has {layer.active} active weights but the configured sparsity "
+                f"allocates {layer.allocated}: the model was trained with another sparsity or distribution"
+            )
+        layer.set_mask(layer.mask.clone())
 
     def _measure_output_positions(self, group: SparseGroup) -> None:
         """Record each layer's output positions per sample at its first forward pass (1 for Linear layers)."""
@@ -168,12 +188,17 @@ class TopologyController:
         """Update the topology if an update point was reached at step ``t``; True if any mask changed."""
         if not self._initialised:
             raise RuntimeError("call init_masks() before step()")
+        self.clock = t
         if not (self.sparse and self.updater.updates):
             return False
         point = self.updater.window.latest_point(t)
         if point is None or (self.last_update_step is not None and point <= self.last_update_step):
             return False
         return self._update(point)
+
+    def tick(self) -> bool:
+        """Advance the controller's own clock by one step and :meth:`step` there (for optimizer-step clocks)."""
+        return self.step(self.clock + 1)
 
     @torch.no_grad()
     def _update(self, t: int) -> bool:
@@ -301,6 +326,7 @@ class TopologyController:
             "allocated": {f"{g.name}/{layer.name}": layer.allocated for g in self.groups for layer in g.layers},
             "generator": self.generator.get_state(),
             "num_updates": self.num_updates,
+            "clock": self.clock,
             "last_update_step": self.last_update_step,
             "last_update": dict(self.last_update),
         }
@@ -325,5 +351,6 @@ class TopologyController:
                     group.target_layers[i].weight.mul_(mask)
         self.generator.set_state(state["generator"])
         self.num_updates = state["num_updates"]
+        self.clock = state["clock"]
         self.last_update_step = state["last_update_step"]
         self.last_update = dict(state["last_update"])

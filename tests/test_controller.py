@@ -222,3 +222,30 @@ def test_bad_configs_are_rejected():
         SparseGroup("q", nn.ReLU())
     with pytest.raises(ValueError, match="unique"):
         TopologyController([SparseGroup("q", net), SparseGroup("q", net)], core_config("set"), 10, 0)
+
+
+def test_existing_masks_are_adopted_and_checked():
+    agent = make_toy_agent("set", sparsity=0.8)
+    for t in range(1, 30):
+        agent.train_step(t)
+    masks = [layer.mask.clone() for g in agent.controller.groups for layer in g.layers]
+    agent.controller.close()
+    adopted = TopologyController(agent.controller.groups, core_config("set", 0.8), 1000, seed=5)
+    adopted.init_masks(existing=True)
+    assert all(torch.equal(m, layer.mask) for m, layer in zip(masks, [la for g in adopted.groups for la in g.layers]))
+    wrong = TopologyController(agent.controller.groups, core_config("set", 0.5), 1000, seed=5)
+    with pytest.raises(ValueError, match="another sparsity"):
+        wrong.init_masks(existing=True)
+
+
+def test_tick_advances_the_clock_and_updates_on_schedule():
+    agent = make_toy_agent("rigl", total_steps=100, update_interval=10)
+    agent.critic_opt.zero_grad()
+    agent.critic(torch.randn(4, 10)).sum().backward()
+    agent.critic_opt.step()
+    agent.actor_opt.zero_grad()
+    agent.actor(torch.randn(4, 8)).sum().backward()
+    agent.actor_opt.step()
+    changes = [agent.controller.tick() for _ in range(10)]
+    assert agent.controller.clock == 10 and agent.controller.num_updates == 1
+    assert changes[-1] and not any(changes[:-1])

@@ -1,0 +1,73 @@
+"""Build an SB3 model from the agent config and put a topology controller on it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from gymnasium import spaces
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.vec_env import VecEnv
+from torch import nn
+
+from agents.registry import AgentSpec
+from sparse_rl.config import SparsityConfig
+from sparse_rl.controller import TopologyController
+
+
+def observation_kind(space: spaces.Space) -> str:
+    """``cnn`` for image observations (SB3's check), else ``mlp``."""
+    return "cnn" if is_image_space(space) else "mlp"
+
+
+def _linear_schedule(initial: float):
+    """Learning rate decayed linearly to 0 over training (SB3 passes the remaining progress 1 → 0)."""
+    return lambda progress_remaining: progress_remaining * initial
+
+
+def sb3_kwargs(agent_cfg: Mapping[str, Any], net_arch: Any) -> dict[str, Any]:
+    """SB3 constructor kwargs: ``agent.sb3`` plus net_arch, activation and the learning-rate schedule."""
+    kwargs = dict(agent_cfg["sb3"])
+    policy_kwargs = dict(kwargs.pop("policy_kwargs", None) or {})
+    policy_kwargs["net_arch"] = net_arch
+    policy_kwargs["activation_fn"] = getattr(nn, agent_cfg["activation"])
+    kwargs["policy_kwargs"] = policy_kwargs
+    if agent_cfg["lr_schedule"] == "linear":
+        kwargs["learning_rate"] = _linear_schedule(kwargs["learning_rate"])
+    elif agent_cfg["lr_schedule"] != "constant":
+        raise ValueError(f"unknown agent.lr_schedule '{agent_cfg['lr_schedule']}'; valid choices: constant, linear")
+    return kwargs
+
+
+def build_model(
+    spec: AgentSpec,
+    agent_cfg: Mapping[str, Any],
+    env: VecEnv,
+    *,
+    net_arch: Any,
+    sparse: bool,
+    seed: int,
+    device: str,
+    tensorboard_log: str | None = None,
+) -> BaseAlgorithm:
+    """A fresh SB3 model; sparse methods get the mask-carrying policy class."""
+    policy = spec.policy(observation_kind(env.observation_space), sparse)
+    return spec.algo(
+        policy, env, seed=seed, device=device, tensorboard_log=tensorboard_log, verbose=0, **sb3_kwargs(agent_cfg, net_arch)
+    )
+
+
+def attach_controller(
+    model: BaseAlgorithm, spec: AgentSpec, config: SparsityConfig, total_timesteps: int, seed: int, existing: bool = False
+) -> TopologyController:
+    """A controller over the model's groups, clocked by gradient steps (the optimizer's ``step`` calls).
+
+    The clock runs in an optimizer post-step hook, so topology changes happen between two gradient steps —
+    as in the paper's trainers — without touching SB3's training loops.
+    """
+    controller = TopologyController(spec.groups(model), config, spec.gradient_steps(model, total_timesteps), seed)
+    controller.init_masks(existing=existing)
+    if controller.sparse and controller.updater.updates:
+        spec.clock_optimizer(model).register_step_post_hook(lambda optimizer, args, kwargs: controller.tick())
+    return controller

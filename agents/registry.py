@@ -1,0 +1,101 @@
+"""The agents registry: how each SB3 algorithm is made sparse (which networks form which group, which
+optimizer step drives the topology clock, how many gradient steps a run has)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from stable_baselines3 import DQN, PPO, SAC
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.policies import BasePolicy
+from torch.optim import Optimizer
+
+from agents import policies
+from sparse_rl.controller import SparseGroup
+from sparse_rl.registry import Registry
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """One algorithm's adapter: SB3 class, policies, groups and clock."""
+
+    name: str
+    algo: type[BaseAlgorithm]
+    action_spaces: tuple[str, ...]
+    dense_policies: dict[str, str]  # observation kind (mlp, cnn) -> SB3 policy name
+    sparse_policies: dict[str, type[BasePolicy]]
+    groups: Callable[[BaseAlgorithm], list[SparseGroup]]
+    clock_optimizer: Callable[[BaseAlgorithm], Optimizer]  # its step() is one gradient step of the paper's clock
+    gradient_steps: Callable[[BaseAlgorithm, int], int]  # total gradient steps for a budget of env steps
+
+    def policy(self, observation_kind: str, sparse: bool) -> str | type[BasePolicy]:
+        return self.sparse_policies[observation_kind] if sparse else self.dense_policies[observation_kind]
+
+
+AGENTS: Registry[AgentSpec] = Registry("agent")
+
+
+def _off_policy_gradient_steps(model: BaseAlgorithm, total_timesteps: int) -> int:
+    """Gradient steps of SAC/DQN: one batch of ``gradient_steps`` every ``train_freq`` env steps after warm-up."""
+    collected = max(total_timesteps - model.learning_starts, 1)
+    per_call = model.gradient_steps if model.gradient_steps > 0 else model.train_freq.frequency * model.n_envs
+    return max(1, collected // (model.train_freq.frequency * model.n_envs) * per_call)
+
+
+def _ppo_gradient_steps(model: BaseAlgorithm, total_timesteps: int) -> int:
+    """PPO: iterations × epochs × minibatches (paper §1: 489 × 10 × 32 = 156,480 for 1M steps)."""
+    rollout = model.n_steps * model.n_envs
+    return max(1, math.ceil(total_timesteps / rollout) * model.n_epochs * math.ceil(rollout / model.batch_size))
+
+
+AGENTS.register("sac")(
+    AgentSpec(
+        name="sac",
+        algo=SAC,
+        action_spaces=("continuous",),
+        dense_policies={"mlp": "MlpPolicy", "cnn": "CnnPolicy"},
+        sparse_policies={"mlp": policies.SparseSACPolicy, "cnn": policies.SparseSACCnnPolicy},
+        groups=lambda m: [
+            SparseGroup("actor", m.actor, m.actor.optimizer),
+            SparseGroup("critic", m.critic, m.critic.optimizer, target=m.critic_target),
+        ],
+        clock_optimizer=lambda m: m.actor.optimizer,  # SB3 steps the critic, then the actor (paper §6 order)
+        gradient_steps=_off_policy_gradient_steps,
+    )
+)
+
+AGENTS.register("dqn")(
+    AgentSpec(
+        name="dqn",
+        algo=DQN,
+        action_spaces=("discrete",),
+        dense_policies={"mlp": "MlpPolicy", "cnn": "CnnPolicy"},
+        sparse_policies={"mlp": policies.SparseDQNPolicy, "cnn": policies.SparseDQNCnnPolicy},
+        groups=lambda m: [SparseGroup("q", m.q_net, m.policy.optimizer, target=m.q_net_target)],
+        clock_optimizer=lambda m: m.policy.optimizer,
+        gradient_steps=_off_policy_gradient_steps,
+    )
+)
+
+AGENTS.register("ppo")(
+    AgentSpec(
+        name="ppo",
+        algo=PPO,
+        action_spaces=("continuous", "discrete"),
+        dense_policies={"mlp": "MlpPolicy", "cnn": "CnnPolicy"},
+        sparse_policies={"mlp": policies.SparsePPOPolicy, "cnn": policies.SparsePPOCnnPolicy},
+        groups=lambda m: [
+            SparseGroup(
+                "actor",
+                m.policy,
+                m.policy.optimizer,
+                include=("mlp_extractor.policy_net.*", "action_net", "features_extractor.*"),
+            ),
+            SparseGroup("critic", m.policy, m.policy.optimizer, include=("mlp_extractor.value_net.*", "value_net")),
+        ],
+        clock_optimizer=lambda m: m.policy.optimizer,
+        gradient_steps=_ppo_gradient_steps,
+    )
+)

@@ -1,0 +1,256 @@
+"""``python -m sparse_rl.run``: train one agent. The composition root: config → env → agent → controller → learn.
+
+    python -m sparse_rl.run agent=sac env=HalfCheetah sparsity=rigl sparsity.sparsity=0.9 seed=3
+    python -m sparse_rl.run -m agent=dqn env=CartPole sparsity=dense,rigl seed=0,1,2
+
+Writes to ``run_dir``: ``.hydra/config.yaml``, ``progress.csv``, TensorBoard events, ``evaluations.npz``,
+``checkpoint/`` (model with optimizers, controller, replay buffer), ``model.zip`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+
+from agents import AGENTS, AgentSpec, attach_controller, build_model
+from agents.callbacks import PeriodicCallback, ResumableEvalCallback, TopologyLoggerCallback
+from envs import EnvSpec, check_action_space, make_vec_env
+from sparse_rl.checkpoint import atomic_write, atomic_write_json, latest_checkpoint, write_checkpoint
+from sparse_rl.config import SparsityConfig
+from sparse_rl.run_config import RunSchema, core_sparsity_config
+
+ConfigStore.instance().store(name="run_schema", node=RunSchema)
+
+LAST_FRACTION = 0.1  # per-run score: mean of the last 10% of evaluations (paper_facts §1)
+EVAL_SEED_OFFSET = 10_000  # evaluation env seeds differ from training env seeds
+GROUP_OVERRIDES = ("actor", "critic", "q")
+VERSIONED_PACKAGES = ("torch", "stable-baselines3", "gymnasium", "numpy", "hydra-core", "sparse_rl")
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line, before anything is written."""
+
+
+@dataclass
+class Plan:
+    """A validated run: everything needed to build it, nothing built yet."""
+
+    cfg: DictConfig
+    agent: AgentSpec
+    env: EnvSpec
+    sparsity: SparsityConfig
+    run_dir: Path
+    checkpoint: Path | None
+
+
+def _positive(name: str, value: int, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UsageError(f"{name} must be {'>= 0' if allow_zero else 'positive'}, got {value}")
+
+
+def plan_run(cfg: DictConfig) -> Plan:
+    """Validate the whole config (agent, env, method, budgets, run directory) without side effects."""
+    try:
+        agent = AGENTS.get(cfg.agent.name)
+        env = EnvSpec.from_config(cfg.env)
+        check_action_space(env, agent.action_spaces, agent.name)
+        sparsity = core_sparsity_config(cfg.sparsity)
+        sparsity.validate()
+    except (KeyError, ValueError) as error:
+        raise UsageError(error.args[0] if error.args else str(error)) from error
+    groups = {"sac": ("actor", "critic"), "ppo": ("actor", "critic"), "dqn": ("q",)}[agent.name]
+    for group in sparsity.group_sparsity:
+        if group not in groups:
+            raise UsageError(f"sparsity.{group} is not a group of agent '{agent.name}'; its groups: {', '.join(groups)}")
+    if sparsity.group_sparsity and sparsity.method == "dense":
+        raise UsageError("per-group sparsity overrides need a sparse method; valid choices: static, set, rigl, prune")
+    _positive("agent.total_timesteps", cfg.agent.total_timesteps)
+    _positive("agent.n_envs", cfg.agent.n_envs)
+    _positive("agent.eval_freq", cfg.agent.eval_freq)
+    _positive("agent.eval_episodes", cfg.agent.eval_episodes)
+    _positive("checkpoint_freq", cfg.checkpoint_freq, allow_zero=True)
+    _positive("torch_threads", cfg.torch_threads)
+    run_dir = Path(cfg.run_dir)
+    checkpoint = latest_checkpoint(run_dir)
+    if cfg.resume and checkpoint is None:
+        raise UsageError(f"resume=true but {run_dir} has no checkpoint to resume from")
+    if not cfg.resume and (checkpoint is not None or (run_dir / "summary.json").exists()):
+        raise UsageError(f"{run_dir} already holds a run; pass resume=true to continue it, or choose another run_dir/seed")
+    return Plan(cfg, agent, env, sparsity, run_dir, checkpoint if cfg.resume else None)
+
+
+def _make_envs(plan: Plan) -> tuple[VecEnv, VecEnv]:
+    cfg = plan.cfg
+    train_env = make_vec_env(plan.env, cfg.agent.n_envs, cfg.seed)
+    eval_env = make_vec_env(plan.env, 1, cfg.seed + EVAL_SEED_OFFSET)
+    if cfg.agent.normalize:
+        train_env = VecNormalize(train_env)
+        eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
+        if plan.checkpoint is not None:
+            train_env = VecNormalize.load(str(plan.checkpoint / "vecnormalize.pkl"), train_env.venv)
+    return train_env, eval_env
+
+
+def _save_checkpoint(plan: Plan, model: Any, controller: Any, num_timesteps: int) -> None:
+    controller.check_invariants()
+
+    def write_files(folder: Path) -> None:
+        model.save(folder / "model.zip")
+        torch.save(controller.state_dict(), folder / "controller.pt")
+        if plan.cfg.save_replay_buffer and hasattr(model, "replay_buffer"):
+            model.save_replay_buffer(folder / "replay_buffer.pkl")
+        if isinstance(model.get_env(), VecNormalize):
+            model.get_env().save(str(folder / "vecnormalize.pkl"))
+        atomic_write_json(folder / "meta.json", {"num_timesteps": num_timesteps})
+
+    write_checkpoint(plan.run_dir, write_files)
+
+
+def _score(eval_results: np.ndarray) -> float | None:
+    """Mean of the last 10% of evaluation points (at least one), episodes averaged first."""
+    if len(eval_results) == 0:
+        return None
+    per_eval = np.asarray(eval_results, dtype=float).mean(axis=1)
+    n_last = max(1, int(np.ceil(LAST_FRACTION * len(per_eval))))
+    return float(per_eval[-n_last:].mean())
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "unknown"
+    return versions
+
+
+def _summary(plan: Plan, status: str, controller: Any, eval_cb: Any, wall: float, steps: int, **extra: Any) -> dict:
+    stats = controller.stats()
+    return {
+        "status": status,
+        "agent": plan.agent.name,
+        "env": plan.env.name,
+        "method": plan.sparsity.method,
+        "sparsity": plan.sparsity.sparsity,
+        "group_sparsity": plan.sparsity.group_sparsity,
+        "seed": int(plan.cfg.seed),
+        "score": _score(eval_cb.evaluations_results) if eval_cb is not None else None,
+        "score_protocol": "mean of the last 10% of evaluations (deterministic policy)",
+        "num_timesteps": steps,
+        "params": {k: stats[k] for k in ("active", "total", "active_with_bias", "total_with_bias")},
+        "param_convention": "active = non-masked kernel weights; *_with_bias adds all biases (the paper's logging)",
+        "groups": stats["groups"],
+        "topology": {"num_updates": stats["num_updates"], "gradient_steps": controller.clock},
+        "wall_time_s": wall,
+        "env_steps_per_s": steps / wall if wall > 0 else None,
+        "versions": _versions(),
+        **extra,
+    }
+
+
+def train(plan: Plan) -> dict:
+    """Build everything from a validated plan, train, and write the run directory. Returns the summary."""
+    cfg = plan.cfg
+    torch.set_num_threads(cfg.torch_threads)
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(plan.run_dir / ".hydra" / "config.yaml", lambda tmp: OmegaConf.save(cfg, tmp, resolve=True))
+    train_env, eval_env = _make_envs(plan)
+    net_arch = OmegaConf.to_container(cfg.agent.net_arch)
+    agent_cfg = OmegaConf.to_container(cfg.agent, resolve=True)
+    if plan.checkpoint is None:
+        model = build_model(
+            plan.agent,
+            agent_cfg,
+            train_env,
+            net_arch=net_arch,
+            sparse=plan.sparsity.method != "dense",
+            seed=cfg.seed,
+            device=cfg.device,
+        )
+        resumed_at = None
+    else:
+        model = plan.agent.algo.load(plan.checkpoint / "model.zip", env=train_env, device=cfg.device)
+        if (plan.checkpoint / "replay_buffer.pkl").exists():
+            model.load_replay_buffer(plan.checkpoint / "replay_buffer.pkl")
+        resumed_at = model.num_timesteps
+    controller = attach_controller(
+        model, plan.agent, plan.sparsity, cfg.agent.total_timesteps, cfg.seed, existing=plan.checkpoint is not None
+    )
+    if plan.checkpoint is not None:
+        controller.load_state_dict(torch.load(plan.checkpoint / "controller.pt", weights_only=True))
+    model.set_logger(configure(str(plan.run_dir), ["csv", "tensorboard"] if cfg.tensorboard else ["csv"]))
+    eval_cb = ResumableEvalCallback(
+        eval_env,
+        n_eval_episodes=cfg.agent.eval_episodes,
+        eval_freq=max(cfg.agent.eval_freq // cfg.agent.n_envs, 1),
+        log_path=str(plan.run_dir),
+        deterministic=True,
+        verbose=0,
+        resume_from=resumed_at,
+    )
+    callbacks = [TopologyLoggerCallback(controller), eval_cb]
+    if cfg.checkpoint_freq > 0:
+        callbacks.append(PeriodicCallback(cfg.checkpoint_freq, lambda t: _save_checkpoint(plan, model, controller, t)))
+    start = time.perf_counter()
+    steps_before = model.num_timesteps
+    atomic_write_json(plan.run_dir / "summary.json", _summary(plan, "running", controller, None, 0.0, steps_before))
+    try:
+        model.learn(
+            total_timesteps=cfg.agent.total_timesteps - steps_before,
+            callback=callbacks,
+            progress_bar=cfg.progress_bar,
+            reset_num_timesteps=plan.checkpoint is None,
+        )
+    except BaseException as error:
+        wall = time.perf_counter() - start
+        summary = _summary(plan, "failed", controller, eval_cb, wall, model.num_timesteps, error=repr(error))
+        atomic_write_json(plan.run_dir / "summary.json", summary)
+        raise
+    wall = time.perf_counter() - start
+    _save_checkpoint(plan, model, controller, model.num_timesteps)
+    model.save(plan.run_dir / "model.zip")
+    summary = _summary(plan, "completed", controller, eval_cb, wall, model.num_timesteps - steps_before)
+    summary["num_timesteps"] = model.num_timesteps
+    atomic_write_json(plan.run_dir / "summary.json", summary)
+    train_env.close()
+    eval_env.close()
+    return summary
+
+
+def _remove_empty_dirs(path: Path) -> None:
+    """Remove ``path`` and its empty parents (Hydra creates the run directory before the config is validated)."""
+    cwd = Path.cwd().resolve()
+    path = path.resolve()
+    while path != cwd and path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        path = path.parent
+
+
+@hydra.main(config_path="../configs", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns the run's score (for sweepers)."""
+    try:
+        plan = plan_run(cfg)
+    except UsageError as error:
+        _remove_empty_dirs(Path(cfg.run_dir))
+        sys.exit(f"error: {error}")
+    summary = train(plan)
+    print(f"{plan.run_dir}: score {summary['score']}, {summary['env_steps_per_s']:.0f} env-steps/s")
+    return summary["score"]
+
+
+if __name__ == "__main__":
+    main()

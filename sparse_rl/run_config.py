@@ -1,0 +1,87 @@
+"""Structured schema of the ``python -m sparse_rl.run`` config: a misspelled key fails at once.
+
+Values live in ``configs/`` (each with a comment citing its source); here are only types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+from sparse_rl.config import SparsityConfig
+
+
+@dataclass
+class AgentSchema:
+    name: str = MISSING  # dqn, sac, ppo
+    total_timesteps: int = MISSING  # env steps
+    n_envs: int = MISSING
+    net_arch: Any = MISSING  # hidden sizes, list (shared by actor and critic) or SB3's dict form
+    activation: str = MISSING  # torch.nn class name
+    lr_schedule: str = MISSING  # constant or linear (to 0)
+    normalize: bool = MISSING  # VecNormalize observations and rewards
+    eval_freq: int = MISSING  # env steps between evaluations
+    eval_episodes: int = MISSING
+    sb3: dict[str, Any] = field(default_factory=dict)  # SB3 constructor kwargs, SB3's names
+
+
+@dataclass
+class EnvSchema:
+    name: str = MISSING
+    family: str = MISSING
+    id: str = MISSING
+    action_space: str = MISSING
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SparsitySchema:
+    method: str = MISSING
+    sparsity: float = MISSING
+    distribution: str = MISSING
+    update_interval: int = MISSING  # gradient steps
+    start_fraction: float = MISSING
+    end_fraction: float = MISSING
+    drop_fraction: float = MISSING
+    drop_fraction_schedule: str = MISSING
+    sparse_init: bool = MISSING
+    prune_power: int = MISSING
+    actor: float | None = None  # per-group overrides of `sparsity`
+    critic: float | None = None
+    q: float | None = None
+
+
+@dataclass
+class RunSchema:
+    agent: AgentSchema = field(default_factory=AgentSchema)
+    env: EnvSchema = field(default_factory=EnvSchema)
+    sparsity: SparsitySchema = field(default_factory=SparsitySchema)
+    seed: int = MISSING
+    device: str = MISSING
+    torch_threads: int = MISSING
+    run_dir: str = MISSING
+    resume: bool = MISSING
+    checkpoint_freq: int = MISSING  # env steps; 0 disables
+    save_replay_buffer: bool = MISSING
+    progress_bar: bool = MISSING
+    tensorboard: bool = MISSING
+
+
+def core_sparsity_config(sparsity: Any) -> SparsityConfig:
+    """The core's :class:`SparsityConfig` from the ``sparsity`` config node."""
+    overrides = {group: getattr(sparsity, group) for group in ("actor", "critic", "q") if getattr(sparsity, group) is not None}
+    return SparsityConfig(
+        method=sparsity.method,
+        sparsity=float(sparsity.sparsity),
+        distribution=sparsity.distribution,
+        update_interval=int(sparsity.update_interval),
+        start_fraction=float(sparsity.start_fraction),
+        end_fraction=float(sparsity.end_fraction),
+        drop_fraction=float(sparsity.drop_fraction),
+        drop_fraction_schedule=sparsity.drop_fraction_schedule,
+        sparse_init=bool(sparsity.sparse_init),
+        prune_power=int(sparsity.prune_power),
+        group_sparsity={k: float(v) for k, v in overrides.items()},
+    )

@@ -1,0 +1,37 @@
+"""Compose run configs in tests exactly as the command line does (Hydra compose API)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+import sparse_rl.run  # noqa: F401  (registers the structured schema)
+
+CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
+
+# Tiny budgets per agent on fast envs: small nets, early learning, frequent topology updates.
+TINY = {
+    "sac": ["env=Pendulum", "agent.total_timesteps=300", "agent.sb3.learning_starts=100", "agent.sb3.buffer_size=1000"],
+    "dqn": ["env=CartPole", "agent.total_timesteps=300", "agent.sb3.learning_starts=100", "agent.sb3.buffer_size=1000"],
+    "ppo": [
+        "env=CartPole",
+        "agent.total_timesteps=256",
+        "agent.sb3.n_steps=64",
+        "agent.sb3.batch_size=32",
+        "agent.sb3.n_epochs=2",
+    ],
+}
+COMMON = ["agent.net_arch=[32,32]", "agent.eval_freq=100", "agent.eval_episodes=1", "progress_bar=false", "tensorboard=false"]
+
+
+def compose_run(overrides: list[str]):
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def tiny_run(agent: str, method: str, run_dir: Path, *extra: str):
+    overrides = [f"agent={agent}", f"sparsity={method}", *TINY[agent], *COMMON, f"run_dir={run_dir}", *extra]
+    if method != "dense":
+        overrides += ["sparsity.update_interval=5"]
+    return compose_run(overrides)
