@@ -24,6 +24,7 @@ ATARI_WRAPPER_KWARGS: dict[str, Any] = {
     "screen_size": 84,
     "terminal_on_life_loss": False,
     "clip_reward": True,
+    "noop_max": 0,  # paper/Dopamine: sticky actions (p=0.25) instead of random no-op starts
 }
 
 

@@ -11,6 +11,9 @@ from torch import nn
 
 from sparse_rl import SparseGroup, SparsityConfig, TopologyController
 
+# One torch thread per test process: parallel workers with several threads each slow down badly (ecosystem_facts).
+torch.set_num_threads(1)
+
 
 def core_config(method: str, sparsity: float = 0.9, **overrides) -> SparsityConfig:
     """A fully specified core config; values are test values, not defaults."""

@@ -1,0 +1,67 @@
+"""Analysis of training runs: load run directories, score, aggregate with rliable, tables and plots.
+
+Entry point: ``python -m sparse_rl.analyze RUNS_DIR``. Imports neither stable-baselines3 nor gymnasium.
+"""
+
+from sparse_rl.analysis.aggregate import (
+    BOOTSTRAP_REPS,
+    CI_LEVEL,
+    MATCHED_METHOD,
+    Estimate,
+    ScoreMatrix,
+    improvement_over_matched,
+    iqm,
+    mean_ci,
+    performance_profiles,
+    probability_of_improvement,
+    score_matrix,
+    seeded_numpy,
+)
+from sparse_rl.analysis.curves import curve_frame, mean_curves
+from sparse_rl.analysis.discovery import find_run_dirs
+from sparse_rl.analysis.frame import ordered_labels, scores_frame
+from sparse_rl.analysis.loading import check_runs, load_run, load_runs
+from sparse_rl.analysis.normalize import NORMALIZATIONS, NormalizationError, normalize
+from sparse_rl.analysis.records import Issue, RunRecord, run_label
+from sparse_rl.analysis.report import AnalysisResult, NoUsableRunsError, analyze
+from sparse_rl.analysis.scores import LAST_FRACTION, last_fraction_mean, n_last
+from sparse_rl.analysis.tables import aggregate_table, markdown_table, per_env_table, runs_table
+
+__all__ = [
+    "BOOTSTRAP_REPS",
+    "CI_LEVEL",
+    "LAST_FRACTION",
+    "MATCHED_METHOD",
+    "NORMALIZATIONS",
+    "AnalysisResult",
+    "Estimate",
+    "Issue",
+    "NoUsableRunsError",
+    "NormalizationError",
+    "RunRecord",
+    "ScoreMatrix",
+    "aggregate_table",
+    "analyze",
+    "check_runs",
+    "curve_frame",
+    "find_run_dirs",
+    "improvement_over_matched",
+    "iqm",
+    "last_fraction_mean",
+    "load_run",
+    "load_runs",
+    "markdown_table",
+    "mean_ci",
+    "mean_curves",
+    "n_last",
+    "normalize",
+    "ordered_labels",
+    "per_env_table",
+    "performance_profiles",
+    "probability_of_improvement",
+    "run_label",
+    "runs_table",
+    "score_matrix",
+    "scores_frame",
+    "seeded_numpy",
+]
