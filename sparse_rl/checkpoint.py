@@ -1,33 +1,14 @@
-"""Atomic files and checkpoint directories: a crash never leaves a truncated result behind."""
+"""Checkpoint directories, swapped in atomically: a crash leaves the previous complete checkpoint."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 CHECKPOINT_DIR = "checkpoint"
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` then rename ``tmp_path`` onto ``path`` (same directory, so the rename is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=float)))
 
 
 def write_checkpoint(run_dir: Path, write_files: Callable[[Path], None]) -> None:

@@ -27,7 +27,8 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from agents import AGENTS, AgentSpec, attach_controller, build_model
 from agents.callbacks import PeriodicCallback, ResumableEvalCallback, TopologyLoggerCallback
 from envs import EnvSpec, check_action_space, make_vec_env
-from sparse_rl.checkpoint import atomic_write, atomic_write_json, latest_checkpoint, write_checkpoint
+from sparse_rl.atomic import atomic_write, atomic_write_json
+from sparse_rl.checkpoint import latest_checkpoint, write_checkpoint
 from sparse_rl.config import SparsityConfig
 from sparse_rl.run_config import RunSchema, core_sparsity_config
 

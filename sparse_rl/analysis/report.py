@@ -10,7 +10,6 @@ import pandas as pd
 
 from sparse_rl.analysis import aggregate as agg
 from sparse_rl.analysis import plots
-from sparse_rl.analysis.atomic import atomic_write, atomic_write_text
 from sparse_rl.analysis.curves import curve_frame
 from sparse_rl.analysis.frame import ordered_labels, scores_frame
 from sparse_rl.analysis.loading import PROGRESS_MIN_RUNS, load_runs
@@ -18,6 +17,7 @@ from sparse_rl.analysis.normalize import REFERENCE_METHOD, normalize
 from sparse_rl.analysis.records import RunRecord
 from sparse_rl.analysis.scores import LAST_FRACTION
 from sparse_rl.analysis.tables import aggregate_table, markdown_table, per_env_table, runs_table
+from sparse_rl.atomic import atomic_write, atomic_write_text
 
 DEFAULT_OUT = "analysis"  # under the runs directory
 
