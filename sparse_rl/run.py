@@ -10,6 +10,7 @@ Writes to ``run_dir``: ``.hydra/config.yaml``, ``progress.csv``, TensorBoard eve
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -20,23 +21,25 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents import AGENTS, AgentSpec, attach_controller, build_model
 from agents.callbacks import PeriodicCallback, ResumableEvalCallback, TopologyLoggerCallback
+from agents.matching import HIDDEN_KEYS, equal_parameter_net_arch
 from envs import EnvSpec, check_action_space, make_vec_env
 from sparse_rl.atomic import atomic_write, atomic_write_json
 from sparse_rl.checkpoint import latest_checkpoint, write_checkpoint
 from sparse_rl.config import SparsityConfig
-from sparse_rl.run_config import RunSchema, core_sparsity_config
+from sparse_rl.run_config import EQUAL_PARAMETER_METHOD, RunSchema, core_sparsity_config
 
 ConfigStore.instance().store(name="run_schema", node=RunSchema)
 
 LAST_FRACTION = 0.1  # per-run score: mean of the last 10% of evaluations (paper_facts §1)
 EVAL_SEED_OFFSET = 10_000  # evaluation env seeds differ from training env seeds
-GROUP_OVERRIDES = ("actor", "critic", "q")
 VERSIONED_PACKAGES = ("torch", "stable-baselines3", "gymnasium", "numpy", "hydra-core", "sparse_rl")
 
 
@@ -54,6 +57,16 @@ class Plan:
     sparsity: SparsityConfig
     run_dir: Path
     checkpoint: Path | None
+    variant: str | None  # dense_matched or wide: hidden widths solved for equal parameters
+
+    @property
+    def method(self) -> str:
+        """The method as the user named it (``dense_matched`` trains with the core's ``dense``)."""
+        return str(self.cfg.sparsity.method)
+
+    @property
+    def group_sparsity(self) -> dict[str, float]:
+        return {group: self.sparsity.sparsity_of(group) for group in HIDDEN_KEYS[self.agent.name]}
 
 
 def _positive(name: str, value: int, allow_zero: bool = False) -> None:
@@ -71,12 +84,22 @@ def plan_run(cfg: DictConfig) -> Plan:
         sparsity.validate()
     except (KeyError, ValueError) as error:
         raise UsageError(error.args[0] if error.args else str(error)) from error
-    groups = {"sac": ("actor", "critic"), "ppo": ("actor", "critic"), "dqn": ("q",)}[agent.name]
+    groups = tuple(HIDDEN_KEYS[agent.name])
     for group in sparsity.group_sparsity:
         if group not in groups:
             raise UsageError(f"sparsity.{group} is not a group of agent '{agent.name}'; its groups: {', '.join(groups)}")
-    if sparsity.group_sparsity and sparsity.method == "dense":
-        raise UsageError("per-group sparsity overrides need a sparse method; valid choices: static, set, rigl, prune")
+    method = cfg.sparsity.method
+    if sparsity.group_sparsity and method == "dense":
+        raise UsageError(
+            "per-group sparsity overrides need a sparse method; valid choices: static, set, rigl, prune, dense_matched"
+        )
+    variant = EQUAL_PARAMETER_METHOD if method == EQUAL_PARAMETER_METHOD else ("wide" if cfg.sparsity.wide else None)
+    if cfg.sparsity.wide and sparsity.method == "dense":
+        raise UsageError(
+            f"sparsity.wide=true widens a sparse network; method '{method}' is dense (use static, set, rigl, prune)"
+        )
+    if variant is not None and env.family == "atari":
+        raise UsageError(f"{variant} solves MLP widths; '{env.name}' has image observations (CNN policy), not supported yet")
     _positive("agent.total_timesteps", cfg.agent.total_timesteps)
     _positive("agent.n_envs", cfg.agent.n_envs)
     _positive("agent.eval_freq", cfg.agent.eval_freq)
@@ -89,7 +112,7 @@ def plan_run(cfg: DictConfig) -> Plan:
         raise UsageError(f"resume=true but {run_dir} has no checkpoint to resume from")
     if not cfg.resume and (checkpoint is not None or (run_dir / "summary.json").exists()):
         raise UsageError(f"{run_dir} already holds a run; pass resume=true to continue it, or choose another run_dir/seed")
-    return Plan(cfg, agent, env, sparsity, run_dir, checkpoint if cfg.resume else None)
+    return Plan(cfg, agent, env, sparsity, run_dir, checkpoint if cfg.resume else None, variant)
 
 
 def _make_envs(plan: Plan) -> tuple[VecEnv, VecEnv]:
@@ -144,7 +167,8 @@ def _summary(plan: Plan, status: str, controller: Any, eval_cb: Any, wall: float
         "status": status,
         "agent": plan.agent.name,
         "env": plan.env.name,
-        "method": plan.sparsity.method,
+        "method": plan.method,
+        "wide": bool(plan.cfg.sparsity.wide),
         "sparsity": plan.sparsity.sparsity,
         "group_sparsity": plan.sparsity.group_sparsity,
         "seed": int(plan.cfg.seed),
@@ -171,6 +195,12 @@ def train(plan: Plan) -> dict:
     train_env, eval_env = _make_envs(plan)
     net_arch = OmegaConf.to_container(cfg.agent.net_arch)
     agent_cfg = OmegaConf.to_container(cfg.agent, resolve=True)
+    extra: dict[str, Any] = {}
+    if plan.variant is not None:
+        net_arch, extra["equal_parameters"] = equal_parameter_net_arch(
+            plan.agent.name, train_env.observation_space, train_env.action_space, net_arch, plan.group_sparsity, plan.variant
+        )
+        extra["net_arch"] = net_arch
     if plan.checkpoint is None:
         model = build_model(
             plan.agent,
@@ -207,7 +237,7 @@ def train(plan: Plan) -> dict:
         callbacks.append(PeriodicCallback(cfg.checkpoint_freq, lambda t: _save_checkpoint(plan, model, controller, t)))
     start = time.perf_counter()
     steps_before = model.num_timesteps
-    atomic_write_json(plan.run_dir / "summary.json", _summary(plan, "running", controller, None, 0.0, steps_before))
+    atomic_write_json(plan.run_dir / "summary.json", _summary(plan, "running", controller, None, 0.0, steps_before, **extra))
     try:
         model.learn(
             total_timesteps=cfg.agent.total_timesteps - steps_before,
@@ -217,18 +247,30 @@ def train(plan: Plan) -> dict:
         )
     except BaseException as error:
         wall = time.perf_counter() - start
-        summary = _summary(plan, "failed", controller, eval_cb, wall, model.num_timesteps, error=repr(error))
+        summary = _summary(plan, "failed", controller, eval_cb, wall, model.num_timesteps, error=repr(error), **extra)
         atomic_write_json(plan.run_dir / "summary.json", summary)
         raise
     wall = time.perf_counter() - start
     _save_checkpoint(plan, model, controller, model.num_timesteps)
     model.save(plan.run_dir / "model.zip")
-    summary = _summary(plan, "completed", controller, eval_cb, wall, model.num_timesteps - steps_before)
+    summary = _summary(plan, "completed", controller, eval_cb, wall, model.num_timesteps - steps_before, **extra)
     summary["num_timesteps"] = model.num_timesteps
     atomic_write_json(plan.run_dir / "summary.json", summary)
     train_env.close()
     eval_env.close()
     return summary
+
+
+def _record_failure(plan: Plan, error: BaseException) -> None:
+    """Make sure the run directory says it failed (train() writes a detailed summary when it got that far)."""
+    path = plan.run_dir / "summary.json"
+    try:
+        if json.loads(path.read_text()).get("status") == "failed":
+            return
+    except (OSError, ValueError):
+        pass
+    identity = {"agent": plan.agent.name, "env": plan.env.name, "method": plan.method, "sparsity": plan.sparsity.sparsity}
+    atomic_write_json(path, {"status": "failed", "error": repr(error), "seed": int(plan.cfg.seed), **identity})
 
 
 def _remove_empty_dirs(path: Path) -> None:
@@ -243,12 +285,23 @@ def _remove_empty_dirs(path: Path) -> None:
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the run's score (for sweepers)."""
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN  # one bad or failed job must not stop a sweep
     try:
         plan = plan_run(cfg)
     except UsageError as error:
         _remove_empty_dirs(Path(cfg.run_dir))
+        if multirun:
+            print(f"{cfg.run_dir}: SKIPPED: {error}", file=sys.stderr)
+            return None
         sys.exit(f"error: {error}")
-    summary = train(plan)
+    try:
+        summary = train(plan)
+    except Exception as error:
+        _record_failure(plan, error)
+        if multirun:
+            print(f"{plan.run_dir}: FAILED ({error!r}); recorded in summary.json", file=sys.stderr)
+            return None
+        raise
     print(f"{plan.run_dir}: score {summary['score']}, {summary['env_steps_per_s']:.0f} env-steps/s")
     return summary["score"]
 

@@ -8,9 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from sparse_rl.config import SparsityConfig
+
+EQUAL_PARAMETER_METHOD = "dense_matched"  # trains a dense network whose widths match a sparse one's active count
+
+# run_dir tag for Sparse Wide runs: rigl_wide_s0.9 next to rigl_s0.9
+OmegaConf.register_new_resolver("wide_tag", lambda wide: "_wide" if wide else "", replace=True)
 
 
 @dataclass
@@ -48,6 +53,7 @@ class SparsitySchema:
     drop_fraction_schedule: str = MISSING
     sparse_init: bool = MISSING
     prune_power: int = MISSING
+    wide: bool = MISSING  # Sparse Wide: widen the sparse network to the dense network's active count
     actor: float | None = None  # per-group overrides of `sparsity`
     critic: float | None = None
     q: float | None = None
@@ -61,6 +67,7 @@ class RunSchema:
     seed: int = MISSING
     device: str = MISSING
     torch_threads: int = MISSING
+    run_root: str = MISSING
     run_dir: str = MISSING
     resume: bool = MISSING
     checkpoint_freq: int = MISSING  # env steps; 0 disables
@@ -70,10 +77,10 @@ class RunSchema:
 
 
 def core_sparsity_config(sparsity: Any) -> SparsityConfig:
-    """The core's :class:`SparsityConfig` from the ``sparsity`` config node."""
+    """The core's :class:`SparsityConfig` from the ``sparsity`` config node (``dense_matched`` trains as ``dense``)."""
     overrides = {group: getattr(sparsity, group) for group in ("actor", "critic", "q") if getattr(sparsity, group) is not None}
     return SparsityConfig(
-        method=sparsity.method,
+        method="dense" if sparsity.method == EQUAL_PARAMETER_METHOD else sparsity.method,
         sparsity=float(sparsity.sparsity),
         distribution=sparsity.distribution,
         update_interval=int(sparsity.update_interval),

@@ -26,6 +26,8 @@ SPARSITY_DECIMALS = 6  # sparsities are rounded so 0.9 from YAML and 0.900000000
 SCORE_RTOL = 1e-6  # summary.json's score may differ from ours by float noise only
 MAX_ERROR_CHARS = 160  # exception text kept in an issue (one line)
 
+WIDE_KEY, WIDE_SUFFIX = "sparsity.wide", "_wide"
+
 # (record attribute, config key, summary.json key)
 IDENTITY_KEYS = (
     ("agent", "agent.name", "agent"),
@@ -54,6 +56,8 @@ def _read_config(run: RunRecord) -> dict[str, Any]:
             values[attr] = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
         except Exception:
             values[attr] = None
+    if values.get("method") is not None and OmegaConf.select(cfg, WIDE_KEY, default=False):
+        values["method"] = f"{values['method']}{WIDE_SUFFIX}"  # Sparse Wide is its own method in every table
     return values
 
 
@@ -100,6 +104,8 @@ def _identify(run: RunRecord, config: dict[str, Any], summary: dict[str, Any] | 
     for attr, key, summary_key in IDENTITY_KEYS:
         from_summary = summary.get(summary_key) if summary else None
         try:
+            if attr == "method" and summary and summary.get("wide") and from_summary is not None:
+                from_summary = f"{from_summary}{WIDE_SUFFIX}"
             ours, theirs = _coerce(attr, config.get(attr)), _coerce(attr, from_summary)
         except (TypeError, ValueError) as exc:
             run.add("broken", f"bad {key} ({exc})")
