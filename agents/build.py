@@ -21,6 +21,9 @@ def observation_kind(space: spaces.Space) -> str:
     return "cnn" if is_image_space(space) else "mlp"
 
 
+LR_SCHEDULES = ("constant", "linear")
+
+
 def _linear_schedule(initial: float):
     """Learning rate decayed linearly to 0 over training (SB3 passes the remaining progress 1 → 0)."""
     return lambda progress_remaining: progress_remaining * initial
@@ -68,6 +71,5 @@ def attach_controller(
     """
     controller = TopologyController(spec.groups(model), config, spec.gradient_steps(model, total_timesteps), seed)
     controller.init_masks(existing=existing)
-    if controller.sparse and controller.updater.updates:
-        spec.clock_optimizer(model).register_step_post_hook(lambda optimizer, args, kwargs: controller.tick())
+    spec.clock_optimizer(model).register_step_post_hook(lambda optimizer, args, kwargs: controller.tick())
     return controller

@@ -40,22 +40,44 @@ class TopologyLoggerCallback(BaseCallback):
         return True
 
 
-class PeriodicCallback(BaseCallback):
-    """Calls ``action(num_timesteps)`` every ``every`` env steps (e.g. to write a checkpoint)."""
+class FiniteWeightsCallback(BaseCallback):
+    """Stops training with :class:`~sparse_rl.NonFiniteError` once a weight turns NaN/Inf (checked every ``every`` steps)."""
 
-    def __init__(self, every: int, action: Callable[[int], None]) -> None:
+    def __init__(self, controller: TopologyController, every: int) -> None:
+        super().__init__()
+        self.controller = controller
+        self.every = every
+
+    def _on_step(self) -> bool:
+        if self.n_calls % self.every == 0:
+            where = f" at env step {self.num_timesteps} (gradient step {self.controller.clock})"
+            self.controller.check_finite(where)
+        return True
+
+
+class CheckpointCallback(BaseCallback):
+    """Calls ``save(num_timesteps)`` once ``every`` env steps have passed, at the start of a rollout.
+
+    SB3 runs step callbacks between the env step and storing/training on that transition; the start of a
+    rollout (after ``train()``) is the one point where model, replay buffer, last observation and envs agree,
+    so a run resumed from there continues exactly.
+    """
+
+    def __init__(self, every: int, save: Callable[[int], None]) -> None:
         super().__init__()
         self.every = every
-        self.action = action
+        self.save = save
         self._next = every
 
     def _init_callback(self) -> None:
         self._next = (self.num_timesteps // self.every + 1) * self.every
 
-    def _on_step(self) -> bool:
+    def _on_rollout_start(self) -> None:
         if self.num_timesteps >= self._next:
-            self.action(self.num_timesteps)
+            self.save(self.num_timesteps)
             self._next = (self.num_timesteps // self.every + 1) * self.every
+
+    def _on_step(self) -> bool:
         return True
 
 
@@ -68,6 +90,8 @@ class ResumableEvalCallback(EvalCallback):
 
     def _init_callback(self) -> None:
         super()._init_callback()
+        if self.resume_from is not None:  # keep the evaluation points of the uninterrupted run
+            self.n_calls = self.resume_from // self.training_env.num_envs
         path = Path(self.log_path + ".npz") if self.log_path else None
         if self.resume_from is None or path is None or not path.exists():
             return

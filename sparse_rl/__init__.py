@@ -5,13 +5,14 @@ updaters and the :class:`TopologyController`.
 """
 
 from sparse_rl.config import SparsityConfig
-from sparse_rl.controller import SparseGroup, SparsityInvariantError, TopologyController
+from sparse_rl.controller import NonFiniteError, SparseGroup, SparsityInvariantError, TopologyController
 from sparse_rl.distributions import DISTRIBUTIONS, allocate
 from sparse_rl.updaters import UPDATERS, Updater
 
 __all__ = [
     "DISTRIBUTIONS",
     "UPDATERS",
+    "NonFiniteError",
     "SparseGroup",
     "SparsityConfig",
     "SparsityInvariantError",

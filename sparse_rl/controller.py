@@ -29,6 +29,10 @@ class SparsityInvariantError(RuntimeError):
     """A sparse-training invariant (zero inactive weights, exact counts, target masks) does not hold."""
 
 
+class NonFiniteError(RuntimeError):
+    """A weight of a group became NaN or infinite."""
+
+
 @dataclass
 class SparseGroup:
     """A network whose maskable layers share one sparsity budget (e.g. ``actor``, ``critic``).
@@ -264,6 +268,15 @@ class TopologyController:
                         raise SparsityInvariantError(f"{where}: target mask differs from the online mask")
                     if torch.count_nonzero(target.weight.detach()[~layer.mask]) != 0:
                         raise SparsityInvariantError(f"{where}: target weight non-zero outside the online mask")
+
+    @torch.no_grad()
+    def check_finite(self, where: str = "") -> None:
+        """Raise :class:`NonFiniteError` naming the group and layer if any weight or bias is NaN/Inf."""
+        for group in self.groups:
+            for layer in group.layers:
+                for name, param in layer.module.named_parameters(recurse=False):
+                    if not bool(torch.isfinite(param).all()):
+                        raise NonFiniteError(f"non-finite {name} in group '{group.name}' layer '{layer.name}'{where}")
 
     def stats(self) -> dict[str, Any]:
         """Per-layer and per-group sparsity, active/total parameters (kernels; kernels + biases) and FLOPs."""

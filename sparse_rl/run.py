@@ -24,16 +24,18 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents import AGENTS, AgentSpec, attach_controller, build_model
-from agents.callbacks import PeriodicCallback, ResumableEvalCallback, TopologyLoggerCallback
+from agents.build import LR_SCHEDULES
+from agents.callbacks import CheckpointCallback, FiniteWeightsCallback, ResumableEvalCallback, TopologyLoggerCallback
 from agents.matching import HIDDEN_KEYS, equal_parameter_net_arch
+from agents.resume import restore_training_state, run_logger, save_training_state
 from envs import EnvSpec, check_action_space, make_vec_env
 from sparse_rl.atomic import atomic_write, atomic_write_json
-from sparse_rl.checkpoint import latest_checkpoint, write_checkpoint
+from sparse_rl.checkpoint import checkpoint_problem, latest_checkpoint, write_checkpoint
 from sparse_rl.config import SparsityConfig
+from sparse_rl.controller import NonFiniteError
 from sparse_rl.run_config import EQUAL_PARAMETER_METHOD, RunSchema, core_sparsity_config
 
 ConfigStore.instance().store(name="run_schema", node=RunSchema)
@@ -106,12 +108,17 @@ def plan_run(cfg: DictConfig) -> Plan:
     _positive("agent.eval_episodes", cfg.agent.eval_episodes)
     _positive("checkpoint_freq", cfg.checkpoint_freq, allow_zero=True)
     _positive("torch_threads", cfg.torch_threads)
+    _positive("nan_check_freq", cfg.nan_check_freq)
+    if cfg.agent.lr_schedule not in LR_SCHEDULES:
+        raise UsageError(f"unknown agent.lr_schedule '{cfg.agent.lr_schedule}'; valid choices: {', '.join(LR_SCHEDULES)}")
     run_dir = Path(cfg.run_dir)
     checkpoint = latest_checkpoint(run_dir)
     if cfg.resume and checkpoint is None:
         raise UsageError(f"resume=true but {run_dir} has no checkpoint to resume from")
     if not cfg.resume and (checkpoint is not None or (run_dir / "summary.json").exists()):
         raise UsageError(f"{run_dir} already holds a run; pass resume=true to continue it, or choose another run_dir/seed")
+    if cfg.resume and (problem := checkpoint_problem(run_dir, checkpoint, cfg)) is not None:
+        raise UsageError(problem)
     return Plan(cfg, agent, env, sparsity, run_dir, checkpoint if cfg.resume else None, variant)
 
 
@@ -128,6 +135,8 @@ def _make_envs(plan: Plan) -> tuple[VecEnv, VecEnv]:
 
 
 def _save_checkpoint(plan: Plan, model: Any, controller: Any, num_timesteps: int) -> None:
+    """Check the run is sound (finite weights, sparsity invariants), then replace the checkpoint atomically."""
+    controller.check_finite(f" at env step {num_timesteps}; the last good checkpoint is kept")
     controller.check_invariants()
 
     def write_files(folder: Path) -> None:
@@ -137,6 +146,7 @@ def _save_checkpoint(plan: Plan, model: Any, controller: Any, num_timesteps: int
             model.save_replay_buffer(folder / "replay_buffer.pkl")
         if isinstance(model.get_env(), VecNormalize):
             model.get_env().save(str(folder / "vecnormalize.pkl"))
+        save_training_state(folder, model)
         atomic_write_json(folder / "meta.json", {"num_timesteps": num_timesteps})
 
     write_checkpoint(plan.run_dir, write_files)
@@ -222,7 +232,10 @@ def train(plan: Plan) -> dict:
     )
     if plan.checkpoint is not None:
         controller.load_state_dict(torch.load(plan.checkpoint / "controller.pt", weights_only=True))
-    model.set_logger(configure(str(plan.run_dir), ["csv", "tensorboard"] if cfg.tensorboard else ["csv"]))
+        extra["exact_resume"] = restore_training_state(plan.checkpoint, model)
+        if not extra["exact_resume"]:
+            print(f"note: {plan.env.name} state is not captured; its current episodes restart after the resume")
+    model.set_logger(run_logger(plan.run_dir, cfg.tensorboard, resumed_at))
     eval_cb = ResumableEvalCallback(
         eval_env,
         n_eval_episodes=cfg.agent.eval_episodes,
@@ -232,9 +245,9 @@ def train(plan: Plan) -> dict:
         verbose=0,
         resume_from=resumed_at,
     )
-    callbacks = [TopologyLoggerCallback(controller), eval_cb]
+    callbacks = [TopologyLoggerCallback(controller), FiniteWeightsCallback(controller, cfg.nan_check_freq), eval_cb]
     if cfg.checkpoint_freq > 0:
-        callbacks.append(PeriodicCallback(cfg.checkpoint_freq, lambda t: _save_checkpoint(plan, model, controller, t)))
+        callbacks.append(CheckpointCallback(cfg.checkpoint_freq, lambda t: _save_checkpoint(plan, model, controller, t)))
     start = time.perf_counter()
     steps_before = model.num_timesteps
     atomic_write_json(plan.run_dir / "summary.json", _summary(plan, "running", controller, None, 0.0, steps_before, **extra))
@@ -247,9 +260,13 @@ def train(plan: Plan) -> dict:
         )
     except BaseException as error:
         wall = time.perf_counter() - start
-        summary = _summary(plan, "failed", controller, eval_cb, wall, model.num_timesteps, error=repr(error), **extra)
+        try:  # a NaN often surfaces elsewhere first (e.g. a distribution's argument check): name the group and step
+            controller.check_finite(f" at env step {model.num_timesteps} (gradient step {controller.clock})")
+        except NonFiniteError as non_finite:
+            error = NonFiniteError(f"{non_finite}; the last good checkpoint is kept; first seen as {error!r}")
+        summary = _summary(plan, "failed", controller, eval_cb, wall, model.num_timesteps, error=str(error), **extra)
         atomic_write_json(plan.run_dir / "summary.json", summary)
-        raise
+        raise error
     wall = time.perf_counter() - start
     _save_checkpoint(plan, model, controller, model.num_timesteps)
     model.save(plan.run_dir / "model.zip")
@@ -301,6 +318,8 @@ def main(cfg: DictConfig) -> float | None:
         if multirun:
             print(f"{plan.run_dir}: FAILED ({error!r}); recorded in summary.json", file=sys.stderr)
             return None
+        if isinstance(error, NonFiniteError):
+            sys.exit(f"error: {error}".splitlines()[0])
         raise
     print(f"{plan.run_dir}: score {summary['score']}, {summary['env_steps_per_s']:.0f} env-steps/s")
     return summary["score"]

@@ -73,6 +73,7 @@ class RunSchema:
     checkpoint_freq: int = MISSING  # env steps; 0 disables
     save_replay_buffer: bool = MISSING
     progress_bar: bool = MISSING
+    nan_check_freq: int = MISSING  # env steps between checks that every weight is finite
     tensorboard: bool = MISSING
 
 
