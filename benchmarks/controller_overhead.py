@@ -17,7 +17,8 @@ from torch import nn
 
 from sparse_rl import SparseGroup, SparsityConfig, TopologyController
 
-OBS, ACT, HIDDEN, BATCH = 17, 6, 256, 256  # Walker2d-v5 sizes; SAC network and batch of paper_facts §3.3
+OBS, ACT, HIDDEN, BATCH = 17, 6, 256, 256
+FUSED = True  # Walker2d-v5 sizes; SAC network and batch of paper_facts §3.3
 
 
 def mlp(n_in: int, n_out: int) -> nn.Sequential:
@@ -27,7 +28,8 @@ def mlp(n_in: int, n_out: int) -> nn.Sequential:
 def build(method: str):
     torch.manual_seed(0)
     actor, critic = mlp(OBS, 2 * ACT), nn.ModuleList([mlp(OBS + ACT, 1), mlp(OBS + ACT, 1)])
-    actor_opt, critic_opt = torch.optim.Adam(actor.parameters(), 3e-4), torch.optim.Adam(critic.parameters(), 3e-4)
+    adam = {"lr": 3e-4, "fused": FUSED}  # the agents' configs use torch's fused Adam (docs/performance.md)
+    actor_opt, critic_opt = torch.optim.Adam(actor.parameters(), **adam), torch.optim.Adam(critic.parameters(), **adam)
     config = SparsityConfig(
         method=method,
         sparsity=0.9,
@@ -65,7 +67,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--unfused", action="store_true", help="torch's default (foreach) Adam instead of fused")
     args = parser.parse_args()
+    global FUSED
+    FUSED = not args.unfused
     torch.set_num_threads(args.threads)
     methods = ["dense", "static", "set", "rigl", "prune"]
     setups = {m: build(m) for m in methods}

@@ -167,17 +167,27 @@ class TopologyController:
         handle = layer.module.register_forward_hook(record)
 
     def _make_grad_hook(self, group: SparseGroup):
-        """Optimizer pre-step hook: snapshot the dense gradient (RigL), then zero it at inactive positions."""
+        """Optimizer pre-step hook: snapshot the dense gradient (RigL), then zero it at inactive positions.
+
+        One fused ``torch._foreach_*`` call per group instead of a Python loop of kernels; the multiplier is a
+        float copy of each boolean mask, refreshed whenever the mask tensor changes (its ``_version``).
+        """
         capture = self.updater.needs_gradients
+        layers = group.layers
 
         def hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-            for layer in group.layers:
+            grads, multipliers, buffers = [], [], []
+            for layer in layers:
                 grad = layer.module.weight.grad
-                if grad is None:
-                    continue
-                if capture:
-                    layer.dense_grad.copy_(grad)
-                grad.mul_(layer.module.weight_mask)
+                if grad is not None:
+                    grads.append(grad)
+                    multipliers.append(layer.float_mask())
+                    buffers.append(layer.dense_grad)
+            if not grads:
+                return
+            if capture:
+                torch._foreach_copy_(buffers, grads)
+            torch._foreach_mul_(grads, multipliers)
 
         return hook
 

@@ -63,6 +63,8 @@ class MaskedLayer:
     allocated: int = 0
     dense_grad: torch.Tensor | None = field(default=None, repr=False)
     output_positions: int | None = None  # spatial output positions per sample (1 for Linear); measured at first forward
+    _float_mask: torch.Tensor | None = field(default=None, repr=False)
+    _float_mask_key: tuple[int, int] | None = field(default=None, repr=False)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -88,6 +90,15 @@ class MaskedLayer:
     def bias_count(self) -> int:
         bias = getattr(self.module, "bias", None)
         return 0 if bias is None else bias.numel()
+
+    def float_mask(self) -> torch.Tensor:
+        """The mask in the weight's dtype (a gradient multiplier), cached until the mask tensor changes."""
+        mask = self.mask
+        key = (id(mask), mask._version)  # in-place writes (copy_, load_state_dict) bump _version
+        if self._float_mask_key != key:
+            self._float_mask = mask.to(self.module.weight.dtype)
+            self._float_mask_key = key
+        return self._float_mask
 
     def set_mask(self, new_mask: torch.Tensor) -> None:
         """Install ``new_mask`` and zero the weights it switches off."""

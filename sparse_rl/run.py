@@ -37,10 +37,10 @@ from sparse_rl.checkpoint import checkpoint_problem, latest_checkpoint, write_ch
 from sparse_rl.config import SparsityConfig
 from sparse_rl.controller import NonFiniteError
 from sparse_rl.run_config import EQUAL_PARAMETER_METHOD, RunSchema, core_sparsity_config
+from sparse_rl.scores import last_fraction_mean
 
 ConfigStore.instance().store(name="run_schema", node=RunSchema)
 
-LAST_FRACTION = 0.1  # per-run score: mean of the last 10% of evaluations (paper_facts §1)
 EVAL_SEED_OFFSET = 10_000  # evaluation env seeds differ from training env seeds
 VERSIONED_PACKAGES = ("torch", "stable-baselines3", "gymnasium", "numpy", "hydra-core", "sparse_rl")
 
@@ -152,13 +152,11 @@ def _save_checkpoint(plan: Plan, model: Any, controller: Any, num_timesteps: int
     write_checkpoint(plan.run_dir, write_files)
 
 
-def _score(eval_results: np.ndarray) -> float | None:
-    """Mean of the last 10% of evaluation points (at least one), episodes averaged first."""
+def _score(eval_results: list) -> float | None:
+    """The paper's per-run score (:func:`sparse_rl.scores.last_fraction_mean`), episodes averaged first."""
     if len(eval_results) == 0:
         return None
-    per_eval = np.asarray(eval_results, dtype=float).mean(axis=1)
-    n_last = max(1, int(np.ceil(LAST_FRACTION * len(per_eval))))
-    return float(per_eval[-n_last:].mean())
+    return last_fraction_mean(np.asarray(eval_results, dtype=float).mean(axis=1))
 
 
 def _versions() -> dict[str, str]:

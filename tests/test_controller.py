@@ -249,3 +249,20 @@ def test_tick_advances_the_clock_and_updates_on_schedule():
     changes = [agent.controller.tick() for _ in range(10)]
     assert agent.controller.clock == 10 and agent.controller.num_updates == 1
     assert changes[-1] and not any(changes[:-1])
+
+
+def test_gradient_masking_follows_masks_loaded_behind_the_controllers_back():
+    agent = make_toy_agent("static", sparsity=0.5)
+    layer = agent.controller.groups[0].layers[0]
+    agent.train_step(1)  # builds the cached float mask
+    new_mask = torch.zeros_like(layer.mask)
+    new_mask[0, :] = True
+    state = agent.actor.state_dict()
+    state["0.weight_mask"] = new_mask
+    state["0.weight"] = state["0.weight"] * new_mask
+    agent.actor.load_state_dict(state)  # e.g. SB3's set_parameters: copies into the existing buffer
+    agent.actor_opt.zero_grad()
+    agent.actor(torch.randn(4, 8)).sum().backward()
+    agent.actor_opt.step()
+    assert torch.all(layer.weight.grad[~new_mask] == 0)
+    assert torch.any(layer.weight.grad[new_mask] != 0)

@@ -24,8 +24,8 @@ from sparse_rl.analysis.loading import check_runs, load_run, load_runs
 from sparse_rl.analysis.normalize import NORMALIZATIONS, NormalizationError, normalize
 from sparse_rl.analysis.records import Issue, RunRecord, run_label
 from sparse_rl.analysis.report import AnalysisResult, NoUsableRunsError, analyze
-from sparse_rl.analysis.scores import LAST_FRACTION, last_fraction_mean, n_last
 from sparse_rl.analysis.tables import aggregate_table, markdown_table, per_env_table, runs_table
+from sparse_rl.scores import LAST_FRACTION, last_fraction_mean, n_last
 
 __all__ = [
     "BOOTSTRAP_REPS",

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from sparse_rl.analysis.discovery import HYDRA_CONFIG, find_run_dirs
 from sparse_rl.analysis.records import RunRecord
-from sparse_rl.analysis.scores import last_fraction_mean
+from sparse_rl.scores import last_fraction_mean
 
 EVALUATIONS = "evaluations.npz"
 SUMMARY = "summary.json"

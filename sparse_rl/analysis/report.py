@@ -15,9 +15,9 @@ from sparse_rl.analysis.frame import ordered_labels, scores_frame
 from sparse_rl.analysis.loading import PROGRESS_MIN_RUNS, load_runs
 from sparse_rl.analysis.normalize import REFERENCE_METHOD, normalize
 from sparse_rl.analysis.records import RunRecord
-from sparse_rl.analysis.scores import LAST_FRACTION
 from sparse_rl.analysis.tables import aggregate_table, markdown_table, per_env_table, runs_table
 from sparse_rl.atomic import atomic_write, atomic_write_text
+from sparse_rl.scores import LAST_FRACTION
 
 DEFAULT_OUT = "analysis"  # under the runs directory
 
