@@ -116,7 +116,7 @@ def run_throughput(agents: list[str], repeats: int, device: str, chunk: int | No
 def report(agent: str, env: str, setups: list[Setup], steps: int) -> None:
     median = {s.name: statistics.median(s.rates) for s in setups}
     print(f"\n{agent.upper()} {env}: env-steps/s during learning, median of {len(setups[0].rates)} chunks of {steps} steps")
-    print(f"{'config':8} {'steps/s':>9} {'÷ SB3':>7} {'÷ dense':>8} {'spread':>13} {'update ms':>10} {'update share':>13} "
+    print(f"{'config':17} {'steps/s':>9} {'÷ SB3':>7} {'÷ dense':>8} {'spread':>13} {'update ms':>10} {'update share':>13} "
           f"{'active params':>14} {'infer FLOPs':>12}")  # fmt: skip
     for s in setups:
         spread = f"{min(s.rates):.0f}-{max(s.rates):.0f}"
@@ -131,7 +131,7 @@ def report(agent: str, env: str, setups: list[Setup], steps: int) -> None:
         active = f"{stats['active_with_bias']:,}" if stats else "-"
         flops = f"{sum(g.get('inference_flops', 0) for g in stats['groups'].values()):,}" if stats else "-"
         print(
-            f"{s.name:8} {median[s.name]:9.1f} {median[s.name] / median['sb3']:7.3f} {median[s.name] / median['dense']:8.3f} "
+            f"{s.name:17} {median[s.name]:9.1f} {median[s.name] / median['sb3']:7.3f} {median[s.name] / median['dense']:8.3f} "
             f"{spread:>13} {update:10.2f} {share:>13} {active:>14} {flops:>12}"
         )
 

@@ -34,8 +34,9 @@ def command(run_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "sparse_rl.run", *RESUMABLE, f"run_dir={run_dir}", *extra]
 
 
-def policy_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
-    with zipfile.ZipFile(run_dir / "model.zip") as archive:
+def policy_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """The policy state dict inside ``folder/model.zip`` (a run or a checkpoint directory)."""
+    with zipfile.ZipFile(folder / "model.zip") as archive:
         return torch.load(io.BytesIO(archive.read("policy.pth")), weights_only=True)
 
 
@@ -109,12 +110,7 @@ def test_nan_stops_the_run_naming_group_and_step_and_keeps_the_last_good_checkpo
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and "non-finite" in summary["error"]
     assert json.loads((run_dir / "checkpoint" / "meta.json").read_text())["num_timesteps"] == 100
-    assert all(torch.isfinite(t).all() for t in policy_tensors_from(run_dir / "checkpoint").values())
-
-
-def policy_tensors_from(folder: Path) -> dict[str, torch.Tensor]:
-    with zipfile.ZipFile(folder / "model.zip") as archive:
-        return torch.load(io.BytesIO(archive.read("policy.pth")), weights_only=True)
+    assert all(torch.isfinite(t).all() for t in policy_tensors(run_dir / "checkpoint").values())
 
 
 def test_atomic_write_never_leaves_a_truncated_file(tmp_path):

@@ -19,12 +19,7 @@ def curve_frame(runs: Sequence[RunRecord]) -> pd.DataFrame:
     parts = [
         pd.DataFrame(
             {
-                "agent": r.agent,
-                "env": r.env,
-                "method": r.method,
-                "sparsity": r.sparsity,
-                "label": r.label,
-                "seed": r.seed,
+                **r.identity(),
                 "step": r.timesteps,
                 "return": r.returns,
             }

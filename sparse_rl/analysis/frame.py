@@ -15,12 +15,7 @@ def scores_frame(runs: Sequence[RunRecord]) -> pd.DataFrame:
     """Scored runs (``usable_for_scores``) as a DataFrame; ``score`` starts equal to ``raw_score``."""
     rows = [
         {
-            "agent": r.agent,
-            "env": r.env,
-            "method": r.method,
-            "sparsity": r.sparsity,
-            "label": r.label,
-            "seed": r.seed,
+            **r.identity(),
             "raw_score": r.score,
             "score": r.score,
             "active_params": float("nan") if r.active_params is None else float(r.active_params),

@@ -52,6 +52,11 @@ class RunRecord:
         """Whether agent, env, method, sparsity and seed are all known."""
         return None not in (self.agent, self.env, self.method, self.sparsity, self.seed)
 
+    def identity(self) -> dict[str, object]:
+        """The columns that identify a run in every table: agent, env, method, sparsity, label, seed."""
+        return {"agent": self.agent, "env": self.env, "method": self.method, "sparsity": self.sparsity,
+                "label": self.label, "seed": self.seed}  # fmt: skip
+
     @property
     def label(self) -> str:
         """The method-at-sparsity label, e.g. ``rigl_s0.9``."""
