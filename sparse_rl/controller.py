@@ -170,9 +170,10 @@ class TopologyController:
         """Optimizer pre-step hook: snapshot the dense gradient (RigL), then zero it at inactive positions.
 
         One fused ``torch._foreach_*`` call per group instead of a Python loop of kernels; the multiplier is a
-        float copy of each boolean mask, refreshed whenever the mask tensor changes (its ``_version``).
+        float copy of each boolean mask, refreshed whenever the mask tensor changes (its ``_version``). RigL's
+        dense gradient is copied only when the next step of the clock is an update point.
         """
-        capture = self.updater.needs_gradients
+        needs_gradients = self.updater.needs_gradients
         layers = group.layers
 
         def hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
@@ -185,7 +186,7 @@ class TopologyController:
                     buffers.append(layer.dense_grad)
             if not grads:
                 return
-            if capture:
+            if needs_gradients and self._update_due(self.clock + 1):
                 torch._foreach_copy_(buffers, grads)
             torch._foreach_mul_(grads, multipliers)
 
@@ -203,12 +204,16 @@ class TopologyController:
         if not self._initialised:
             raise RuntimeError("call init_masks() before step()")
         self.clock = t
+        if not self._update_due(t):
+            return False
+        return self._update(self.updater.window.latest_point(t))
+
+    def _update_due(self, t: int) -> bool:
+        """Whether step ``t`` reaches an update point not yet applied."""
         if not (self.sparse and self.updater.updates):
             return False
         point = self.updater.window.latest_point(t)
-        if point is None or (self.last_update_step is not None and point <= self.last_update_step):
-            return False
-        return self._update(point)
+        return point is not None and (self.last_update_step is None or point > self.last_update_step)
 
     def tick(self) -> bool:
         """Advance the controller's own clock by one step and :meth:`step` there (for optimizer-step clocks)."""

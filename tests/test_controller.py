@@ -63,7 +63,7 @@ def test_optimizer_update_at_inactive_positions_is_exactly_zero(method):
 
 
 def test_rigl_uses_the_gradient_of_the_groups_own_optimizer_step():
-    agent = make_toy_agent("rigl")
+    agent = make_toy_agent("rigl", update_interval=1)  # every step is an update point: the gradient is captured
     obs = torch.randn(16, 8)
     q = agent.critic(torch.cat([obs, agent.actor(obs)], dim=1))
     agent.critic_opt.zero_grad()
@@ -266,3 +266,14 @@ def test_gradient_masking_follows_masks_loaded_behind_the_controllers_back():
     agent.actor_opt.step()
     assert torch.all(layer.weight.grad[~new_mask] == 0)
     assert torch.any(layer.weight.grad[new_mask] != 0)
+
+
+def test_rigl_copies_the_dense_gradient_only_before_an_update():
+    agent = make_toy_agent("rigl", total_steps=1000, update_interval=10)
+    layer = agent.controller.groups[0].layers[1]
+    captured = []
+    for t in range(1, 31):
+        before = layer.dense_grad.clone()
+        agent.train_step(t)
+        captured.append(not torch.equal(before, layer.dense_grad))
+    assert [t for t, c in enumerate(captured, start=1) if c] == [10, 20, 30]
