@@ -135,8 +135,13 @@ class TopologyController:
                 if not existing:
                     target.weight.copy_(layer.weight)  # targets start equal to the online network, as in SB3
                 target.weight.mul_(layer.mask)
-            if group.optimizer is not None:
-                self._hooks.append(group.optimizer.register_step_pre_hook(self._make_grad_hook(group)))
+        if self.sparse:  # one hook per optimizer, over the layers of every group it steps (PPO: actor and critic)
+            by_optimizer: dict[int, tuple[Optimizer, list[MaskedLayer]]] = {}
+            for group in self.groups:
+                if group.optimizer is not None:
+                    by_optimizer.setdefault(id(group.optimizer), (group.optimizer, []))[1].extend(group.layers)
+            for optimizer, layers in by_optimizer.values():
+                self._hooks.append(optimizer.register_step_pre_hook(self._make_grad_hook(layers)))
 
     def _adopt_mask(self, group: SparseGroup, layer: MaskedLayer) -> None:
         if not hasattr(layer.module, "weight_mask"):
@@ -166,28 +171,29 @@ class TopologyController:
 
         handle = layer.module.register_forward_hook(record)
 
-    def _make_grad_hook(self, group: SparseGroup):
+    def _make_grad_hook(self, layers: list[MaskedLayer]):
         """Optimizer pre-step hook: snapshot the dense gradient (RigL), then zero it at inactive positions.
 
-        One fused ``torch._foreach_*`` call per group instead of a Python loop of kernels; the multiplier is a
-        float copy of each boolean mask, refreshed whenever the mask tensor changes (its ``_version``). RigL's
-        dense gradient is copied only when the next step of the clock is an update point.
+        One fused ``torch._foreach_*`` call over all the optimizer's masked layers instead of a Python loop of
+        kernels; the multiplier is a float copy of each boolean mask, refreshed whenever the mask tensor changes
+        (its ``_version``). RigL's dense gradient is copied only when the next step of the clock is an update
+        point. The per-layer work is kept to attribute reads: this runs on every gradient step.
         """
         needs_gradients = self.updater.needs_gradients
-        layers = group.layers
+        entries = [(layer.module.weight, layer) for layer in layers]
 
         def hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-            grads, multipliers, buffers = [], [], []
-            for layer in layers:
-                grad = layer.module.weight.grad
+            grads, multipliers, layers_with_grad = [], [], []
+            for weight, layer in entries:
+                grad = weight.grad
                 if grad is not None:
                     grads.append(grad)
                     multipliers.append(layer.float_mask())
-                    buffers.append(layer.dense_grad)
+                    layers_with_grad.append(layer)
             if not grads:
                 return
             if needs_gradients and self._update_due(self.clock + 1):
-                torch._foreach_copy_(buffers, grads)
+                torch._foreach_copy_([layer.dense_grad for layer in layers_with_grad], grads)
             torch._foreach_mul_(grads, multipliers)
 
         return hook

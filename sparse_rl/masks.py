@@ -93,7 +93,7 @@ class MaskedLayer:
 
     def float_mask(self) -> torch.Tensor:
         """The mask in the weight's dtype (a gradient multiplier), cached until the mask tensor changes."""
-        mask = self.mask
+        mask = self.module._buffers[MASK_BUFFER]  # direct: this runs on every gradient step
         key = (id(mask), mask._version)  # in-place writes (copy_, load_state_dict) bump _version
         if self._float_mask_key != key:
             self._float_mask = mask.to(self.module.weight.dtype)
