@@ -259,15 +259,6 @@ class TopologyController:
             target.weight.masked_fill_(changed, 0.0)
             target.weight.mul_(new)
 
-    @torch.no_grad()
-    def sync_targets(self) -> None:
-        """Copy online masks into the targets and zero target weights outside them."""
-        for group in self.groups:
-            for layer, target in zip(group.layers, group.target_layers):
-                if hasattr(target, "weight_mask"):
-                    target.weight_mask.copy_(layer.mask)
-                    target.weight.mul_(layer.mask)
-
     # ------------------------------------------------------------------ checks and accounting
     def check_invariants(self) -> None:
         """Raise :class:`SparsityInvariantError` if any sparse-training invariant is violated."""
