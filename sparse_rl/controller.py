@@ -62,6 +62,15 @@ class SparseGroup:
             self.target_layers = [target_modules[layer.name] for layer in self.layers]
 
 
+@torch.no_grad()
+def _mirror_into_target(target: nn.Module, mask: torch.Tensor, also_zero: torch.Tensor | None = None) -> None:
+    """Give ``target`` the online ``mask``: copy it and zero the target's weights outside it (and at ``also_zero``)."""
+    target.weight_mask.copy_(mask)
+    if also_zero is not None:
+        target.weight.masked_fill_(also_zero, 0.0)
+    target.weight.mul_(mask)
+
+
 def _reset_optimizer_state(optimizer: Optimizer | None, param: torch.Tensor, positions: torch.Tensor) -> None:
     """Zero every per-element optimizer state tensor of ``param`` (Adam m and v, momentum, ...) at ``positions``."""
     if optimizer is None or param not in optimizer.state:
@@ -131,10 +140,9 @@ class TopologyController:
                     unit_scaled_init_(layer, self.generator)
             for layer, target in zip(group.layers, group.target_layers):
                 attach_mask(target)
-                target.weight_mask.copy_(layer.mask)
                 if not existing:
                     target.weight.copy_(layer.weight)  # targets start equal to the online network, as in SB3
-                target.weight.mul_(layer.mask)
+                _mirror_into_target(target, layer.mask)
         if self.sparse:  # one hook per optimizer, over the layers of every group it steps (PPO: actor and critic)
             by_optimizer: dict[int, tuple[Optimizer, list[MaskedLayer]]] = {}
             for group in self.groups:
@@ -254,10 +262,7 @@ class TopologyController:
         layer.set_mask(new)
         _reset_optimizer_state(group.optimizer, layer.weight, changed)
         if group.target_layers:
-            target = group.target_layers[index]
-            target.weight_mask.copy_(new)
-            target.weight.masked_fill_(changed, 0.0)
-            target.weight.mul_(new)
+            _mirror_into_target(group.target_layers[index], new, also_zero=changed)  # new connections start at 0
 
     # ------------------------------------------------------------------ checks and accounting
     def check_invariants(self) -> None:
@@ -372,8 +377,7 @@ class TopologyController:
                 mask = state["masks"][key].to(device=layer.weight.device, dtype=torch.bool)
                 layer.set_mask(mask)
                 if group.target_layers:
-                    group.target_layers[i].weight_mask.copy_(mask)
-                    group.target_layers[i].weight.mul_(mask)
+                    _mirror_into_target(group.target_layers[i], mask)
         self.generator.set_state(state["generator"])
         self.num_updates = state["num_updates"]
         self.clock = state["clock"]
