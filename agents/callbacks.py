@@ -7,8 +7,22 @@ from pathlib import Path
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.logger import Logger
 
 from sparse_rl.controller import TopologyController
+
+
+def record_topology(logger: Logger, controller: TopologyController) -> None:
+    """Record ``sparsity/*`` and ``topology/*`` of ``controller`` in an SB3 logger (both training paths)."""
+    stats = controller.stats()
+    logger.record("sparsity/total", stats["sparsity"])
+    logger.record("sparsity/active_params", stats["active"])
+    for name, group in stats["groups"].items():
+        logger.record(f"sparsity/{name}", group["sparsity"])
+    logger.record("topology/num_updates", stats["num_updates"])
+    for key in ("schedule_value", "mask_change"):
+        if key in stats["last_update"]:
+            logger.record(f"topology/{key}", stats["last_update"][key])
 
 
 class TopologyLoggerCallback(BaseCallback):
@@ -20,15 +34,7 @@ class TopologyLoggerCallback(BaseCallback):
         self._logged_updates = -1
 
     def _record(self) -> None:
-        stats = self.controller.stats()
-        self.logger.record("sparsity/total", stats["sparsity"])
-        self.logger.record("sparsity/active_params", stats["active"])
-        for name, group in stats["groups"].items():
-            self.logger.record(f"sparsity/{name}", group["sparsity"])
-        self.logger.record("topology/num_updates", stats["num_updates"])
-        for key in ("schedule_value", "mask_change"):
-            if key in stats["last_update"]:
-                self.logger.record(f"topology/{key}", stats["last_update"][key])
+        record_topology(self.logger, self.controller)
         self._logged_updates = self.controller.num_updates
 
     def _on_training_start(self) -> None:

@@ -37,11 +37,17 @@ class AgentSpec:
 AGENTS: Registry[AgentSpec] = Registry("agent")
 
 
-def _off_policy_gradient_steps(model: BaseAlgorithm, total_timesteps: int) -> int:
+def off_policy_gradient_steps(total_timesteps: int, learning_starts: int, train_freq: int, gradient_steps: int, n_envs: int) -> int:
     """Gradient steps of SAC/DQN: one batch of ``gradient_steps`` every ``train_freq`` env steps after warm-up."""
-    collected = max(total_timesteps - model.learning_starts, 1)
-    per_call = model.gradient_steps if model.gradient_steps > 0 else model.train_freq.frequency * model.n_envs
-    return max(1, collected // (model.train_freq.frequency * model.n_envs) * per_call)
+    collected = max(total_timesteps - learning_starts, 1)
+    per_call = gradient_steps if gradient_steps > 0 else train_freq * n_envs
+    return max(1, collected // (train_freq * n_envs) * per_call)
+
+
+def _off_policy_gradient_steps(model: BaseAlgorithm, total_timesteps: int) -> int:
+    return off_policy_gradient_steps(
+        total_timesteps, model.learning_starts, model.train_freq.frequency, model.gradient_steps, model.n_envs
+    )
 
 
 def _ppo_gradient_steps(model: BaseAlgorithm, total_timesteps: int) -> int:

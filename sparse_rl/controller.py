@@ -20,7 +20,7 @@ from torch.utils.hooks import RemovableHandle
 from sparse_rl.accounting import forward_flops, training_flops_per_sample
 from sparse_rl.config import SparsityConfig
 from sparse_rl.distributions import allocate
-from sparse_rl.masks import MaskedLayer, attach_mask, find_maskable_layers
+from sparse_rl.masks import LinearView, MaskedLayer, attach_mask, find_maskable_layers
 from sparse_rl.sparse_init import unit_scaled_init_
 from sparse_rl.updaters import UPDATERS, Updater
 
@@ -71,13 +71,10 @@ def _mirror_into_target(target: nn.Module, mask: torch.Tensor, also_zero: torch.
     target.weight.mul_(mask)
 
 
-def _reset_optimizer_state(optimizer: Optimizer | None, param: torch.Tensor, positions: torch.Tensor) -> None:
-    """Zero every per-element optimizer state tensor of ``param`` (Adam m and v, momentum, ...) at ``positions``."""
-    if optimizer is None or param not in optimizer.state:
-        return
-    for value in optimizer.state[param].values():
-        if torch.is_tensor(value) and value.shape == param.shape:
-            value.masked_fill_(positions, 0)
+def _reset_optimizer_state(optimizer: Optimizer | None, layer: MaskedLayer, positions: torch.Tensor) -> None:
+    """Zero every per-element optimizer state tensor of the layer's weight (Adam m and v, momentum, ...) at ``positions``."""
+    for value in layer.optimizer_state(optimizer):
+        value.masked_fill_(positions, 0)
 
 
 class TopologyController:
@@ -126,7 +123,7 @@ class TopologyController:
             for layer, count in zip(group.layers, counts):
                 layer.allocated = count
                 if self.updater.needs_gradients:
-                    layer.dense_grad = torch.zeros_like(layer.weight)
+                    layer.dense_grad = layer.new_dense_grad()
                 if existing:
                     self._adopt_mask(group, layer)
                     continue
@@ -164,7 +161,7 @@ class TopologyController:
     def _measure_output_positions(self, group: SparseGroup) -> None:
         """Record each layer's output positions per sample at its first forward pass (1 for Linear layers)."""
         for layer in group.layers:
-            if isinstance(layer.module, nn.Linear):
+            if isinstance(layer.module, (nn.Linear, LinearView)):
                 layer.output_positions = 1
             else:
                 self._record_positions_once(layer)
@@ -200,7 +197,7 @@ class TopologyController:
                     layers_with_grad.append(layer)
             if not grads:
                 return
-            if needs_gradients and self._update_due(self.clock + 1):
+            if needs_gradients and self.update_due(self.clock + 1):
                 torch._foreach_copy_([layer.dense_grad for layer in layers_with_grad], grads)
             torch._foreach_mul_(grads, multipliers)
 
@@ -218,11 +215,11 @@ class TopologyController:
         if not self._initialised:
             raise RuntimeError("call init_masks() before step()")
         self.clock = t
-        if not self._update_due(t):
+        if not self.update_due(t):
             return False
         return self._update(self.updater.window.latest_point(t))
 
-    def _update_due(self, t: int) -> bool:
+    def update_due(self, t: int) -> bool:
         """Whether step ``t`` reaches an update point not yet applied."""
         if not (self.sparse and self.updater.updates):
             return False
@@ -260,7 +257,7 @@ class TopologyController:
         layer = group.layers[index]
         layer.weight.masked_fill_(changed, 0.0)
         layer.set_mask(new)
-        _reset_optimizer_state(group.optimizer, layer.weight, changed)
+        _reset_optimizer_state(group.optimizer, layer, changed)
         if group.target_layers:
             _mirror_into_target(group.target_layers[index], new, also_zero=changed)  # new connections start at 0
 
@@ -291,8 +288,9 @@ class TopologyController:
         """Raise :class:`NonFiniteError` naming the group and layer if any weight or bias is NaN/Inf."""
         for group in self.groups:
             for layer in group.layers:
-                for name, param in layer.module.named_parameters(recurse=False):
-                    if not bool(torch.isfinite(param).all()):
+                for name in ("weight", "bias"):  # attributes, not named_parameters(): batched views own no Parameter
+                    param = getattr(layer.module, name, None)
+                    if param is not None and not bool(torch.isfinite(param).all()):
                         raise NonFiniteError(f"non-finite {name} in group '{group.name}' layer '{layer.name}'{where}")
 
     def stats(self) -> dict[str, Any]:

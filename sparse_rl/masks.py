@@ -16,7 +16,13 @@ import torch
 from torch import nn
 
 MASK_BUFFER = "weight_mask"
-MASKABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+
+
+class LinearView(nn.Module):
+    """Base of a linear layer that is a view into batched storage (:class:`sparse_rl.batched.MemberLinear`)."""
+
+
+MASKABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d, LinearView)
 
 
 def find_maskable_layers(
@@ -85,6 +91,24 @@ class MaskedLayer:
     @property
     def active(self) -> int:
         return int(self.mask.sum().item())
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer | None) -> list[torch.Tensor]:
+        """The per-element optimizer state tensors of this layer's weight (Adam ``exp_avg``, ``exp_avg_sq``, ...).
+
+        A layer that is a view into batched storage (:class:`~sparse_rl.batched.MemberLinear`) supplies its own views.
+        """
+        own = getattr(self.module, "optimizer_state", None)
+        if callable(own):
+            return own()
+        if optimizer is None or self.weight not in optimizer.state:
+            return []
+        state = optimizer.state[self.weight]
+        return [value for value in state.values() if torch.is_tensor(value) and value.shape == self.weight.shape]
+
+    def new_dense_grad(self) -> torch.Tensor:
+        """A buffer for RigL's dense gradient: the module's own (a batched view) or a fresh one."""
+        own = getattr(self.module, "dense_grad", None)
+        return own if torch.is_tensor(own) else torch.zeros_like(self.weight)
 
     @property
     def bias_count(self) -> int:

@@ -1,0 +1,72 @@
+"""Batched MLPs for a population: K members' networks stored layer by layer as ``[N, out, in]`` tensors.
+
+Layer names follow stable-baselines3's modules (``latent_pi.0``, ``qf1.2``, ``q_net.4``) so a member exports to an SB3
+policy by copying; the one exception is the SAC actor's output, kept as **one** ``2A × h`` layer ``head`` exactly as in
+the paper's actor (ERK sees it as one layer), exported as SB3's ``mu`` (rows ``:A``) and ``log_std`` (rows ``A:``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparse_rl.batched import BatchedLinear, MemberLinear, nest_modules
+
+
+class BatchedMLP(nn.Module):
+    """``len(sizes) - 1`` :class:`BatchedLinear` layers of ``n`` rows with an activation between them (none after the last)."""
+
+    def __init__(self, n: int, sizes: Sequence[int], activation: str, names: Sequence[str], device: torch.device) -> None:
+        super().__init__()
+        if len(names) != len(sizes) - 1:
+            raise ValueError(f"need {len(sizes) - 1} layer names, got {list(names)}")
+        self.names = list(names)
+        self.layers = nn.ModuleList(BatchedLinear(n, a, b, device) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.activation = getattr(nn, activation)()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = self.activation(x)
+        return x
+
+    def member_layers(self, row: int, optimizer: torch.optim.Optimizer | None, prefix: str = "") -> dict[str, MemberLinear]:
+        """Row ``row`` of every layer, keyed by its SB3 name."""
+        return {f"{prefix}{name}": layer.member(row, optimizer) for name, layer in zip(self.names, self.layers)}
+
+
+def sb3_mlp_names(prefix: str, n_layers: int) -> list[str]:
+    """SB3's ``create_mlp`` names: Linear modules at even indices of a Sequential (``q_net.0``, ``q_net.2``, ...)."""
+    return [f"{prefix}{2 * i}" for i in range(n_layers)]
+
+
+InitFn = Callable[..., None]
+
+
+@torch.no_grad()
+def init_member_rows(
+    mlp: BatchedMLP, rows: Sequence[int], generator: torch.Generator, init_cfg: Mapping[str, Any], init_fn: InitFn
+) -> None:
+    """Initialise rows ``rows`` of ``mlp`` with ``init_cfg`` (``hidden``/``output`` scheme kwargs), one generator per member."""
+    last = len(mlp.layers) - 1
+    for row in rows:
+        for i, layer in enumerate(mlp.layers):
+            scheme = dict(init_cfg["output" if i == last else "hidden"])
+            weight = torch.empty_like(layer.weight[row], device="cpu")
+            bias = torch.empty_like(layer.bias[row], device="cpu")
+            init_fn(weight, bias, generator, **scheme)
+            layer.weight[row].copy_(weight)
+            layer.bias[row].copy_(bias)
+
+
+def member_module(layers: Mapping[str, MemberLinear]) -> nn.Module:
+    """A module tree holding one member's layer views at their SB3 names (for :class:`~sparse_rl.SparseGroup`)."""
+    return nest_modules(dict(layers))
+
+
+def all_layers(*mlps: BatchedMLP) -> list[BatchedLinear]:
+    return [layer for mlp in mlps for layer in mlp.layers]

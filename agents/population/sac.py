@@ -1,0 +1,183 @@
+"""Batched SAC (Haarnoja et al. 2018) with SB3's update math, for K members at once.
+
+One :meth:`PopulationSAC.update` is, for every member, exactly one iteration of ``stable_baselines3.SAC.train``'s loop
+(entropy-coefficient step, critic step, actor step through the updated critics, Polyak), parity-tested against it.
+The noise of the two policy samples is an input, so the update is a pure function of tensors (CUDA-graph friendly).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributions import Normal
+
+from agents.population.base import PopulationAgent, adam, polyak_
+from agents.population.networks import BatchedMLP, sb3_mlp_names
+from sparse_rl.batched import BatchedLinear
+from sparse_rl.controller import SparseGroup
+
+# stable_baselines3.sac.policies: log-std clamp and the tanh-squash epsilon of SquashedDiagGaussianDistribution
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+SQUASH_EPSILON = 1e-6
+N_CRITICS = 2  # SB3's twin critics
+
+
+def parse_ent_coef(value: Any) -> tuple[bool, float]:
+    """SB3's ``ent_coef``: ``auto`` / ``auto_X`` (learned, initial X, default 1) or a fixed float."""
+    if isinstance(value, str) and value.startswith("auto"):
+        return True, float(value.split("_")[1]) if "_" in value else 1.0
+    return False, float(value)
+
+
+class PopulationSAC(PopulationAgent):
+    """Actor ``obs → h… → 2A`` (mean and log-std in one head), twin critics and their targets, per-member entropy coefficient."""
+
+    def __init__(
+        self,
+        k: int,
+        obs_dim: int,
+        act_dim: int,
+        hidden: Sequence[int],
+        activation: str,
+        *,
+        gamma: float,
+        tau: float,
+        learning_rate: float,
+        ent_coef: Any,
+        target_entropy: float | str,
+        optimizer_kwargs: Mapping[str, Any],
+        actor_decay: Sequence[float],
+        critic_decay: Sequence[float],
+        device: torch.device,
+        capturable: bool = False,
+    ) -> None:
+        super().__init__()
+        self.k, self.obs_dim, self.act_dim = k, obs_dim, act_dim
+        self.gamma, self.tau = gamma, tau
+        self.actor = BatchedMLP(
+            k, [obs_dim, *hidden, 2 * act_dim], activation, [*sb3_mlp_names("latent_pi.", len(hidden)), "head"], device
+        )
+        names = sb3_mlp_names("", len(hidden) + 1)
+        self.critic = BatchedMLP(N_CRITICS * k, [obs_dim + act_dim, *hidden, 1], activation, names, device)
+        self.critic_target = BatchedMLP(N_CRITICS * k, [obs_dim + act_dim, *hidden, 1], activation, names, device)
+        self.critic_target.requires_grad_(False)
+        self.learn_ent_coef, initial = parse_ent_coef(ent_coef)
+        self.log_ent_coef = nn.Parameter(torch.full((k,), math.log(initial), device=device), requires_grad=self.learn_ent_coef)
+        self.target_entropy = -float(act_dim) if target_entropy == "auto" else float(target_entropy)
+        self.group_layers = {"actor": list(self.actor.layers), "critic": list(self.critic.layers)}
+        self.decay = {
+            "actor": torch.tensor(list(actor_decay), dtype=torch.float32, device=device),
+            "critic": torch.tensor(list(critic_decay), dtype=torch.float32, device=device).repeat_interleave(N_CRITICS),
+        }
+        self.actor_optimizer = adam(self.actor.parameters(), learning_rate, optimizer_kwargs, capturable)
+        self.critic_optimizer = adam(self.critic.parameters(), learning_rate, optimizer_kwargs, capturable)
+        # SB3 builds the entropy optimizer as a plain Adam(lr) without the policy's optimizer_kwargs
+        self.ent_coef_optimizer = (
+            torch.optim.Adam([self.log_ent_coef], lr=learning_rate, capturable=capturable) if self.learn_ent_coef else None
+        )
+
+    # ----------------------------------------------------------------- networks
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        optimizers = {"actor": self.actor_optimizer, "critic": self.critic_optimizer}
+        if self.ent_coef_optimizer is not None:
+            optimizers["ent_coef"] = self.ent_coef_optimizer
+        return optimizers
+
+    def target_layers(self) -> list[BatchedLinear]:
+        return list(self.critic_target.layers)
+
+    def member_groups(self, member: int) -> list[SparseGroup]:
+        from agents.population.networks import member_module
+
+        critic, target = {}, {}
+        for c in range(N_CRITICS):
+            row = N_CRITICS * member + c
+            critic.update(self.critic.member_layers(row, self.critic_optimizer, prefix=f"qf{c}."))
+            target.update(self.critic_target.member_layers(row, None, prefix=f"qf{c}."))
+        return [
+            SparseGroup("actor", member_module(self.actor.member_layers(member, self.actor_optimizer))),
+            SparseGroup("critic", member_module(critic), target=member_module(target)),
+        ]
+
+    def _q(self, critic: BatchedMLP, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Both critics' values ``[K, 2, B, 1]`` of (obs, action) pairs ``[K, B, ·]``."""
+        x = torch.cat([obs, actions], dim=-1)
+        x = x.unsqueeze(1).expand(-1, N_CRITICS, -1, -1).reshape(N_CRITICS * self.k, *x.shape[1:])
+        return critic(x).view(self.k, N_CRITICS, *x.shape[1:-1], 1)
+
+    def _distribution_params(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.actor(obs).split(self.act_dim, dim=-1)
+        return mean, torch.clamp(log_std, LOG_STD_MIN, LOG_STD_MAX)
+
+    def action_log_prob(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Squashed Gaussian sample ``tanh(μ + ε·σ)`` and its log-probability ``[K, B]`` (SB3's formula)."""
+        mean, log_std = self._distribution_params(obs)
+        std = torch.ones_like(mean) * log_std.exp()
+        gaussian = mean + noise * std
+        actions = torch.tanh(gaussian)
+        log_prob = Normal(mean, std, validate_args=False).log_prob(gaussian).sum(dim=-1)  # a NaN member must not stop the rest
+        log_prob = log_prob - torch.sum(torch.log(1 - actions**2 + SQUASH_EPSILON), dim=-1)
+        return actions, log_prob
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Actions in [−1, 1] for observations ``[K, B, obs]`` (``tanh(μ)`` when deterministic)."""
+        if deterministic:
+            return torch.tanh(self._distribution_params(obs)[0])
+        return self.action_log_prob(
+            obs, noise if noise is not None else torch.randn(*obs.shape[:-1], self.act_dim, device=obs.device)
+        )[0]
+
+    # ----------------------------------------------------------------- one gradient step of every member
+    def update(
+        self,
+        obs: torch.Tensor,
+        actions: torch.Tensor,
+        rewards: torch.Tensor,
+        next_obs: torch.Tensor,
+        dones: torch.Tensor,
+        noise_pi: torch.Tensor,
+        noise_next: torch.Tensor,
+        snapshot_dense: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """One SAC gradient step per member on batches ``[K, B, ·]`` (rewards, dones ``[K, B, 1]``); per-member losses ``[K]``."""
+        actions_pi, log_prob = self.action_log_prob(obs, noise_pi)
+        log_prob = log_prob.unsqueeze(-1)  # [K, B, 1]
+        if self.ent_coef_optimizer is not None:
+            ent_coef = torch.exp(self.log_ent_coef.detach())
+            ent_coef_loss = -(self.log_ent_coef.view(-1, 1, 1) * (log_prob + self.target_entropy).detach()).mean(dim=(1, 2))
+            self.ent_coef_optimizer.zero_grad(set_to_none=True)
+            ent_coef_loss.sum().backward()
+            self.ent_coef_optimizer.step()
+        else:
+            ent_coef = torch.exp(self.log_ent_coef.detach())
+            ent_coef_loss = torch.zeros_like(ent_coef)
+        ent = ent_coef.view(-1, 1, 1)
+        with torch.no_grad():
+            next_actions, next_log_prob = self.action_log_prob(next_obs, noise_next)
+            next_q = self._q(self.critic_target, next_obs, next_actions).min(dim=1).values
+            next_q = next_q - ent * next_log_prob.unsqueeze(-1)
+            target_q = rewards + (1 - dones) * self.gamma * next_q
+        current_q = self._q(self.critic, obs, actions)
+        critic_loss = 0.5 * (current_q - target_q.unsqueeze(1)).pow(2).mean(dim=(2, 3)).sum(dim=1)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.sum().backward()
+        self.finish_gradients_("critic", snapshot_dense)
+        self.critic_optimizer.step()
+        min_q_pi = self._q(self.critic, obs, actions_pi).min(dim=1).values
+        actor_loss = (ent * log_prob - min_q_pi).mean(dim=(1, 2))
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.sum().backward()
+        self.finish_gradients_("actor", snapshot_dense)
+        self.actor_optimizer.step()
+        polyak_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.tau)
+        return {
+            "actor_loss": actor_loss.detach(),
+            "critic_loss": critic_loss.detach(),
+            "ent_coef": ent_coef,
+            "ent_coef_loss": ent_coef_loss.detach(),
+        }

@@ -1,0 +1,1 @@
+"""Hydra launcher plugin of sparse_rl: ``hydra/launcher=population`` (the population engine)."""

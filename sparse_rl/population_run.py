@@ -1,0 +1,148 @@
+"""Entry-point support for the population engine: group a sweep's jobs into populations and train each.
+
+Called by the Hydra launcher ``hydra/launcher=population``
+(``hydra_plugins/sparse_rl_population``) with every job's composed config. Jobs that may share one batched computation
+(same agent, env, hidden widths, budgets and hyperparameters; they may differ in seed, method, sparsity and weight
+decay) form one population of at most ``max_members``; each population is one process's computation. A job the
+engine cannot train is skipped with one line; a population that fails records ``status: failed`` in its members'
+``summary.json`` and the sweep goes on, like the SB3 path's sweeps.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from sparse_rl.run import Plan, UsageError, plan_run
+
+POPULATIONS_DIR = ".populations"  # under run_root: one folder per population (its checkpoint)
+
+
+@dataclass
+class Job:
+    """One sweep job: its config, its validated plan (or why it was skipped), its population's key."""
+
+    cfg: DictConfig
+    plan: Plan | None = None
+    skipped: str | None = None
+    net_arch: Any = None
+    key: str | None = None
+    score: float | None = None
+
+
+def plan_member(cfg: DictConfig) -> Plan:
+    """Validate one job as the SB3 path does, plus what the population engine supports; raises :class:`UsageError`."""
+    from agents.population.build import PopulationConfigError, check_supported
+
+    try:
+        check_supported(cfg)
+    except PopulationConfigError as error:
+        raise UsageError(str(error)) from error
+    if not cfg.resume:
+        return plan_run(cfg)
+    # a population keeps its checkpoint outside the run directory: validate everything else, keep the real run_dir
+    probe = copy.deepcopy(cfg)
+    with open_dict(probe):
+        probe.resume = False
+        probe.run_dir = str(Path(tempfile.gettempdir()) / "sparse_rl_probe" / "none")
+    plan = plan_run(probe)
+    plan.cfg, plan.run_dir = cfg, Path(cfg.run_dir)
+    if not (plan.run_dir / "population.json").exists():
+        raise UsageError(f"resume=true but {plan.run_dir} holds no population run to resume")
+    return plan
+
+
+def _net_arch(plan: Plan) -> Any:
+    """The hidden widths this job trains (equal-parameter variants solve them from the env's spaces)."""
+    net_arch = OmegaConf.to_container(plan.cfg.agent.net_arch)
+    if plan.variant is None:
+        return net_arch
+    from agents.matching import equal_parameter_net_arch
+    from envs import make_vec_env
+
+    env = make_vec_env(plan.env, 1, 0)
+    try:
+        solved, _ = equal_parameter_net_arch(
+            plan.agent.name, env.observation_space, env.action_space, net_arch, plan.group_sparsity, plan.variant
+        )
+    finally:
+        env.close()
+    return solved
+
+
+def group_jobs(jobs: Sequence[Job], max_members: int) -> list[list[Job]]:
+    """Compatible jobs in order of first appearance, split into populations of at most ``max_members``."""
+    from agents.population.build import compatibility_key
+
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        if job.plan is None:
+            continue
+        job.net_arch = _net_arch(job.plan)
+        job.key = compatibility_key(job.cfg, job.net_arch)
+        groups.setdefault(job.key, []).append(job)
+    return [members[i : i + max_members] for members in groups.values() for i in range(0, len(members), max_members)]
+
+
+def population_dir(members: Sequence[Job]) -> Path:
+    """Where a population keeps its checkpoint: named after its agent, env and member run directories."""
+    cfg = members[0].cfg
+    digest = hashlib.sha256("\n".join(str(m.plan.run_dir) for m in members).encode()).hexdigest()[:12]
+    return Path(cfg.run_root) / POPULATIONS_DIR / f"{cfg.agent.name}_{str(cfg.env.name).replace('/', '-')}_{digest}"
+
+
+def train_population(members: Sequence[Job], device: str, cuda_graph: bool) -> None:
+    """Train one population; record each member's score (a failed population fails its members, the sweep goes on)."""
+    from tqdm import tqdm
+
+    from agents.population.trainer import PopulationTrainer
+
+    cfg = members[0].cfg
+    label = f"population {cfg.agent.name}/{cfg.env.name} × {len(members)}"
+    plans = [m.plan for m in members]
+    try:
+        trainer = PopulationTrainer(plans, members[0].net_arch, population_dir(members), device, cuda_graph)
+        if cfg.resume:
+            trainer.load_checkpoint()
+        with tqdm(total=int(cfg.agent.total_timesteps), initial=trainer.num_timesteps, desc=label,
+                  disable=not cfg.progress_bar, unit="step") as bar:  # fmt: skip
+            trainer.learn(bar.update, checkpoint_freq=int(cfg.checkpoint_freq), nan_check_freq=int(cfg.nan_check_freq))
+        summaries = trainer.finish()
+    except Exception as error:  # the whole population failed: every member says so
+        from sparse_rl.run import _record_failure
+
+        for member in members:
+            _record_failure(member.plan, error)
+            print(f"{member.plan.run_dir}: FAILED ({error!r}); recorded in summary.json", file=sys.stderr)
+        return
+    for member, summary in zip(members, summaries):
+        member.score = summary.get("score")
+        print(f"{member.plan.run_dir}: {summary['status']}, score {member.score}")
+
+
+def run_jobs(cfgs: Sequence[DictConfig], device: str, cuda_graph: bool, max_members: int) -> list[Job]:
+    """Validate, group and train every job; returns them with their scores (``None`` where skipped or failed)."""
+    jobs = [Job(cfg) for cfg in cfgs]
+    seen: set[str] = set()
+    for job in jobs:
+        try:
+            if str(job.cfg.run_dir) in seen:  # e.g. a swept key that is not part of the run_dir pattern
+                raise UsageError(f"another job of this sweep writes {job.cfg.run_dir}; give each job its own run_dir")
+            seen.add(str(job.cfg.run_dir))
+            job.plan = plan_member(job.cfg)
+        except UsageError as error:
+            job.skipped = str(error)
+            print(f"{job.cfg.run_dir}: SKIPPED: {error}", file=sys.stderr)
+    groups = group_jobs(jobs, max_members)
+    print(f"population engine: {sum(len(g) for g in groups)} runs in {len(groups)} population(s) on {device}")
+    for members in groups:
+        train_population(members, device, cuda_graph)
+    return jobs

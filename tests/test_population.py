@@ -1,0 +1,216 @@
+"""The population engine: sparse invariants per member, member independence, exact resume, failures, grouping, outputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import DQN, SAC
+
+from agents.population.trainer import PopulationTrainer
+from sparse_rl.population_run import plan_member
+from sparse_rl.scores import last_fraction_mean
+from tests.agent_helpers import compose_run
+
+ENVS = {"sac": "Pendulum", "dqn": "CartPole"}
+MEMBERS = [(0, "dense"), (1, "rigl"), (2, "set"), (3, "prune"), (4, "static")]
+
+
+def _plans(agent: str, root: Path, members=MEMBERS, *extra: str, total: int = 400):
+    plans = []
+    for seed, method in members:
+        cfg = compose_run([
+            f"agent={agent}", f"env={ENVS[agent]}", f"sparsity={method}", f"seed={seed}", f"agent.total_timesteps={total}",
+            "agent.sb3.learning_starts=100", "agent.eval_freq=200", "agent.eval_episodes=2", "agent.net_arch=[32,32]",
+            "sparsity.update_interval=20", "progress_bar=false", "tensorboard=false", f"run_dir={root}/{method}_{seed}", *extra,
+        ])  # fmt: skip
+        plans.append(plan_member(cfg))
+    return plans
+
+
+def _trainer(agent: str, root: Path, members=MEMBERS, *extra: str, total: int = 400) -> PopulationTrainer:
+    return PopulationTrainer(_plans(agent, root, members, *extra, total=total), [32, 32], root / "population", "cpu", False)
+
+
+def _assert_member_invariants(trainer: PopulationTrainer) -> None:
+    """Exact counts, zero masked weights (online and target), zero Adam state outside the mask, target masks = online."""
+    for member in trainer.members:
+        controller = member.controller
+        controller.check_invariants()
+        for group in controller.groups:
+            for layer in group.layers:
+                if (controller.sparse and controller.updater.updates is False) or member.plan.sparsity.method in (
+                    "set",
+                    "rigl",
+                ):
+                    assert layer.active == layer.allocated, (member.plan.sparsity.method, layer.name)
+                assert torch.count_nonzero(layer.weight[~layer.mask]) == 0
+                for state in layer.optimizer_state(None):
+                    assert torch.count_nonzero(state[~layer.mask]) == 0
+            for layer, target in zip(group.layers, group.target_layers):
+                assert torch.equal(target.weight_mask, layer.mask)
+                assert torch.count_nonzero(target.weight[~layer.mask]) == 0
+
+
+@pytest.mark.parametrize("agent", ["sac", "dqn"])
+def test_population_keeps_every_members_sparse_invariants(agent, tmp_path):
+    trainer = _trainer(agent, tmp_path)
+    before = {
+        m.plan.sparsity.method: [layer.mask.clone() for g in m.controller.groups for layer in g.layers]
+        for m in trainer.members
+    }
+    trainer.learn()
+    _assert_member_invariants(trainer)
+    for member in trainer.members:
+        method = member.plan.sparsity.method
+        after = [layer.mask for g in member.controller.groups for layer in g.layers]
+        changed = any(not torch.equal(a, b) for a, b in zip(before[method], after))
+        assert changed == (method in ("set", "rigl", "prune")), method
+        if method == "prune":  # pruning reached its final allocation at the end of its window
+            for group in member.controller.groups:
+                assert all(layer.active == layer.allocated for layer in group.layers)
+    summaries = trainer.finish()
+    assert [s["status"] for s in summaries] == ["completed"] * len(MEMBERS)
+    sparse = [s for s in summaries if s["method"] != "dense"]
+    assert all(s["params"]["active"] == pytest.approx(0.1 * s["params"]["total"], abs=2) for s in sparse)
+
+
+def test_topology_update_touches_only_its_own_members_optimizer_state(tmp_path):
+    trainer = _trainer("sac", tmp_path, [(0, "rigl"), (1, "rigl")])
+    trainer.learn()  # creates Adam state
+    critic = trainer.agent.critic_optimizer.state[trainer.agent.critic.layers[1].weight]
+    for value in (critic["exp_avg"], critic["exp_avg_sq"]):
+        value.fill_(1.0)
+    member = trainer.members[0].controller
+    for layer in member.groups[1].layers:
+        layer.dense_grad.copy_(torch.rand_like(layer.dense_grad))
+    old = [layer.mask.clone() for layer in member.groups[1].layers]
+    member._update(member.updater.window.start + member.updater.window.interval)
+    changed = old[1] ^ member.groups[1].layers[1].mask
+    assert changed.any()
+    rows = critic["exp_avg"]  # rows 0, 1: member 0's twin critics; rows 2, 3: member 1's
+    assert torch.all(rows[2:] == 1.0), "member 1's optimizer state was touched by member 0's update"
+    assert torch.all(rows[0][changed] == 0.0) and torch.all(rows[0][~changed] == 1.0)
+
+
+def test_members_masks_do_not_depend_on_the_rest_of_the_population(tmp_path):
+    alone = _trainer("dqn", tmp_path / "a", [(3, "rigl")])
+    together = _trainer("dqn", tmp_path / "b", [(0, "dense"), (3, "rigl"), (5, "set")])
+    for a, b in zip(alone.members[0].controller.groups[0].layers, together.members[1].controller.groups[0].layers):
+        assert torch.equal(a.mask, b.mask)
+        torch.testing.assert_close(a.weight, b.weight)
+
+
+@pytest.mark.parametrize("agent", ["sac", "dqn"])
+def test_population_resumes_exactly_from_its_checkpoint(agent, tmp_path):
+    members = [(0, "rigl"), (1, "dense")]
+    straight = _trainer(agent, tmp_path / "straight", members)
+    straight.learn()
+    first = _trainer(agent, tmp_path / "resumed", members)
+    first.total = 300  # stop at a checkpoint, as a killed run would after writing it
+    first.learn(checkpoint_freq=300 if agent == "dqn" else 150)
+    first.save_checkpoint()
+    first.close()
+    resumed = _trainer(agent, tmp_path / "resumed", members, "resume=true")
+    resumed.load_checkpoint()
+    assert resumed.num_timesteps == 300
+    resumed.learn()
+    for name, tensor in straight.agent.state_dict().items():
+        assert torch.equal(tensor, resumed.agent.state_dict()[name]), name
+    for a, b in zip(straight.members, resumed.members):
+        assert a.eval_results == b.eval_results
+        assert a.controller.num_updates == b.controller.num_updates
+
+
+def test_a_diverging_member_fails_alone(tmp_path):
+    trainer = _trainer("sac", tmp_path, [(0, "dense"), (1, "rigl"), (2, "set")], "nan_check_freq=50")
+    with torch.no_grad():
+        trainer.agent.actor.layers[0].weight[1].fill_(float("nan"))
+    trainer.learn(nan_check_freq=50)
+    summaries = trainer.finish()
+    assert [s["status"] for s in summaries] == ["completed", "failed", "completed"]
+    assert "non-finite" in summaries[1]["error"] and "actor" in summaries[1]["error"]
+    assert all(np.isfinite(s["score"]) for s in (summaries[0], summaries[2]))
+
+
+@pytest.mark.parametrize(("agent", "algo"), [("sac", SAC), ("dqn", DQN)])
+def test_population_writes_the_sb3_paths_run_directory(agent, algo, tmp_path):
+    trainer = _trainer(agent, tmp_path, [(0, "rigl")])
+    trainer.learn()
+    summary = trainer.finish()[0]
+    run_dir = tmp_path / "rigl_0"
+    for name in ("summary.json", "evaluations.npz", "progress.csv", "model.zip", ".hydra/config.yaml"):
+        assert (run_dir / name).exists(), name
+    with np.load(run_dir / "evaluations.npz") as data:
+        assert list(data["timesteps"]) == [200, 400]
+        assert data["results"].shape == (2, 2)
+        assert summary["score"] == pytest.approx(last_fraction_mean(data["results"].mean(axis=1)))
+    model = algo.load(run_dir / "model.zip", device="cpu")
+    member = trainer.members[0].controller
+    sb3_layers = dict(model.policy.named_modules())
+    for group in member.groups:
+        for layer in group.layers:
+            if layer.name == "head":  # the paper's one actor output layer = SB3's mu and log_std
+                mask = torch.cat([sb3_layers["actor.mu"].weight_mask, sb3_layers["actor.log_std"].weight_mask])
+            else:
+                prefix = {"actor": "actor.", "critic": "critic.", "q": "q_net."}[group.name]
+                mask = sb3_layers[prefix + layer.name].weight_mask
+            assert torch.equal(mask, layer.mask)
+
+
+def _sweep(root: Path, *overrides: str, tiny: bool = True) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "sparse_rl.run", "-m", "hydra/launcher=population", f"run_root={root}", "progress_bar=false",
+               "tensorboard=false", "agent.total_timesteps=300", *overrides]  # fmt: skip
+    if tiny:
+        command += ["agent.sb3.learning_starts=100", "agent.eval_freq=150", "agent.eval_episodes=1", "agent.net_arch=[16,16]"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_launcher_groups_compatible_jobs_and_skips_what_it_cannot_train(tmp_path):
+    result = _sweep(tmp_path, "agent=dqn", "env=CartPole,Acrobot", "sparsity=dense,rigl", "seed=0,1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "8 runs in 2 population(s)" in result.stdout  # the envs differ: two populations of four
+    summaries = [json.loads(p.read_text()) for p in tmp_path.glob("dqn/*/*/seed_*/summary.json")]  # the SB3 path's layout
+    assert len(summaries) == 8 and all(s["status"] == "completed" and s["engine"] == "population" for s in summaries)
+    duplicate = _sweep(tmp_path / "dup", "agent=dqn", "env=CartPole", "seed=0", "agent.sb3.gamma=0.99,0.9")
+    assert "1 runs in 1 population(s)" in duplicate.stdout
+    assert "another job of this sweep writes" in duplicate.stderr
+    skipped = _sweep(tmp_path / "ppo", "agent=ppo", "env=CartPole", "seed=0", tiny=False)
+    assert skipped.returncode == 0, skipped.stderr[-2000:]
+    assert "SKIPPED: the population engine trains agent=sac or agent=dqn, not 'ppo'" in skipped.stderr
+    assert not (tmp_path / "ppo" / "ppo").exists()
+
+
+def test_launcher_resumes_a_killed_population(tmp_path):
+    args = ["agent=dqn", "env=CartPole", "sparsity=rigl", "seed=0,1", "checkpoint_freq=100", "agent.total_timesteps=3000"]
+    command = [sys.executable, "-m", "sparse_rl.run", "-m", "hydra/launcher=population", f"run_root={tmp_path}",
+               "progress_bar=false", "tensorboard=false", "agent.sb3.learning_starts=100", "agent.eval_freq=500",
+               "agent.eval_episodes=1", "agent.net_arch=[16,16]", *args]  # fmt: skip
+    cwd = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metas = []
+    for _ in range(600):
+        metas = list(tmp_path.glob(".populations/*/checkpoint/meta.json"))
+        if metas and json.loads(metas[0].read_text())["num_timesteps"] >= 1000:
+            break
+        if process.poll() is not None:
+            break
+        subprocess.run(["sleep", "0.1"])
+    process.kill()  # SIGKILL
+    process.wait()
+    assert metas, "no checkpoint was written before the kill"
+    resumed = subprocess.run([*command, "resume=true"], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    for seed in (0, 1):
+        run_dir = tmp_path / "dqn" / "CartPole" / "rigl_s0.9" / f"seed_{seed}"
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["num_timesteps"] == 3000
+        with np.load(run_dir / "evaluations.npz") as data:
+            assert list(data["timesteps"]) == [500, 1000, 1500, 2000, 2500, 3000]
+    shutil.rmtree(tmp_path, ignore_errors=True)
