@@ -1,0 +1,182 @@
+"""Population engine throughput: member-env-steps/s for K members against plain SB3, side by side in one run.
+
+    python benchmarks/population.py                                  # CPU: K = 1, 4; SAC HalfCheetah and DQN CartPole
+    python benchmarks/population.py --device cuda --sizes 1 4 16 64  # one GPU (update as a CUDA graph)
+    python benchmarks/population.py --agents dqn --methods dense rigl --sizes 1 4 --seconds 20 --out results.json
+
+Every configuration uses the paper's agent settings (configs/agent/*.yaml: SAC 256-256 batch 256, DQN 512-512 batch 128)
+except a short warm-up (``learning_starts`` = one batch) and a 100k replay buffer, and measures steady-state training:
+env step, action selection, one gradient step per env step, topology updates on the paper's schedule (RigL every 1,000
+gradient steps of a 1M-step run). Evaluation is excluded. It prints where the time goes (env, act, update, topology).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ENVS = {"sac": "HalfCheetah", "dqn": "CartPole"}
+BENCH_BUFFER = 100_000  # replay rows per member: enough for the measured steps, bounded memory at K = 64
+
+
+def compose(agent: str, method: str, seed: int, run_dir: Path):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import sparse_rl.run  # noqa: F401  (registers the schema)
+
+    batch = {"sac": 256, "dqn": 128}[agent]
+    overrides = [
+        f"agent={agent}", f"env={ENVS[agent]}", f"sparsity={method}", f"seed={seed}", f"run_dir={run_dir}",
+        f"agent.sb3.learning_starts={batch}", f"agent.sb3.buffer_size={BENCH_BUFFER}", "agent.eval_freq=100000000",
+        "progress_bar=false", "tensorboard=false", "checkpoint_freq=0",
+    ]  # fmt: skip
+    if method != "dense":
+        overrides.append("sparsity.sparsity=0.9")
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class Timers:
+    """Wall time per phase of the trainer's loop (synchronised on CUDA)."""
+
+    def __init__(self, trainer, device: torch.device) -> None:
+        self.totals = {"env": 0.0, "act": 0.0, "update": 0.0}
+        self.device = device
+        for name, attribute, owner in (("env", "step", trainer.envs), ("act", "_actions", trainer), ("update", "_gradient_step", trainer)):
+            self._wrap(owner, attribute, name)
+
+    def _wrap(self, owner, attribute: str, name: str) -> None:
+        original = getattr(owner, attribute)
+
+        def timed(*args, **kwargs):
+            sync(self.device)
+            start = time.perf_counter()
+            result = original(*args, **kwargs)
+            sync(self.device)
+            self.totals[name] += time.perf_counter() - start
+            return result
+
+        setattr(owner, attribute, timed)
+
+
+def bench_population(agent: str, method: str, k: int, device: str, cuda_graph: bool, seconds: float, scratch: Path) -> dict:
+    from agents.population.trainer import PopulationTrainer
+    from sparse_rl.run import plan_run
+
+    plans = [plan_run(compose(agent, method, seed, scratch / f"{agent}_{method}_{k}_{seed}")) for seed in range(k)]
+    net_arch = list(plans[0].cfg.agent.net_arch)
+    trainer = PopulationTrainer(plans, net_arch, scratch / f"pop_{agent}_{method}_{k}", device, cuda_graph)
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    warm = int(plans[0].cfg.agent.sb3.learning_starts) + 20  # past warm-up and the CUDA-graph capture
+    trainer.total = warm
+    trainer.learn(nan_check_freq=10**9)
+    timers = Timers(trainer, dev)
+    controller_time = {"t": 0.0}
+    for member in trainer.members:
+        original = member.controller.step
+
+        def timed_step(t, original=original):
+            start = time.perf_counter()
+            changed = original(t)
+            controller_time["t"] += time.perf_counter() - start
+            return changed
+
+        member.controller.step = timed_step
+    steps, start = 0, time.perf_counter()
+    chunk = 50 if dev.type == "cuda" else max(5, 400 // k)
+    while time.perf_counter() - start < seconds:
+        trainer.total += chunk
+        trainer.learn(nan_check_freq=10**9)
+        steps += chunk
+    sync(dev)
+    wall = time.perf_counter() - start
+    result = {
+        "engine": "population", "agent": agent, "method": method, "k": k, "device": device, "cuda_graph": trainer.cuda_graph,
+        "env_steps": steps, "wall_s": wall, "member_steps_per_s": steps * k / wall,
+        "ms_per_population_step": 1000 * wall / steps,
+        "share": {name: total / wall for name, total in timers.totals.items()},
+        "topology_share": controller_time["t"] / wall,
+        "gpu_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None,
+        "rss_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }  # fmt: skip
+    trainer.close()
+    return result
+
+
+def bench_sb3(agent: str, method: str, seconds: float, scratch: Path) -> dict:
+    """Plain SB3 (our SB3 path: the same agent, sparse policy and controller) in this process, one thread."""
+    from omegaconf import OmegaConf
+
+    from agents import AGENTS, attach_controller, build_model
+    from envs import make_vec_env
+    from sparse_rl.run import plan_run
+
+    plan = plan_run(compose(agent, method, 0, scratch / f"sb3_{agent}_{method}"))
+    env = make_vec_env(plan.env, 1, 0)
+    agent_cfg = OmegaConf.to_container(plan.cfg.agent, resolve=True)
+    model = build_model(
+        plan.agent, agent_cfg, env, net_arch=agent_cfg["net_arch"], sparse=method != "dense", seed=0, device="cpu"
+    )  # fmt: skip
+    attach_controller(model, AGENTS.get(agent), plan.sparsity, 1_000_000, 0)
+    model.learn(total_timesteps=int(agent_cfg["sb3"]["learning_starts"]) + 20)
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        model.learn(total_timesteps=100, reset_num_timesteps=False)
+        steps += 100
+    wall = time.perf_counter() - start
+    return {"engine": "sb3", "agent": agent, "method": method, "k": 1, "device": "cpu", "env_steps": steps, "wall_s": wall,
+            "member_steps_per_s": steps / wall}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--agents", nargs="+", default=["sac", "dqn"], choices=["sac", "dqn"])
+    parser.add_argument("--methods", nargs="+", default=["dense", "rigl"], choices=["dense", "static", "set", "rigl", "prune"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[1, 4], help="population sizes K")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per configuration")
+    parser.add_argument("--no-cuda-graph", action="store_true", help="eager updates on CUDA")
+    parser.add_argument("--no-sb3", action="store_true", help="skip the plain SB3 reference")
+    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON (appended as they come)")
+    parser.add_argument("--scratch", type=Path, default=Path("/tmp/sparse_rl_bench"), help="run directories (discarded)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    results = []
+
+    def report(row: dict) -> None:
+        results.append(row)
+        share = " ".join(f"{k} {v:.0%}" for k, v in row.get("share", {}).items())
+        extra = f" topology {row['topology_share']:.1%} | {share}" if "share" in row else ""
+        memory = f" gpu {row['gpu_peak_mib']:.0f} MiB" if row.get("gpu_peak_mib") else ""
+        print(f"{row['engine']:>10} {row['agent']} {row['method']:>5} K={row['k']:<3} {row['device']:>4} "
+              f"{row['member_steps_per_s']:>9.0f} member-steps/s{extra}{memory}", flush=True)  # fmt: skip
+        if args.out is not None:
+            args.out.write_text(json.dumps(results, indent=1))
+
+    for agent in args.agents:
+        for method in args.methods:
+            if not args.no_sb3:
+                report(bench_sb3(agent, method, args.seconds, args.scratch))
+            for k in args.sizes:
+                report(bench_population(agent, method, k, args.device, not args.no_cuda_graph, args.seconds, args.scratch))
+
+
+if __name__ == "__main__":
+    main()
