@@ -74,19 +74,31 @@ class Timers:
         setattr(owner, attribute, timed)
 
 
-def bench_population(agent: str, method: str, k: int, device: str, cuda_graph: bool, seconds: float, scratch: Path) -> dict:
+def bench_population(
+    agent: str, method: str, k: int, device: str, cuda_graph: bool, seconds: float, scratch: Path, env_workers: str
+) -> dict:
     from agents.population.trainer import PopulationTrainer
+    from sparse_rl.population_run import env_workers_for
     from sparse_rl.run import plan_run
 
     plans = [plan_run(compose(agent, method, seed, scratch / f"{agent}_{method}_{k}_{seed}")) for seed in range(k)]
     net_arch = list(plans[0].cfg.agent.net_arch)
-    trainer = PopulationTrainer(plans, net_arch, scratch / f"pop_{agent}_{method}_{k}", device, cuda_graph)
+    workers = env_workers_for(env_workers, device, k)
+    trainer = PopulationTrainer(plans, net_arch, scratch / f"pop_{agent}_{method}_{k}", device, cuda_graph, workers)
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     warm = int(plans[0].cfg.agent.sb3.learning_starts) + 20  # past warm-up and the CUDA-graph capture
     trainer.total = warm
     trainer.learn(nan_check_freq=10**9)
+    steps, start = 0, time.perf_counter()
+    chunk = 50 if dev.type == "cuda" else max(5, 400 // k)
+    while time.perf_counter() - start < seconds:  # headline: no timers (they synchronise the device)
+        trainer.total += chunk
+        trainer.learn(nan_check_freq=10**9)
+        steps += chunk
+    sync(dev)
+    headline = steps * k / (time.perf_counter() - start)
     timers = Timers(trainer, dev)
     controller_time = {"t": 0.0}
     for member in trainer.members:
@@ -100,8 +112,7 @@ def bench_population(agent: str, method: str, k: int, device: str, cuda_graph: b
 
         member.controller.step = timed_step
     steps, start = 0, time.perf_counter()
-    chunk = 50 if dev.type == "cuda" else max(5, 400 // k)
-    while time.perf_counter() - start < seconds:
+    while time.perf_counter() - start < seconds / 2:  # where the time goes (synchronised timers)
         trainer.total += chunk
         trainer.learn(nan_check_freq=10**9)
         steps += chunk
@@ -109,8 +120,8 @@ def bench_population(agent: str, method: str, k: int, device: str, cuda_graph: b
     wall = time.perf_counter() - start
     result = {
         "engine": "population", "agent": agent, "method": method, "k": k, "device": device, "cuda_graph": trainer.cuda_graph,
-        "env_steps": steps, "wall_s": wall, "member_steps_per_s": steps * k / wall,
-        "ms_per_population_step": 1000 * wall / steps,
+        "env_workers": workers,
+        "member_steps_per_s": headline, "ms_per_population_step": 1000 * k / headline,
         "share": {name: total / wall for name, total in timers.totals.items()},
         "topology_share": controller_time["t"] / wall,
         "gpu_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None,
@@ -153,6 +164,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[1, 4], help="population sizes K")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per configuration")
     parser.add_argument("--no-cuda-graph", action="store_true", help="eager updates on CUDA")
+    parser.add_argument("--env-workers", default="auto", help="processes stepping the envs (auto: the launcher's default)")
     parser.add_argument("--no-sb3", action="store_true", help="skip the plain SB3 reference")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON (appended as they come)")
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/sparse_rl_bench"), help="run directories (discarded)")
@@ -165,7 +177,7 @@ def main() -> None:
         share = " ".join(f"{k} {v:.0%}" for k, v in row.get("share", {}).items())
         extra = f" topology {row['topology_share']:.1%} | {share}" if "share" in row else ""
         memory = f" gpu {row['gpu_peak_mib']:.0f} MiB" if row.get("gpu_peak_mib") else ""
-        print(f"{row['engine']:>10} {row['agent']} {row['method']:>5} K={row['k']:<3} {row['device']:>4} "
+        print(f"{row['engine']:>10} {row['agent']} {row['method']:>5} K={row['k']:<3} {row['device']:>4} w={row.get('env_workers', 0):<2} "
               f"{row['member_steps_per_s']:>9.0f} member-steps/s{extra}{memory}", flush=True)  # fmt: skip
         if args.out is not None:
             args.out.write_text(json.dumps(results, indent=1))
@@ -175,7 +187,11 @@ def main() -> None:
             if not args.no_sb3:
                 report(bench_sb3(agent, method, args.seconds, args.scratch))
             for k in args.sizes:
-                report(bench_population(agent, method, k, args.device, not args.no_cuda_graph, args.seconds, args.scratch))
+                report(
+                    bench_population(
+                        agent, method, k, args.device, not args.no_cuda_graph, args.seconds, args.scratch, args.env_workers
+                    )
+                )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -99,7 +100,7 @@ def population_dir(members: Sequence[Job]) -> Path:
     return Path(cfg.run_root) / POPULATIONS_DIR / f"{cfg.agent.name}_{str(cfg.env.name).replace('/', '-')}_{digest}"
 
 
-def train_population(members: Sequence[Job], device: str, cuda_graph: bool) -> None:
+def train_population(members: Sequence[Job], device: str, cuda_graph: bool, env_workers: int) -> None:
     """Train one population; record each member's score (a failed population fails its members, the sweep goes on)."""
     from tqdm import tqdm
 
@@ -109,7 +110,7 @@ def train_population(members: Sequence[Job], device: str, cuda_graph: bool) -> N
     label = f"population {cfg.agent.name}/{cfg.env.name} × {len(members)}"
     plans = [m.plan for m in members]
     try:
-        trainer = PopulationTrainer(plans, members[0].net_arch, population_dir(members), device, cuda_graph)
+        trainer = PopulationTrainer(plans, members[0].net_arch, population_dir(members), device, cuda_graph, env_workers)
         if cfg.resume:
             trainer.load_checkpoint()
         with tqdm(total=int(cfg.agent.total_timesteps), initial=trainer.num_timesteps, desc=label,
@@ -128,7 +129,18 @@ def train_population(members: Sequence[Job], device: str, cuda_graph: bool) -> N
         print(f"{member.plan.run_dir}: {summary['status']}, score {member.score}")
 
 
-def run_jobs(cfgs: Sequence[DictConfig], device: str, cuda_graph: bool, max_members: int) -> list[Job]:
+def env_workers_for(setting: int | str, device: str, members: int) -> int:
+    """``auto``: on CUDA one worker process per 4 members (at most the cores but one); on CPU none (one core trains)."""
+    if setting != "auto":
+        return int(setting)
+    if not device.startswith("cuda"):
+        return 0
+    return max(0, min((os.cpu_count() or 1) - 1, members // 4))
+
+
+def run_jobs(
+    cfgs: Sequence[DictConfig], device: str, cuda_graph: bool, max_members: int, env_workers: int | str = "auto"
+) -> list[Job]:
     """Validate, group and train every job; returns them with their scores (``None`` where skipped or failed)."""
     jobs = [Job(cfg) for cfg in cfgs]
     seen: set[str] = set()
@@ -144,5 +156,5 @@ def run_jobs(cfgs: Sequence[DictConfig], device: str, cuda_graph: bool, max_memb
     groups = group_jobs(jobs, max_members)
     print(f"population engine: {sum(len(g) for g in groups)} runs in {len(groups)} population(s) on {device}")
     for members in groups:
-        train_population(members, device, cuda_graph)
+        train_population(members, device, cuda_graph, env_workers_for(env_workers, device, len(members)))
     return jobs

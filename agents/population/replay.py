@@ -7,6 +7,7 @@ ends. Capacity is ``min(buffer_size, total_timesteps)``: a buffer never wrapped 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -24,15 +25,22 @@ class PopulationReplay:
         # the filled size as a device scalar, so sampling inside a captured CUDA graph sees it grow
         self.size_tensor = torch.zeros((), device=device)
         self._member_index = torch.arange(k, device=device).view(k, 1)
+        self._widths = [shapes[name] for name in self.FIELDS]
+        self._staging = torch.zeros(k, sum(self._widths), pin_memory=device.type == "cuda")
 
     @property
     def size(self) -> int:
         return self.capacity if self.full else self.pos
 
     def add(self, obs, actions, rewards, next_obs, dones) -> None:
-        """Append one transition per member (tensors ``[K, ·]`` on any device)."""
-        for name, value in zip(self.FIELDS, (obs, actions, rewards, next_obs, dones)):
-            self.storage[name][:, self.pos].copy_(torch.as_tensor(value).view(self.k, -1))
+        """Append one transition per member (arrays ``[K, ·]``): one host-to-device copy for all fields."""
+        row = np.concatenate(
+            [np.asarray(v, dtype=np.float32).reshape(self.k, -1) for v in (obs, actions, rewards, next_obs, dones)], axis=1
+        )
+        self._staging.copy_(torch.from_numpy(row))
+        device_row = self._staging.to(self.device)  # synchronous: the staging buffer is reused next step
+        for name, part in zip(self.FIELDS, device_row.split(self._widths, dim=1)):
+            self.storage[name][:, self.pos].copy_(part)
         self.pos += 1
         if self.pos == self.capacity:
             self.full, self.pos = True, 0

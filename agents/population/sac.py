@@ -124,13 +124,12 @@ class PopulationSAC(PopulationAgent):
         return actions, log_prob
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, deterministic: bool, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Actions in [−1, 1] for observations ``[K, B, obs]`` (``tanh(μ)`` when deterministic)."""
+    def act(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        """Actions in [−1, 1] for observations ``[K, B, obs]``: ``tanh(μ)``, or ``tanh(μ + ε·σ)`` (no log-prob needed)."""
+        mean, log_std = self._distribution_params(obs)
         if deterministic:
-            return torch.tanh(self._distribution_params(obs)[0])
-        return self.action_log_prob(
-            obs, noise if noise is not None else torch.randn(*obs.shape[:-1], self.act_dim, device=obs.device)
-        )[0]
+            return torch.tanh(mean)
+        return torch.tanh(torch.addcmul(mean, torch.randn_like(mean), log_std.exp()))
 
     # ----------------------------------------------------------------- one gradient step of every member
     def update(

@@ -36,7 +36,7 @@ from agents.population.replay import PopulationReplay
 from agents.population.sac import PopulationSAC
 from agents.registry import off_policy_gradient_steps
 from agents.resume import run_logger
-from envs.state import restore_vec_env_states, vec_env_states
+from envs import make_vec_env
 from sparse_rl.atomic import atomic_write, atomic_write_json
 from sparse_rl.checkpoint import latest_checkpoint, write_checkpoint
 from sparse_rl.controller import NonFiniteError, SparsityInvariantError, TopologyController
@@ -83,7 +83,9 @@ class _Evaluations:
 class PopulationTrainer:
     """Trains the compatible ``plans`` (one run each) together; ``population_dir`` holds the shared checkpoint."""
 
-    def __init__(self, plans: Sequence[Any], net_arch: Any, population_dir: Path, device: str, cuda_graph: bool) -> None:
+    def __init__(
+        self, plans: Sequence[Any], net_arch: Any, population_dir: Path, device: str, cuda_graph: bool, env_workers: int = 0
+    ) -> None:
         self.plans = list(plans)
         self.cfg = plans[0].cfg
         self.net_arch = net_arch
@@ -101,8 +103,8 @@ class PopulationTrainer:
         self.eval_freq, self.eval_episodes = int(self.cfg.agent.eval_freq), int(self.cfg.agent.eval_episodes)
         # the population's shared stream (replay indices, policy noise) is seeded by its first member, as SB3 seeds one run
         torch.manual_seed(int(plans[0].cfg.seed))
-        self.envs = MemberEnvs(plans[0].env, [int(p.cfg.seed) for p in plans])
-        self.eval_envs = MemberEnvs(plans[0].env, [int(p.cfg.seed) + EVAL_SEED_OFFSET for p in plans])
+        self.envs = MemberEnvs(plans[0].env, [int(p.cfg.seed) for p in plans], env_workers)
+        self.eval_envs = MemberEnvs(plans[0].env, [int(p.cfg.seed) + EVAL_SEED_OFFSET for p in plans], env_workers)
         self.action_space = self.envs.action_space
         self.agent: PopulationAgent = build_agent(
             self.cfg, net_arch, self.envs.observation_space, self.action_space,
@@ -363,13 +365,15 @@ class PopulationTrainer:
         plan = member.plan
         agent_cfg = OmegaConf.to_container(plan.cfg.agent, resolve=True)
         agent_cfg["sb3"]["buffer_size"] = 1  # the export carries no replay data
+        env = make_vec_env(plan.env, 1, member.seed)  # for its spaces
         model = build_model(
-            plan.agent, agent_cfg, self.eval_envs.envs[member.index], net_arch=self.net_arch,
-            sparse=plan.sparsity.method != "dense", seed=member.seed, device="cpu",
+            plan.agent, agent_cfg, env, net_arch=self.net_arch, sparse=plan.sparsity.method != "dense", seed=member.seed,
+            device="cpu",
         )  # fmt: skip
         copy_member(self.agent, member.index, model, to_sb3=True)
         model.num_timesteps = self.num_timesteps
         model.save(path)
+        env.close()
 
     def finish(self) -> list[dict]:
         """Invariants, ``model.zip`` and ``summary.json`` of every member; returns the summaries."""
@@ -414,8 +418,8 @@ class PopulationTrainer:
         state = {
             "num_timesteps": self.num_timesteps,
             "clock": self.clock,
-            "envs": [vec_env_states(env) for env in self.envs.envs],
-            "eval_envs": [vec_env_states(env) for env in self.eval_envs.envs],
+            "envs": self.envs.states(),
+            "eval_envs": self.eval_envs.states(),
             "members": [
                 {
                     "run_dir": str(m.run_dir), "status": m.status, "error": m.error, "rng": m.rng.bit_generator.state,
@@ -458,12 +462,8 @@ class PopulationTrainer:
             member.episodes = saved["episodes"]
             member.eval_timesteps, member.eval_results = saved["eval_timesteps"], saved["eval_results"]
             member.eval_lengths = saved["eval_lengths"]
-        for env, env_state in zip(self.envs.envs, state["envs"]):
-            restore_vec_env_states(env, env_state)
-        for env, env_state in zip(self.eval_envs.envs, state["eval_envs"]):
-            restore_vec_env_states(env, env_state)
-            if any(m["eval_timesteps"] for m in state["members"]):
-                env._reset_seeds()  # already seeded at its first evaluation: continue its stream, do not re-seed
+        self.envs.restore(state["envs"], continue_streams=True)
+        self.eval_envs.restore(state["eval_envs"], continue_streams=any(m["eval_timesteps"] for m in state["members"]))
         self._obs = tensors["obs"].numpy()
         torch.set_rng_state(tensors["torch_rng"])
         if self.device.type == "cuda" and tensors["cuda_rng"].numel():

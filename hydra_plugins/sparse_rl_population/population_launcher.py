@@ -23,11 +23,11 @@ log = logging.getLogger(__name__)
 
 
 class PopulationLauncher(Launcher):
-    """Groups a multirun's jobs into populations; ``device``, ``cuda_graph`` and ``max_members`` come from its config."""
+    """Groups a multirun's jobs into populations; its settings come from ``configs/hydra/launcher/population.yaml``."""
 
-    def __init__(self, device: str = "cpu", cuda_graph: bool = True, max_members: int = 64) -> None:
+    def __init__(self, device: str = "cpu", cuda_graph: bool = True, max_members: int = 64, env_workers: int | str = "auto") -> None:
         super().__init__()
-        self.device, self.cuda_graph, self.max_members = device, cuda_graph, max_members
+        self.device, self.cuda_graph, self.max_members, self.env_workers = device, cuda_graph, max_members, env_workers
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
 
@@ -54,7 +54,7 @@ class PopulationLauncher(Launcher):
                 del task_cfg["hydra"]
             cfgs.append(task_cfg)
             hydra_cfgs.append(sweep_config)
-        jobs = run_jobs(cfgs, self.device, self.cuda_graph, self.max_members)
+        jobs = run_jobs(cfgs, self.device, self.cuda_graph, self.max_members, self.env_workers)
         returns = []
         for overrides, job, hydra_cfg in zip(job_overrides, jobs, hydra_cfgs):
             ret = JobReturn(overrides=list(overrides), cfg=job.cfg, hydra_cfg=hydra_cfg, working_dir=str(Path.cwd()))
