@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import os
 import sys
 import tempfile
@@ -24,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sparse_rl.run import Plan, UsageError, plan_run
 
-POPULATIONS_DIR = ".populations"  # under run_root: one folder per population (its checkpoint)
+POPULATIONS_DIR = ".populations"
+MEMBERS_PER_ENV_WORKER = 8  # env_workers=auto on CUDA: measured best of 4/8/16 at K = 64 (docs/performance.md)  # under run_root: one folder per population (its checkpoint)
 
 
 @dataclass
@@ -130,12 +132,16 @@ def train_population(members: Sequence[Job], device: str, cuda_graph: bool, env_
 
 
 def env_workers_for(setting: int | str, device: str, members: int) -> int:
-    """``auto``: on CUDA one worker process per 4 members (at most the cores but one); on CPU none (one core trains)."""
+    """``auto``: on CUDA one worker process per 8 members (at most the cores but one); on CPU none (one core trains).
+
+    Eight members per worker balances env time against the main process's per-worker messaging
+    (benchmarks/population.py, docs/performance.md).
+    """
     if setting != "auto":
         return int(setting)
-    if not device.startswith("cuda"):
+    if not device.startswith("cuda") or members < MEMBERS_PER_ENV_WORKER:
         return 0
-    return max(0, min((os.cpu_count() or 1) - 1, members // 4))
+    return max(0, min((os.cpu_count() or 1) - 1, math.ceil(members / MEMBERS_PER_ENV_WORKER)))
 
 
 def run_jobs(
