@@ -336,6 +336,19 @@ def test_a_run_that_misses_its_final_allocation_says_so(tmp_path, monkeypatch, c
     assert "final sparsity allocation was not reached" in capsys.readouterr().err
 
 
+def test_analysis_scores_no_run_that_missed_its_final_allocation(tmp_path):
+    from sparse_rl.analysis import load_run
+    from tests.test_analysis import make_run
+
+    run_dir = make_run(tmp_path, method="prune", sparsity=0.9)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary.update(checks={"final_allocation": "failed"}, sparsity_reached=0.42)
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    run = load_run(run_dir)
+    assert "did not reach its final sparsity allocation (sparsity reached 0.42)" in run.reasons()
+    assert run.usable_for_curves and not run.usable_for_scores
+
+
 @pytest.mark.parametrize(
     "override",
     ["agent.total_timesteps=600", "sparsity.update_interval=7", "sparsity.end_fraction=0.5", "sparsity.drop_fraction=0.1"],
