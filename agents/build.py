@@ -11,6 +11,7 @@ from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
+from agents.decay import kernel_decay
 from agents.registry import AgentSpec
 from sparse_rl.config import SparsityConfig
 from sparse_rl.controller import TopologyController
@@ -30,12 +31,23 @@ def _linear_schedule(initial: float):
 
 
 def sb3_kwargs(agent_cfg: Mapping[str, Any], net_arch: Any) -> dict[str, Any]:
-    """SB3 constructor kwargs: ``agent.sb3`` plus net_arch, activation and the learning-rate schedule."""
+    """SB3 constructor kwargs: ``agent.sb3`` plus net_arch, activation, the learning-rate schedule, the paper's
+    initialisation (``agent.init``), per-group kernel decay (``agent.weight_decay``) and DQN's ``agent.loss``."""
     kwargs = dict(agent_cfg["sb3"])
     policy_kwargs = dict(kwargs.pop("policy_kwargs", None) or {})
+    if "weight_decay" in (policy_kwargs.get("optimizer_kwargs") or {}):
+        raise ValueError(
+            "agent.sb3.policy_kwargs.optimizer_kwargs.weight_decay would decay biases too; set agent.weight_decay "
+            "(the paper's L2 coefficient, applied to kernels per group)"
+        )
     policy_kwargs["net_arch"] = net_arch
     policy_kwargs["activation_fn"] = getattr(nn, agent_cfg["activation"])
+    loss = agent_cfg.get("loss")
+    policy_kwargs["kernel_decay"] = kernel_decay(agent_cfg["name"], agent_cfg["weight_decay"], loss)
+    policy_kwargs["init"] = dict(agent_cfg["init"])
     kwargs["policy_kwargs"] = policy_kwargs
+    if loss is not None:
+        kwargs["loss"] = loss
     if agent_cfg["lr_schedule"] == "linear":
         kwargs["learning_rate"] = _linear_schedule(kwargs["learning_rate"])
     elif agent_cfg["lr_schedule"] != "constant":
@@ -69,6 +81,9 @@ def attach_controller(
     The clock runs in an optimizer post-step hook, so topology changes happen between two gradient steps —
     as in the paper's trainers — without touching SB3's training loops.
     """
+    release = getattr(model.policy, "release_mask_guard", None)
+    if release is not None:  # the controller masks gradients itself (and RigL needs them dense first)
+        release()
     controller = TopologyController(spec.groups(model), config, spec.gradient_steps(model, total_timesteps), seed)
     controller.init_masks(existing=existing)
     spec.clock_optimizer(model).register_step_post_hook(lambda optimizer, args, kwargs: controller.tick())

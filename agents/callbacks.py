@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
@@ -43,6 +44,32 @@ class TopologyLoggerCallback(BaseCallback):
     def _on_step(self) -> bool:
         if self.controller.num_updates != self._logged_updates:
             self._record()
+        return True
+
+
+class ClockSyncCallback(BaseCallback):
+    """Keeps the topology clock on the schedule when a trainer skips gradient steps (PPO's ``target_kl`` stop).
+
+    At every rollout start and at the end of training, the controller's clock is moved to ``nominal(model)``, the
+    gradient steps the iterations so far would have taken, if it is behind: the schedule stays the one planned
+    from the budget, and a run ends at its final allocation (:meth:`~sparse_rl.TopologyController.advance_to`).
+    """
+
+    def __init__(self, controller: TopologyController, nominal: Callable[[Any], int]) -> None:
+        super().__init__()
+        self.controller = controller
+        self.nominal = nominal
+
+    def _sync(self) -> None:
+        self.controller.advance_to(self.nominal(self.model))
+
+    def _on_rollout_start(self) -> None:
+        self._sync()
+
+    def _on_training_end(self) -> None:
+        self._sync()
+
+    def _on_step(self) -> bool:
         return True
 
 

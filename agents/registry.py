@@ -7,12 +7,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from stable_baselines3 import DQN, PPO, SAC
+from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from torch.optim import Optimizer
 
 from agents import policies
+from agents.dqn import LossDQN
 from sparse_rl.controller import SparseGroup
 from sparse_rl.registry import Registry
 
@@ -24,13 +25,15 @@ class AgentSpec:
     name: str
     algo: type[BaseAlgorithm]
     action_spaces: tuple[str, ...]
-    dense_policies: dict[str, str]  # observation kind (mlp, cnn) -> SB3 policy name
+    dense_policies: dict[str, type[BasePolicy]]  # observation kind (mlp, cnn) -> policy class
     sparse_policies: dict[str, type[BasePolicy]]
     groups: Callable[[BaseAlgorithm], list[SparseGroup]]
     clock_optimizer: Callable[[BaseAlgorithm], Optimizer]  # its step() is one gradient step of the paper's clock
     gradient_steps: Callable[[BaseAlgorithm, int], int]  # total gradient steps for a budget of env steps
+    # the clock's nominal value at a rollout start, for trainers that may skip gradient steps (PPO's target_kl)
+    nominal_clock: Callable[[BaseAlgorithm], int] | None = None
 
-    def policy(self, observation_kind: str, sparse: bool) -> str | type[BasePolicy]:
+    def policy(self, observation_kind: str, sparse: bool) -> type[BasePolicy]:
         return self.sparse_policies[observation_kind] if sparse else self.dense_policies[observation_kind]
 
 
@@ -56,15 +59,22 @@ def _ppo_gradient_steps(model: BaseAlgorithm, total_timesteps: int) -> int:
     return max(1, math.ceil(total_timesteps / rollout) * model.n_epochs * math.ceil(rollout / model.batch_size))
 
 
+def _ppo_nominal_clock(model: BaseAlgorithm) -> int:
+    """Gradient steps of the PPO iterations trained so far had none stopped early (``target_kl``)."""
+    rollout = model.n_steps * model.n_envs
+    return model.num_timesteps // rollout * model.n_epochs * math.ceil(rollout / model.batch_size)
+
+
 AGENTS.register("sac")(
     AgentSpec(
         name="sac",
         algo=SAC,
         action_spaces=("continuous",),
-        dense_policies={"mlp": "MlpPolicy", "cnn": "CnnPolicy"},
+        dense_policies={"mlp": policies.DenseSACPolicy, "cnn": policies.DenseSACCnnPolicy},
         sparse_policies={"mlp": policies.SparseSACPolicy, "cnn": policies.SparseSACCnnPolicy},
         groups=lambda m: [
-            SparseGroup("actor", m.actor, m.actor.optimizer),
+            # mu and log_std are the paper's one 256x2A output layer: ERK allocates them as one (paper_facts §2.2)
+            SparseGroup("actor", m.actor, m.actor.optimizer, joint=[("mu", "log_std")]),
             SparseGroup("critic", m.critic, m.critic.optimizer, target=m.critic_target),
         ],
         clock_optimizer=lambda m: m.actor.optimizer,  # SB3 steps the critic, then the actor (paper §6 order)
@@ -75,9 +85,9 @@ AGENTS.register("sac")(
 AGENTS.register("dqn")(
     AgentSpec(
         name="dqn",
-        algo=DQN,
+        algo=LossDQN,
         action_spaces=("discrete",),
-        dense_policies={"mlp": "MlpPolicy", "cnn": "CnnPolicy"},
+        dense_policies={"mlp": policies.DenseDQNPolicy, "cnn": policies.DenseDQNCnnPolicy},
         sparse_policies={"mlp": policies.SparseDQNPolicy, "cnn": policies.SparseDQNCnnPolicy},
         groups=lambda m: [SparseGroup("q", m.q_net, m.policy.optimizer, target=m.q_net_target)],
         clock_optimizer=lambda m: m.policy.optimizer,
@@ -90,7 +100,7 @@ AGENTS.register("ppo")(
         name="ppo",
         algo=PPO,
         action_spaces=("continuous", "discrete"),
-        dense_policies={"mlp": "MlpPolicy", "cnn": "CnnPolicy"},
+        dense_policies={"mlp": policies.DensePPOPolicy, "cnn": policies.DensePPOCnnPolicy},
         sparse_policies={"mlp": policies.SparsePPOPolicy, "cnn": policies.SparsePPOCnnPolicy},
         groups=lambda m: [
             SparseGroup(
@@ -103,5 +113,6 @@ AGENTS.register("ppo")(
         ],
         clock_optimizer=lambda m: m.policy.optimizer,
         gradient_steps=_ppo_gradient_steps,
+        nominal_clock=_ppo_nominal_clock,
     )
 )

@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 
 import sparse_rl.run  # noqa: F401  (registers the config schema)
 from agents import AGENTS, attach_controller, build_model
+from agents.build import sb3_kwargs
 from agents.callbacks import FiniteWeightsCallback, TopologyLoggerCallback
 from envs import EnvSpec, make_vec_env
 from sparse_rl.controller import TopologyController
@@ -74,7 +75,12 @@ def build(agent: str, method: str, device: str) -> Setup:
     if method.startswith("sb3"):  # plain SB3: its own policy class, no controller, no callbacks
         if method == "sb3_default_adam":  # SB3's own default optimizer instead of our configs' fused Adam
             agent_cfg["sb3"]["policy_kwargs"]["optimizer_kwargs"].pop("fused")
-        model = build_model(spec, agent_cfg, env, net_arch=net_arch, sparse=False, seed=0, device=device)
+        kwargs = sb3_kwargs(agent_cfg, net_arch)
+        for key in ("kernel_decay", "init"):  # our policy classes' arguments: plain SB3 has neither
+            kwargs["policy_kwargs"].pop(key)
+        kwargs.pop("loss", None)  # plain SB3 DQN: Huber
+        algo = next(cls for cls in spec.algo.__mro__ if cls.__module__.startswith("stable_baselines3"))
+        model = algo("MlpPolicy", env, seed=0, device=device, verbose=0, **kwargs)
         return Setup(method, model, None)
     model = build_model(spec, agent_cfg, env, net_arch=net_arch, sparse=method != "dense", seed=0, device=device)
     controller = attach_controller(model, spec, core_sparsity_config(cfg.sparsity), cfg.agent.total_timesteps, seed=0)

@@ -77,3 +77,31 @@ def checkpoint_problem(run_dir: Path, checkpoint: Path, cfg: Any) -> str | None:
         if ours != theirs:
             return f"checkpoint was made with {key}={theirs}, this config has {key}={ours} (another architecture or run)"
     return None
+
+
+# Keys that define the sparsity schedule (the run's gradient-step count and the update window): changing one on
+# resume silently moves the schedule (e.g. doubling total_timesteps halves RigL's drop fraction at the resume point).
+RESUME_SCHEDULE_KEYS = (
+    "agent.total_timesteps", "agent.n_envs", "agent.sb3.learning_starts", "agent.sb3.train_freq",
+    "agent.sb3.gradient_steps", "agent.sb3.n_steps", "agent.sb3.batch_size", "agent.sb3.n_epochs",
+    "sparsity.update_interval", "sparsity.start_fraction", "sparsity.end_fraction", "sparsity.drop_fraction",
+    "sparsity.drop_fraction_schedule", "sparsity.prune_power",
+)  # fmt: skip
+
+
+def schedule_change(run_dir: Path, cfg: Any) -> str | None:
+    """One line naming the first schedule-defining key whose value differs from the run's saved config, else None."""
+    saved_path = run_dir / ".hydra" / "config.yaml"
+    if not saved_path.is_file():
+        return None  # checkpoint_problem reports the missing config
+    saved = OmegaConf.load(saved_path)
+    for key in RESUME_SCHEDULE_KEYS:
+        ours, theirs = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
+        ours = OmegaConf.to_container(ours) if OmegaConf.is_config(ours) else ours
+        theirs = OmegaConf.to_container(theirs) if OmegaConf.is_config(theirs) else theirs
+        if ours != theirs:
+            return (
+                f"checkpoint was made with {key}={theirs}, this config has {key}={ours}: that moves the sparsity "
+                "schedule; pass resume_schedule_change=true to continue anyway"
+            )
+    return None

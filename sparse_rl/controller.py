@@ -19,9 +19,9 @@ from torch.utils.hooks import RemovableHandle
 
 from sparse_rl.accounting import forward_flops, training_flops_per_sample
 from sparse_rl.config import SparsityConfig
-from sparse_rl.distributions import allocate
+from sparse_rl.distributions import allocate_joint
 from sparse_rl.masks import LinearView, MaskedLayer, attach_mask, find_maskable_layers
-from sparse_rl.sparse_init import unit_scaled_init_
+from sparse_rl.sparse_init import unit_scaled_init_stacked_
 from sparse_rl.updaters import UPDATERS, Updater
 
 
@@ -38,6 +38,10 @@ class SparseGroup:
     """A network whose maskable layers share one sparsity budget (e.g. ``actor``, ``critic``).
 
     ``target`` is a structurally identical network (same layer names) that must carry the same masks.
+    ``joint`` declares layers that act as one: each entry names layers (e.g. ``("mu", "log_std")``, SAC's two
+    actor heads, which are the paper's one 256×2A output layer) that share all but their output dimension; the
+    distribution allocates them as one stacked layer and splits its count over them in proportion to their sizes
+    (:func:`~sparse_rl.distributions.allocate_joint`), and sparsity-aware init counts fans over the stacked layer.
     """
 
     name: str
@@ -46,8 +50,10 @@ class SparseGroup:
     target: nn.Module | None = None
     include: Sequence[str] = ("*",)
     exclude: Sequence[str] = ()
+    joint: Sequence[Sequence[str]] = ()
     layers: list[MaskedLayer] = field(default_factory=list, init=False)
     target_layers: list[nn.Module] = field(default_factory=list, init=False)
+    joint_indices: list[list[int]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         found = find_maskable_layers(self.module, self.include, self.exclude)
@@ -60,6 +66,12 @@ class SparseGroup:
             if missing:
                 raise ValueError(f"target of group '{self.name}' lacks layers {missing}")
             self.target_layers = [target_modules[layer.name] for layer in self.layers]
+        index = {layer.name: i for i, layer in enumerate(self.layers)}
+        for members in self.joint:
+            unknown = [name for name in members if name not in index]
+            if unknown:
+                raise ValueError(f"joint layers {unknown} of group '{self.name}' are not among its layers {list(index)}")
+            self.joint_indices.append([index[name] for name in members])
 
 
 @torch.no_grad()
@@ -119,8 +131,11 @@ class TopologyController:
             if not self.sparse:
                 continue
             shapes = [layer.shape for layer in group.layers]
-            counts = allocate(self.config.distribution, shapes, self.config.sparsity_of(group.name))
-            for layer, count in zip(group.layers, counts):
+            counts = allocate_joint(self.config.distribution, shapes, self.config.sparsity_of(group.name), group.joint_indices)
+            # sparsity-aware init of a joint set waits for its last layer's mask (fans count the stacked layer)
+            init_with = {members[-1]: members for members in group.joint_indices}
+            deferred = {i for members in group.joint_indices for i in members[:-1]}
+            for index, (layer, count) in enumerate(zip(group.layers, counts)):
                 layer.allocated = count
                 if self.updater.needs_gradients:
                     layer.dense_grad = layer.new_dense_grad()
@@ -133,8 +148,8 @@ class TopologyController:
                     mask[torch.randperm(layer.total, generator=self.generator)[:count]] = True
                 attach_mask(layer.module)
                 layer.set_mask(mask.view(layer.shape).to(layer.weight.device))
-                if self.config.sparse_init and not self.updater.starts_dense:
-                    unit_scaled_init_(layer, self.generator)
+                if self.config.sparse_init and not self.updater.starts_dense and index not in deferred:
+                    unit_scaled_init_stacked_([group.layers[i] for i in init_with.get(index, [index])], self.generator)
             for layer, target in zip(group.layers, group.target_layers):
                 attach_mask(target)
                 if not existing:
@@ -157,6 +172,8 @@ class TopologyController:
                 f"allocates {layer.allocated}: the model was trained with another sparsity or distribution"
             )
         layer.set_mask(layer.mask.clone())
+        # a model trained without this controller (e.g. SB3 load + learn) may carry optimizer state outside its mask
+        _reset_optimizer_state(group.optimizer, layer.weight, ~layer.mask)
 
     def _measure_output_positions(self, group: SparseGroup) -> None:
         """Record each layer's output positions per sample at its first forward pass (1 for Linear layers)."""
@@ -229,6 +246,37 @@ class TopologyController:
     def tick(self) -> bool:
         """Advance the controller's own clock by one step and :meth:`step` there (for optimizer-step clocks)."""
         return self.step(self.clock + 1)
+
+    def advance_to(self, t: int) -> bool:
+        """Move the clock forward to ``t`` without a gradient step (steps a trainer skipped, e.g. PPO's early stop).
+
+        A due update that needs no gradient (pruning, SET) is applied now; RigL's waits for the next gradient step,
+        whose dense gradient it needs. True if any mask changed.
+        """
+        if t <= self.clock:
+            return False
+        if self.updater.needs_gradients:
+            self.clock = t
+            return False
+        return self.step(t)
+
+    def final_allocation_problem(self) -> str | None:
+        """Why the groups do not hold their final allocation (the schedule did not reach its end), else ``None``."""
+        if not self.sparse:
+            return None
+        if self.updater.starts_dense and self.updater.updates:
+            end = self.updater.window.end
+            if self.last_update_step is None or self.last_update_step < end:
+                return (
+                    f"the schedule ended at gradient step {self.clock} before its last update point {end} "
+                    f"(sparsity {self.stats()['sparsity']:.4f} instead of the allocated one)"
+                )
+        for group in self.groups:
+            for layer in group.layers:
+                if layer.active != layer.allocated:
+                    where = f"group '{group.name}' layer '{layer.name}'"
+                    return f"{where}: {layer.active} active weights, {layer.allocated} allocated"
+        return None
 
     @torch.no_grad()
     def _update(self, t: int) -> bool:

@@ -101,3 +101,64 @@ def allocate(distribution: str, shapes: Sequence[Shape], sparsity: float) -> lis
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     densities = DISTRIBUTIONS.get(distribution)(shapes, sparsity)
     return integer_allocation(shapes, densities, sparsity)
+
+
+def joint_shapes(shapes: Sequence[Shape], joint: Sequence[Sequence[int]]) -> tuple[list[Shape], list[list[int]]]:
+    """The virtual layers a distribution sees when the layers of each ``joint`` set act as one.
+
+    A joint set's layers must agree in every dimension but the first (outputs): they are stacked along it, e.g.
+    SAC's ``mu`` and ``log_std`` heads (A×256 each) become the paper's one 2A×256 output layer. Returns the
+    virtual shapes and, per virtual layer, the indices of the real layers it stands for (in order).
+    """
+    seen: set[int] = set()
+    for members in joint:
+        if len(members) < 2:
+            raise ValueError(f"a joint set needs at least two layers, got {list(members)}")
+        for i in members:
+            if not 0 <= i < len(shapes) or i in seen:
+                raise ValueError(f"joint layer index {i} is out of range or in two joint sets ({len(shapes)} layers)")
+            seen.add(i)
+        tails = {tuple(shapes[i][1:]) for i in members}
+        if len(tails) != 1:
+            raise ValueError(
+                f"joint layers must share all but their first dimension, got {[tuple(shapes[i]) for i in members]}"
+            )
+    first_of = {min(members): list(members) for members in joint}
+    virtual: list[Shape] = []
+    parts: list[list[int]] = []
+    for i, shape in enumerate(shapes):
+        if i in first_of:
+            members = first_of[i]
+            virtual.append((sum(shapes[j][0] for j in members), *shape[1:]))
+            parts.append(members)
+        elif i not in seen:
+            virtual.append(tuple(shape))
+            parts.append([i])
+    return virtual, parts
+
+
+def split_count(count: int, sizes: Sequence[int]) -> list[int]:
+    """Split ``count`` over parts of ``sizes`` in proportion to their sizes (largest remainder; exact total)."""
+    total = sum(sizes)
+    ideal = [count * n / total for n in sizes]
+    counts = [math.floor(x) for x in ideal]
+    for i in sorted(range(len(sizes)), key=lambda i: ideal[i] - counts[i], reverse=True)[: count - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def allocate_joint(
+    distribution: str, shapes: Sequence[Shape], sparsity: float, joint: Sequence[Sequence[int]] = ()
+) -> list[int]:
+    """Like :func:`allocate`, with the layers of each ``joint`` set allocated as one virtual layer.
+
+    The virtual layer's count is split over its layers in proportion to their sizes (equal halves for SAC's
+    ``mu``/``log_std`` heads), so every real layer has its own fixed count. Without ``joint`` this is
+    :func:`allocate`.
+    """
+    virtual, parts = joint_shapes(shapes, joint)
+    counts = [0] * len(shapes)
+    for members, count in zip(parts, allocate(distribution, virtual, sparsity)):
+        for i, c in zip(members, split_count(count, [_numel(shapes[j]) for j in members])):
+            counts[i] = c
+    return counts

@@ -28,12 +28,20 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents import AGENTS, AgentSpec, attach_controller, build_model
 from agents.build import LR_SCHEDULES
-from agents.callbacks import CheckpointCallback, FiniteWeightsCallback, ResumableEvalCallback, TopologyLoggerCallback
+from agents.callbacks import (
+    CheckpointCallback,
+    ClockSyncCallback,
+    FiniteWeightsCallback,
+    ResumableEvalCallback,
+    TopologyLoggerCallback,
+)
+from agents.decay import kernel_decay
+from agents.initialization import check_init_node
 from agents.matching import HIDDEN_KEYS, equal_parameter_net_arch
 from agents.resume import restore_training_state, run_logger, save_training_state
 from envs import EnvSpec, check_action_space, make_vec_env
 from sparse_rl.atomic import atomic_write, atomic_write_json
-from sparse_rl.checkpoint import checkpoint_problem, latest_checkpoint, write_checkpoint
+from sparse_rl.checkpoint import checkpoint_problem, latest_checkpoint, schedule_change, write_checkpoint
 from sparse_rl.config import SparsityConfig
 from sparse_rl.controller import NonFiniteError
 from sparse_rl.run_config import EQUAL_PARAMETER_METHOD, RunSchema, core_sparsity_config
@@ -111,6 +119,7 @@ def plan_run(cfg: DictConfig) -> Plan:
     _positive("nan_check_freq", cfg.nan_check_freq)
     if cfg.agent.lr_schedule not in LR_SCHEDULES:
         raise UsageError(f"unknown agent.lr_schedule '{cfg.agent.lr_schedule}'; valid choices: {', '.join(LR_SCHEDULES)}")
+    _check_fidelity_keys(cfg, agent.name)
     run_dir = Path(cfg.run_dir)
     checkpoint = latest_checkpoint(run_dir)
     if cfg.resume and checkpoint is None:
@@ -119,7 +128,32 @@ def plan_run(cfg: DictConfig) -> Plan:
         raise UsageError(f"{run_dir} already holds a run; pass resume=true to continue it, or choose another run_dir/seed")
     if cfg.resume and (problem := checkpoint_problem(run_dir, checkpoint, cfg)) is not None:
         raise UsageError(problem)
+    if cfg.resume and not cfg.resume_schedule_change and (change := schedule_change(run_dir, cfg)) is not None:
+        raise UsageError(change)
     return Plan(cfg, agent, env, sparsity, run_dir, checkpoint if cfg.resume else None, variant)
+
+
+def _check_fidelity_keys(cfg: DictConfig, agent: str) -> None:
+    """``agent.loss``, ``agent.weight_decay``, ``agent.init`` and no bias-decaying ``optimizer_kwargs.weight_decay``."""
+    try:
+        kernel_decay(agent, cfg.agent.weight_decay, cfg.agent.loss)
+        init = cfg.agent.init
+        if init.mode not in ("paper", "sb3"):
+            raise ValueError(f"unknown agent.init.mode '{init.mode}'; valid choices: paper, sb3")
+        if init.mode == "paper":
+            if agent == "ppo":
+                raise ValueError(
+                    "agent.init.mode=paper is not available for ppo: its paper init is SB3's orthogonal one (sb3)"
+                )
+            check_init_node(init.hidden, "agent.init.hidden")
+            check_init_node(init.output, "agent.init.output")
+    except ValueError as error:
+        raise UsageError(error.args[0]) from error
+    if OmegaConf.select(cfg, "agent.sb3.policy_kwargs.optimizer_kwargs.weight_decay") is not None:
+        raise UsageError(
+            "agent.sb3.policy_kwargs.optimizer_kwargs.weight_decay would decay biases too; set agent.weight_decay "
+            "(the paper's L2 coefficient, applied to kernels per group)"
+        )
 
 
 def _make_envs(plan: Plan) -> tuple[VecEnv, VecEnv]:
@@ -170,6 +204,7 @@ def _versions() -> dict[str, str]:
 
 
 def _summary(plan: Plan, status: str, controller: Any, eval_cb: Any, wall: float, steps: int, **extra: Any) -> dict:
+    """``sparsity`` is the requested sparsity; ``sparsity_reached`` the one the networks hold (kernels only)."""
     stats = controller.stats()
     return {
         "status": status,
@@ -179,6 +214,7 @@ def _summary(plan: Plan, status: str, controller: Any, eval_cb: Any, wall: float
         "wide": bool(plan.cfg.sparsity.wide),
         "sparsity": plan.sparsity.sparsity,
         "group_sparsity": plan.sparsity.group_sparsity,
+        "sparsity_reached": stats["sparsity"],
         "seed": int(plan.cfg.seed),
         "score": _score(eval_cb.evaluations_results) if eval_cb is not None else None,
         "score_protocol": "mean of the last 10% of evaluations (deterministic policy)",
@@ -244,6 +280,8 @@ def train(plan: Plan) -> dict:
         resume_from=resumed_at,
     )
     callbacks = [TopologyLoggerCallback(controller), FiniteWeightsCallback(controller, cfg.nan_check_freq), eval_cb]
+    if plan.agent.nominal_clock is not None:  # first: a checkpoint at a rollout start sees the synced clock
+        callbacks.insert(0, ClockSyncCallback(controller, plan.agent.nominal_clock))
     if cfg.checkpoint_freq > 0:
         callbacks.append(CheckpointCallback(cfg.checkpoint_freq, lambda t: _save_checkpoint(plan, model, controller, t)))
     start = time.perf_counter()
@@ -270,6 +308,11 @@ def train(plan: Plan) -> dict:
     model.save(plan.run_dir / "model.zip")
     summary = _summary(plan, "completed", controller, eval_cb, wall, model.num_timesteps - steps_before, **extra)
     summary["num_timesteps"] = model.num_timesteps
+    problem = controller.final_allocation_problem()
+    summary["checks"] = {"final_allocation": "failed" if problem else "passed"}
+    if problem:
+        summary["checks"]["final_allocation_problem"] = problem
+        print(f"warning: {plan.run_dir}: the final sparsity allocation was not reached: {problem}", file=sys.stderr)
     atomic_write_json(plan.run_dir / "summary.json", summary)
     train_env.close()
     eval_env.close()

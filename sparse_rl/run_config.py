@@ -19,6 +19,13 @@ OmegaConf.register_new_resolver("wide_tag", lambda wide: "_wide" if wide else ""
 
 
 @dataclass
+class InitSchema:
+    mode: str = MISSING  # paper (the schemes below) or sb3 (SB3's own init)
+    hidden: dict[str, Any] | None = None  # {scheme: NAME, **params} for hidden layers (agents/initialization.py)
+    output: dict[str, Any] | None = None  # the same for output layers
+
+
+@dataclass
 class AgentSchema:
     name: str = MISSING  # dqn, sac, ppo
     total_timesteps: int = MISSING  # env steps
@@ -29,6 +36,9 @@ class AgentSchema:
     normalize: bool = MISSING  # VecNormalize observations and rewards
     eval_freq: int = MISSING  # env steps between evaluations
     eval_episodes: int = MISSING
+    weight_decay: float = MISSING  # the paper's Keras L2 coefficient (wd·Σw², kernels only); per group: agents/decay.py
+    loss: str | None = None  # DQN's TD loss: mse (the paper's classic control) or huber (SB3's, Dopamine's)
+    init: InitSchema = field(default_factory=InitSchema)
     sb3: dict[str, Any] = field(default_factory=dict)  # SB3 constructor kwargs, SB3's names
 
 
@@ -70,6 +80,7 @@ class RunSchema:
     run_root: str = MISSING
     run_dir: str = MISSING
     resume: bool = MISSING
+    resume_schedule_change: bool = MISSING  # allow resume=true with a changed schedule-defining key
     checkpoint_freq: int = MISSING  # env steps; 0 disables
     save_replay_buffer: bool = MISSING
     progress_bar: bool = MISSING

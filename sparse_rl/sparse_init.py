@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from sparse_rl.masks import MaskedLayer, fan_in_out
@@ -14,12 +16,24 @@ def unit_scaled_init_(layer: MaskedLayer, generator: torch.Generator) -> None:
     ``fan_in_j`` counts active inputs of output unit j, ``fan_out_i`` active outputs of input unit i (conv masks
     summed over space): a per-unit sparse Glorot (fan-avg) uniform.
     """
-    mask = layer.mask
+    unit_scaled_init_stacked_([layer], generator)
+
+
+@torch.no_grad()
+def unit_scaled_init_stacked_(layers: Sequence[MaskedLayer], generator: torch.Generator) -> None:
+    """:func:`unit_scaled_init_` of layers that act as one (stacked along their output dimension, e.g. SAC's two
+    actor heads as the paper's one output layer): an input unit's fan-out counts its active outputs in all of them.
+    One layer gives exactly :func:`unit_scaled_init_`."""
+    mask = torch.cat([layer.mask for layer in layers], dim=0)
     fan_in, fan_out = fan_in_out(mask)
     fan_avg = (fan_in[:, None] + fan_out[None, :]) / 2.0
     limit = torch.sqrt(3.0 / torch.clamp(fan_avg, min=1.0))
     if mask.dim() > 2:
         limit = limit.reshape(*limit.shape, *([1] * (mask.dim() - 2)))
     uniform = torch.rand(mask.shape, generator=generator).to(mask.device) * 2.0 - 1.0
-    weight = layer.weight
-    weight.copy_((uniform * limit).to(weight.dtype) * mask)
+    values = uniform * limit * mask
+    start = 0
+    for layer in layers:
+        rows = layer.weight.shape[0]
+        layer.weight.copy_(values[start : start + rows].to(layer.weight.dtype))
+        start += rows

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from agents import AGENTS, attach_controller
-from sparse_rl.distributions import allocate
+from sparse_rl.distributions import allocate_joint
 from sparse_rl.masks import find_maskable_layers
 from sparse_rl.run import plan_run, train
 from sparse_rl.run_config import core_sparsity_config
@@ -35,10 +35,13 @@ def check_saved_model(agent: str, method: str, run_dir: Path, summary: dict) -> 
     assert masks, "a sparse policy must save its masks"
     for key, mask in masks.items():
         assert torch.all(state[key.replace("weight_mask", "weight")][~mask] == 0), key
-    # active counts per group equal an independent ERK allocation of the configured sparsity
+    # active counts per group equal an independent ERK allocation of the configured sparsity, with SAC's two actor
+    # heads (mu, log_std) allocated as the paper's one output layer
     for name, group in summary["groups"].items():
         shapes = [tuple(layer["shape"]) for layer in group["layers"]]
-        expected = allocate("erk", shapes, summary["group_sparsity"].get(name, summary["sparsity"]))
+        names = [layer["name"] for layer in group["layers"]]
+        joint = [[names.index("mu"), names.index("log_std")]] if agent == "sac" and name == "actor" else []
+        expected = allocate_joint("erk", shapes, summary["group_sparsity"].get(name, summary["sparsity"]), joint)
         assert [layer["active"] for layer in group["layers"]] == expected, name
     for group, (online, target) in NETWORKS.get(agent, {}).items():
         online_layers = find_maskable_layers(getattr(model.policy, online))

@@ -12,6 +12,8 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from torch.distributions.utils import _standard_normal
 
 from agents import AGENTS, attach_controller
+from agents.decay import kernel_decay
+from agents.dqn import LossDQN
 from agents.policies import SparseDQNPolicy, SparseSACPolicy
 from agents.population.dqn import PopulationDQN
 from agents.population.export import copy_member, layer_pairs
@@ -20,6 +22,7 @@ from envs import load_env_spec, make_vec_env
 from tests.conftest import core_config
 
 B, HIDDEN, LR = 16, [32, 32], 3e-3
+WD = 1e-2  # large, so a decay of the wrong parameters or with the wrong coefficient shows
 OPTIMIZER_KWARGS = {"fused": True}
 
 
@@ -56,9 +59,10 @@ def _assert_member_equals(pop, member: int, model, atol: float = 2e-6) -> None:
 
 def _sb3_sac(seed: int, method: str, ent_coef: str = "auto"):
     env = make_vec_env(load_env_spec("Pendulum"), 1, seed)
+    policy_kwargs = {"net_arch": HIDDEN, "optimizer_kwargs": OPTIMIZER_KWARGS, "kernel_decay": kernel_decay("sac", WD, None)}
     model = SAC(
         SparseSACPolicy, env, learning_rate=LR, batch_size=B, buffer_size=100, learning_starts=0, seed=seed, device="cpu",
-        ent_coef=ent_coef, policy_kwargs={"net_arch": HIDDEN, "optimizer_kwargs": OPTIMIZER_KWARGS},
+        ent_coef=ent_coef, policy_kwargs=policy_kwargs,
     )  # fmt: skip
     attach_controller(model, AGENTS.get("sac"), core_config(method, 0.8), total_timesteps=1000, seed=seed)
     model.set_logger(configure(None, []))
@@ -72,7 +76,7 @@ def test_sac_population_update_equals_sb3_update_per_member(ent_coef):
     k = len(models)
     pop = PopulationSAC(
         k, 3, 1, HIDDEN, "ReLU", gamma=0.99, tau=0.005, learning_rate=LR, ent_coef=ent_coef if ent_coef == "auto" else 0.2,
-        target_entropy="auto", optimizer_kwargs=OPTIMIZER_KWARGS, actor_decay=[0.0] * k, critic_decay=[0.0] * k,
+        target_entropy="auto", optimizer_kwargs=OPTIMIZER_KWARGS, actor_decay=[2 * WD] * k, critic_decay=[WD] * k,
         device=torch.device("cpu"),
     )  # fmt: skip
     for member, model in enumerate(models):
@@ -99,11 +103,13 @@ def test_sac_population_update_equals_sb3_update_per_member(ent_coef):
         assert pop.critic.layers[0].weight[2 * member][~pop.critic.layers[0].weight_mask[2 * member]].abs().sum() == 0
 
 
-def _sb3_dqn(seed: int, method: str, max_grad_norm: float):
+def _sb3_dqn(seed: int, method: str, max_grad_norm: float, loss: str = "huber"):
     env = make_vec_env(load_env_spec("CartPole"), 1, seed)
-    model = DQN(
+    policy_kwargs = {"net_arch": HIDDEN, "optimizer_kwargs": OPTIMIZER_KWARGS, "kernel_decay": kernel_decay("dqn", WD, loss)}
+    algo, extra = (DQN, {}) if loss == "huber" else (LossDQN, {"loss": loss})  # plain SB3 where SB3 has the loss
+    model = algo(
         SparseDQNPolicy, env, learning_rate=LR, batch_size=B, buffer_size=100, learning_starts=0, seed=seed, device="cpu",
-        max_grad_norm=max_grad_norm, policy_kwargs={"net_arch": HIDDEN, "optimizer_kwargs": OPTIMIZER_KWARGS},
+        max_grad_norm=max_grad_norm, policy_kwargs=policy_kwargs, **extra,
     )  # fmt: skip
     attach_controller(model, AGENTS.get("dqn"), core_config(method, 0.8), total_timesteps=1000, seed=seed)
     model.set_logger(configure(None, []))
@@ -111,15 +117,19 @@ def _sb3_dqn(seed: int, method: str, max_grad_norm: float):
 
 
 @pytest.mark.parametrize(
-    ("methods", "max_grad_norm"),
-    [(["rigl", "set", "dense"], math.inf), (["dense", "dense"], 0.05)],  # SB3 clips before masking: compare dense only
+    ("methods", "max_grad_norm", "loss"),
+    [
+        (["rigl", "set", "dense"], math.inf, "mse"),  # the paper's classic-control DQN (our LossDQN on the SB3 path)
+        (["rigl", "dense"], math.inf, "huber"),  # plain SB3 DQN
+        (["dense", "dense"], 0.05, "huber"),  # SB3 clips before masking: compare clipping on dense members only
+    ],
 )
-def test_dqn_population_update_equals_sb3_update_per_member(methods, max_grad_norm):
-    models = [_sb3_dqn(seed, method, max_grad_norm) for seed, method in enumerate(methods)]
+def test_dqn_population_update_equals_sb3_update_per_member(methods, max_grad_norm, loss):
+    models = [_sb3_dqn(seed, method, max_grad_norm, loss) for seed, method in enumerate(methods)]
     k = len(models)
     pop = PopulationDQN(
-        k, 4, 2, HIDDEN, "ReLU", gamma=0.99, learning_rate=LR, loss="huber", max_grad_norm=max_grad_norm,
-        optimizer_kwargs=OPTIMIZER_KWARGS, q_decay=[0.0] * k, device=torch.device("cpu"),
+        k, 4, 2, HIDDEN, "ReLU", gamma=0.99, learning_rate=LR, loss=loss, max_grad_norm=max_grad_norm,
+        optimizer_kwargs=OPTIMIZER_KWARGS, q_decay=[kernel_decay("dqn", WD, loss)["q"]] * k, device=torch.device("cpu"),
     )  # fmt: skip
     generator = torch.Generator().manual_seed(7)
     batches = [_batch(4, 1, 2, generator) for _ in models]

@@ -117,7 +117,7 @@ def build_agent(
         )  # fmt: skip
     return PopulationDQN(
         k, obs_dim, int(action_space.n), hidden_sizes(net_arch, "q"), cfg.agent.activation,
-        gamma=sb3.gamma, learning_rate=sb3.learning_rate, loss=cfg.agent.get("loss") or "huber",
+        gamma=sb3.gamma, learning_rate=sb3.learning_rate, loss=cfg.agent.loss,
         max_grad_norm=float(sb3.get("max_grad_norm", SB3_DEFAULT_MAX_GRAD_NORM)), optimizer_kwargs=optimizer_kwargs,
         q_decay=[d["q"] for d in decays], device=device, capturable=capturable,
     )  # fmt: skip
@@ -152,7 +152,4 @@ def member_decay(cfg: Any) -> dict[str, float]:
     """Per-group kernel L2 coefficients of one member (``agents.decay.kernel_decay``)."""
     from agents.decay import kernel_decay
 
-    if "weight_decay" not in cfg.agent:  # TODO(merge): remove with the fidelity branch's agent.weight_decay
-        wd = float(((cfg.agent.sb3.get("policy_kwargs") or {}).get("optimizer_kwargs") or {}).get("weight_decay", 0.0))
-        return kernel_decay(cfg.agent.name, wd, cfg.agent.get("loss"))
     return kernel_decay(cfg.agent.name, float(cfg.agent.weight_decay), cfg.agent.get("loss"))

@@ -79,6 +79,10 @@ def _read_summary(run: RunRecord) -> dict[str, Any] | None:
         run.add("broken", "status 'failed'")
     elif run.status != "completed":
         run.add("incomplete", f"status '{run.status}'")
+    checks = summary.get("checks")
+    if isinstance(checks, dict) and checks.get("final_allocation") == "failed":
+        reached = summary.get("sparsity_reached")
+        run.add("incomplete", f"did not reach its final sparsity allocation (sparsity reached {reached})")
     score = summary.get("score")
     run.summary_score = float(score) if isinstance(score, (int, float)) else None
     params = summary.get("params")
