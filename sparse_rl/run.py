@@ -5,6 +5,7 @@
 
 Writes to ``run_dir``: ``.hydra/config.yaml``, ``progress.csv``, TensorBoard events, ``evaluations.npz``,
 ``checkpoint/`` (model with optimizers, controller, replay buffer), ``model.zip`` and ``summary.json``.
+One process writes a run directory at a time (:mod:`sparse_rl.lock`); a second one is refused with one line.
 """
 
 from __future__ import annotations
@@ -30,13 +31,24 @@ from agents import AGENTS, AgentSpec, attach_controller, build_model
 from agents.build import LR_SCHEDULES
 from agents.callbacks import CheckpointCallback, FiniteWeightsCallback, ResumableEvalCallback, TopologyLoggerCallback
 from agents.matching import HIDDEN_KEYS, equal_parameter_net_arch
-from agents.resume import restore_training_state, run_logger, save_training_state
+from agents.replay_io import REPLAY_FILE, load_replay_buffer, save_replay_buffer
+from agents.resume import (
+    VEC_NORMALIZE_FILE,
+    callback_state,
+    load_vec_normalize,
+    restore_pending_logs,
+    restore_training_state,
+    run_logger,
+    save_training_state,
+)
 from envs import EnvSpec, check_action_space, make_vec_env
 from sparse_rl.atomic import atomic_write, atomic_write_json
-from sparse_rl.checkpoint import checkpoint_problem, latest_checkpoint, write_checkpoint
+from sparse_rl.checkpoint import write_checkpoint
 from sparse_rl.config import SparsityConfig
 from sparse_rl.controller import NonFiniteError
+from sparse_rl.lock import RunDirLocked, cleanup_stale_staging, hold_run_dir
 from sparse_rl.run_config import EQUAL_PARAMETER_METHOD, RunSchema, core_sparsity_config
+from sparse_rl.run_dir import RunDirProblem, clear_run_outputs, resume_point
 from sparse_rl.scores import last_fraction_mean
 
 ConfigStore.instance().store(name="run_schema", node=RunSchema)
@@ -112,14 +124,15 @@ def plan_run(cfg: DictConfig) -> Plan:
     if cfg.agent.lr_schedule not in LR_SCHEDULES:
         raise UsageError(f"unknown agent.lr_schedule '{cfg.agent.lr_schedule}'; valid choices: {', '.join(LR_SCHEDULES)}")
     run_dir = Path(cfg.run_dir)
-    checkpoint = latest_checkpoint(run_dir)
-    if cfg.resume and checkpoint is None:
-        raise UsageError(f"resume=true but {run_dir} has no checkpoint to resume from")
-    if not cfg.resume and (checkpoint is not None or (run_dir / "summary.json").exists()):
-        raise UsageError(f"{run_dir} already holds a run; pass resume=true to continue it, or choose another run_dir/seed")
-    if cfg.resume and (problem := checkpoint_problem(run_dir, checkpoint, cfg)) is not None:
-        raise UsageError(problem)
-    return Plan(cfg, agent, env, sparsity, run_dir, checkpoint if cfg.resume else None, variant)
+    return Plan(cfg, agent, env, sparsity, run_dir, _resume_point(cfg, run_dir), variant)
+
+
+def _resume_point(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """:func:`sparse_rl.run_dir.resume_point` with its refusal as a :class:`UsageError`."""
+    try:
+        return resume_point(cfg, run_dir)
+    except RunDirProblem as error:
+        raise UsageError(str(error)) from None
 
 
 def _make_envs(plan: Plan) -> tuple[VecEnv, VecEnv]:
@@ -130,23 +143,24 @@ def _make_envs(plan: Plan) -> tuple[VecEnv, VecEnv]:
         train_env = VecNormalize(train_env)
         eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
         if plan.checkpoint is not None:
-            train_env = VecNormalize.load(str(plan.checkpoint / "vecnormalize.pkl"), train_env.venv)
+            load_vec_normalize(plan.checkpoint / VEC_NORMALIZE_FILE, train_env)
     return train_env, eval_env
 
 
-def _save_checkpoint(plan: Plan, model: Any, controller: Any, num_timesteps: int) -> None:
+def _save_checkpoint(
+    plan: Plan, model: Any, controller: Any, num_timesteps: int, eval_env: VecEnv | None = None, topology: Any = None
+) -> None:
     """Check the run is sound (finite weights, sparsity invariants), then replace the checkpoint atomically."""
     controller.check_finite(f" at env step {num_timesteps}; the last good checkpoint is kept")
     controller.check_invariants()
+    callbacks = {} if topology is None else {"topology_logged_updates": topology.logged_updates}
 
     def write_files(folder: Path) -> None:
         model.save(folder / "model.zip")
         torch.save(controller.state_dict(), folder / "controller.pt")
-        if plan.cfg.save_replay_buffer and hasattr(model, "replay_buffer"):
-            model.save_replay_buffer(folder / "replay_buffer.pkl")
-        if isinstance(model.get_env(), VecNormalize):
-            model.get_env().save(str(folder / "vecnormalize.pkl"))
-        save_training_state(folder, model)
+        if plan.cfg.save_replay_buffer and getattr(model, "replay_buffer", None) is not None:
+            save_replay_buffer(model.replay_buffer, folder / REPLAY_FILE)
+        save_training_state(folder, model, eval_env, callbacks)
         atomic_write_json(folder / "meta.json", {"num_timesteps": num_timesteps})
 
     write_checkpoint(plan.run_dir, write_files)
@@ -199,6 +213,8 @@ def train(plan: Plan) -> dict:
     cfg = plan.cfg
     torch.set_num_threads(cfg.torch_threads)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.resume and plan.checkpoint is None and clear_run_outputs(plan.run_dir):
+        print(f"note: {plan.run_dir} stopped before its first checkpoint; starting it again from scratch")
     atomic_write(plan.run_dir / ".hydra" / "config.yaml", lambda tmp: OmegaConf.save(cfg, tmp, resolve=True))
     train_env, eval_env = _make_envs(plan)
     net_arch = OmegaConf.to_container(cfg.agent.net_arch)
@@ -222,18 +238,20 @@ def train(plan: Plan) -> dict:
         resumed_at = None
     else:
         model = plan.agent.algo.load(plan.checkpoint / "model.zip", env=train_env, device=cfg.device)
-        if (plan.checkpoint / "replay_buffer.pkl").exists():
-            model.load_replay_buffer(plan.checkpoint / "replay_buffer.pkl")
+        if (plan.checkpoint / REPLAY_FILE).exists():
+            load_replay_buffer(model.replay_buffer, plan.checkpoint / REPLAY_FILE)
         resumed_at = model.num_timesteps
     controller = attach_controller(
         model, plan.agent, plan.sparsity, cfg.agent.total_timesteps, cfg.seed, existing=plan.checkpoint is not None
     )
     if plan.checkpoint is not None:
         controller.load_state_dict(torch.load(plan.checkpoint / "controller.pt", weights_only=True))
-        extra["exact_resume"] = restore_training_state(plan.checkpoint, model)
+        extra["exact_resume"] = restore_training_state(plan.checkpoint, model, eval_env)
         if not extra["exact_resume"]:
             print(f"note: {plan.env.name} state is not captured; its current episodes restart after the resume")
     model.set_logger(run_logger(plan.run_dir, cfg.tensorboard, resumed_at))
+    if plan.checkpoint is not None:
+        restore_pending_logs(plan.checkpoint, model.logger)
     eval_cb = ResumableEvalCallback(
         eval_env,
         n_eval_episodes=cfg.agent.eval_episodes,
@@ -243,9 +261,15 @@ def train(plan: Plan) -> dict:
         verbose=0,
         resume_from=resumed_at,
     )
-    callbacks = [TopologyLoggerCallback(controller), FiniteWeightsCallback(controller, cfg.nan_check_freq), eval_cb]
+    logged = callback_state(plan.checkpoint).get("topology_logged_updates") if plan.checkpoint is not None else None
+    topology = TopologyLoggerCallback(controller, logged)
+    callbacks = [topology, FiniteWeightsCallback(controller, cfg.nan_check_freq), eval_cb]
+
+    def save(t: int) -> None:
+        _save_checkpoint(plan, model, controller, t, eval_env, topology)
+
     if cfg.checkpoint_freq > 0:
-        callbacks.append(CheckpointCallback(cfg.checkpoint_freq, lambda t: _save_checkpoint(plan, model, controller, t)))
+        callbacks.append(CheckpointCallback(cfg.checkpoint_freq, save))
     start = time.perf_counter()
     steps_before = model.num_timesteps
     atomic_write_json(plan.run_dir / "summary.json", _summary(plan, "running", controller, None, 0.0, steps_before, **extra))
@@ -266,7 +290,7 @@ def train(plan: Plan) -> dict:
         atomic_write_json(plan.run_dir / "summary.json", summary)
         raise error
     wall = time.perf_counter() - start
-    _save_checkpoint(plan, model, controller, model.num_timesteps)
+    save(model.num_timesteps)
     model.save(plan.run_dir / "model.zip")
     summary = _summary(plan, "completed", controller, eval_cb, wall, model.num_timesteps - steps_before, **extra)
     summary["num_timesteps"] = model.num_timesteps
@@ -309,6 +333,22 @@ def main(cfg: DictConfig) -> float | None:
             print(f"{cfg.run_dir}: SKIPPED: {error}", file=sys.stderr)
             return None
         sys.exit(f"error: {error}")
+    try:
+        with hold_run_dir(plan.run_dir):  # one writer per run directory (12.1); released even on kill -9
+            return _train_held(plan, multirun)
+    except (RunDirLocked, UsageError) as error:
+        if multirun:
+            print(f"{plan.run_dir}: SKIPPED: {error}", file=sys.stderr)
+            return None
+        sys.exit(f"error: {error}")
+
+
+def _train_held(plan: Plan, multirun: bool) -> float | None:
+    """Train ``plan`` in the run directory this process holds: decide again how to start, now that no one else
+    writes there; clear stale staging folders; record a failure in ``summary.json``."""
+    plan.checkpoint = _resume_point(plan.cfg, plan.run_dir)
+    for path in cleanup_stale_staging(plan.run_dir):
+        print(f"note: removed {path}, left by an interrupted write")
     try:
         summary = train(plan)
     except Exception as error:

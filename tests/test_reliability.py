@@ -72,9 +72,16 @@ def test_sigkilled_run_resumes_to_the_same_masks_and_weights(tmp_path):
     assert controller["clock"] == summary["topology"]["gradient_steps"] == 1100
 
 
+def interrupted(run_dir: Path) -> None:
+    """Make a completed run look killed after its last checkpoint (a completed run is never resumed)."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    atomic_write_json(run_dir / "summary.json", {**summary, "status": "running"})
+
+
 def test_resume_rejects_another_architecture_and_corrupt_checkpoints(tmp_path):
     run_dir = tmp_path / "run"
     train(plan_run(tiny_run("dqn", "set", run_dir, "checkpoint_freq=100")))
+    interrupted(run_dir)
     with pytest.raises(UsageError, match=r"agent.net_arch=\[32, 32\], this config has agent.net_arch=\[64, 64\]"):
         plan_run(tiny_run("dqn", "set", run_dir, "resume=true", "agent.net_arch=[64,64]"))
     with pytest.raises(UsageError, match=r"sparsity.sparsity=0.9, this config has sparsity.sparsity=0.5"):
@@ -88,6 +95,7 @@ def test_resume_rejects_another_architecture_and_corrupt_checkpoints(tmp_path):
 def test_checkpoint_loading_executes_no_code(tmp_path):
     run_dir = tmp_path / "run"
     train(plan_run(tiny_run("dqn", "static", run_dir, "checkpoint_freq=100")))
+    interrupted(run_dir)
 
     class Payload:
         def __reduce__(self):
@@ -192,9 +200,13 @@ def test_an_existing_run_is_never_overwritten(tmp_path):
     run_dir = tmp_path / "run"
     train(plan_run(tiny_run("dqn", "dense", run_dir)))
     before = (run_dir / "summary.json").read_text()
+    for resume in ("false", "true"):
+        with pytest.raises(UsageError, match="holds a completed run .300 env steps.; it is left untouched"):
+            plan_run(tiny_run("dqn", "dense", run_dir, f"resume={resume}"))
+    assert (run_dir / "summary.json").read_text() == before
+    interrupted(run_dir)
     with pytest.raises(UsageError, match="already holds a run; pass resume=true"):
         plan_run(tiny_run("dqn", "dense", run_dir))
-    assert (run_dir / "summary.json").read_text() == before
 
 
 @pytest.mark.parametrize(
