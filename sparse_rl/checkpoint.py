@@ -15,16 +15,21 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from sparse_rl.atomic import atomic_write_json
+
 CHECKPOINT_DIR = "checkpoint"
 
 
-def write_checkpoint(run_dir: Path, write_files: Callable[[Path], None]) -> None:
-    """Fill a fresh directory with ``write_files(dir)``, then swap it in for ``run_dir/checkpoint``."""
+def write_checkpoint(run_dir: Path, write_files: Callable[[Path], None], num_timesteps: int) -> None:
+    """Fill a fresh directory with ``write_files(dir)`` and ``meta.json`` (step and file list, written last),
+    then swap it in for ``run_dir/checkpoint``."""
     final = run_dir / CHECKPOINT_DIR
     staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=".checkpoint."))
     old = run_dir / f"{CHECKPOINT_DIR}.old"
     try:
         write_files(staging)
+        files = sorted(p.name for p in staging.iterdir())
+        atomic_write_json(staging / "meta.json", {"num_timesteps": num_timesteps, "files": files})
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
@@ -87,7 +92,14 @@ CHECKERS: dict[str, Callable[[Path], Any]] = {
 
 def checkpoint_file_problem(checkpoint: Path) -> str | None:
     """The first file of ``checkpoint`` that is missing, unreadable or a pickle, as one line; ``None`` if all read."""
-    for name in CHECKPOINT_FILES:
+    if not (checkpoint / "meta.json").is_file():
+        return f"checkpoint {checkpoint} lacks meta.json"
+    try:
+        meta = json.loads((checkpoint / "meta.json").read_text())
+        meta["num_timesteps"]
+    except Exception as error:
+        return f"checkpoint file {checkpoint / 'meta.json'} is corrupt ({type(error).__name__}: {error})".splitlines()[0]
+    for name in meta.get("files", CHECKPOINT_FILES):  # the files written before meta.json (older checkpoints: the core)
         if not (checkpoint / name).is_file():
             return f"checkpoint {checkpoint} lacks {name}"
     for path in sorted(checkpoint.iterdir()):
@@ -100,10 +112,6 @@ def checkpoint_file_problem(checkpoint: Path) -> str | None:
             check(path)
         except Exception as error:  # any unreadable file is a corrupt checkpoint
             return f"checkpoint file {path} is corrupt ({type(error).__name__}: {error})".splitlines()[0]
-    try:
-        json.loads((checkpoint / "meta.json").read_text())["num_timesteps"]
-    except KeyError:
-        return f"checkpoint file {checkpoint / 'meta.json'} is corrupt (no num_timesteps)"
     return None
 
 

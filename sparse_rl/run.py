@@ -46,7 +46,7 @@ from sparse_rl.atomic import atomic_write, atomic_write_json
 from sparse_rl.checkpoint import write_checkpoint
 from sparse_rl.config import SparsityConfig
 from sparse_rl.controller import NonFiniteError
-from sparse_rl.lock import RunDirLocked, cleanup_stale_staging, hold_run_dir
+from sparse_rl.lock import LOCK_FILE, RunDirLocked, cleanup_stale_staging, hold_run_dir
 from sparse_rl.run_config import EQUAL_PARAMETER_METHOD, RunSchema, core_sparsity_config
 from sparse_rl.run_dir import RunDirProblem, clear_run_outputs, resume_point
 from sparse_rl.scores import last_fraction_mean
@@ -161,9 +161,8 @@ def _save_checkpoint(
         if plan.cfg.save_replay_buffer and getattr(model, "replay_buffer", None) is not None:
             save_replay_buffer(model.replay_buffer, folder / REPLAY_FILE)
         save_training_state(folder, model, eval_env, callbacks)
-        atomic_write_json(folder / "meta.json", {"num_timesteps": num_timesteps})
 
-    write_checkpoint(plan.run_dir, write_files)
+    write_checkpoint(plan.run_dir, write_files, num_timesteps)
 
 
 def _score(eval_results: list) -> float | None:
@@ -312,6 +311,17 @@ def _record_failure(plan: Plan, error: BaseException) -> None:
     atomic_write_json(path, {"status": "failed", "error": repr(error), "seed": int(plan.cfg.seed), **identity})
 
 
+def _holder_of(run_dir: Path) -> RunDirLocked | None:
+    """The refusal naming the process that holds ``run_dir`` if one does (only probed where a run has started)."""
+    if not (run_dir / LOCK_FILE).exists():
+        return None
+    try:
+        with hold_run_dir(run_dir):
+            return None
+    except RunDirLocked as error:
+        return error
+
+
 def _remove_empty_dirs(path: Path) -> None:
     """Remove ``path`` and its empty parents (Hydra creates the run directory before the config is validated)."""
     cwd = Path.cwd().resolve()
@@ -328,6 +338,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         plan = plan_run(cfg)
     except UsageError as error:
+        error = _holder_of(Path(cfg.run_dir)) or error  # a live writer explains the run directory's state best
         _remove_empty_dirs(Path(cfg.run_dir))
         if multirun:
             print(f"{cfg.run_dir}: SKIPPED: {error}", file=sys.stderr)

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sparse_rl.checkpoint import checkpoint_problem, latest_checkpoint
+from sparse_rl.checkpoint import CHECKPOINT_DIR, checkpoint_problem, latest_checkpoint
 
 SUMMARY = "summary.json"
 # What a run writes besides its checkpoint; the marks of a started run, and what a restart replaces.
@@ -60,6 +60,8 @@ def resume_point(cfg: Any, run_dir: Path) -> Path | None:
         if (problem := checkpoint_problem(run_dir, checkpoint, cfg)) is not None:
             raise RunDirProblem(problem)
         return checkpoint
+    if (run_dir / CHECKPOINT_DIR).exists():  # damaged: checkpoints are swapped in with meta.json written last
+        raise RunDirProblem(f"checkpoint {run_dir / CHECKPOINT_DIR} lacks meta.json")
     if holds_started_run(run_dir):
         if not cfg.resume:
             raise RunDirProblem(

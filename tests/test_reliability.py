@@ -201,7 +201,7 @@ def test_an_existing_run_is_never_overwritten(tmp_path):
     train(plan_run(tiny_run("dqn", "dense", run_dir)))
     before = (run_dir / "summary.json").read_text()
     for resume in ("false", "true"):
-        with pytest.raises(UsageError, match="holds a completed run .300 env steps.; it is left untouched"):
+        with pytest.raises(UsageError, match=r"holds a completed run .300 env steps.; it is left untouched"):
             plan_run(tiny_run("dqn", "dense", run_dir, f"resume={resume}"))
     assert (run_dir / "summary.json").read_text() == before
     interrupted(run_dir)
