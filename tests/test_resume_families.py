@@ -16,7 +16,7 @@ FAMILIES = [  # (agent, env, modules it needs, whether its state is captured exa
     ("sac", "HalfCheetah", ("mujoco",), True, []),
     ("sac", "dmc/cheetah-run", ("shimmy", "dm_control"), False, []),
     ("dqn", "minatar/breakout", ("minatar",), False, []),
-    ("dqn", "atari/Pong", ("ale_py",), False, ["agent.sb3.batch_size=4", "agent.sb3.learning_starts=180"]),  # CNN steps are slow
+    ("dqn", "atari/Pong", ("ale_py",), False, ["agent.sb3.batch_size=4", "agent.sb3.learning_starts=180"]),  # slow CNN
 ]
 TINY = [
     "agent.total_timesteps=240", "agent.sb3.learning_starts=60", "agent.sb3.buffer_size=500", "agent.net_arch=[16,16]",
