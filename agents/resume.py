@@ -38,10 +38,11 @@ def _eval_env_states(eval_env: VecEnv | None) -> list[dict[str, Any]] | None:
 
 def _pending_logs(logger: Logger) -> dict[str, Any]:
     """What ``logger`` recorded since its last dump (written into the next row)."""
+    values = {k: v for k, v in logger.name_to_value.items() if isinstance(v, int | float | np.number)}
     return {
-        "values": {k: v for k, v in logger.name_to_value.items() if isinstance(v, int | float | np.number)},
-        "counts": dict(logger.name_to_count),
-        "excluded": {k: list(v) for k, v in logger.name_to_excluded.items()},
+        "values": values,
+        "counts": {k: v for k, v in logger.name_to_count.items() if k in values},
+        "excluded": {k: list(v) for k, v in logger.name_to_excluded.items() if k in values},
     }
 
 

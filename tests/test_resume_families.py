@@ -19,9 +19,17 @@ FAMILIES = [  # (agent, env, modules it needs, whether its state is captured exa
     ("dqn", "atari/Pong", ("ale_py",), False, ["agent.sb3.batch_size=4", "agent.sb3.learning_starts=180"]),  # slow CNN
 ]
 TINY = [
-    "agent.total_timesteps=240", "agent.sb3.learning_starts=60", "agent.sb3.buffer_size=500", "agent.net_arch=[16,16]",
-    "agent.eval_freq=1000", "agent.eval_episodes=1", "checkpoint_freq=100", "sparsity=rigl", "sparsity.update_interval=10",
-    "progress_bar=false", "tensorboard=false",
+    "agent.total_timesteps=240",
+    "agent.sb3.learning_starts=60",
+    "agent.sb3.buffer_size=500",
+    "agent.net_arch=[16,16]",
+    "agent.eval_freq=1000",
+    "agent.eval_episodes=1",
+    "checkpoint_freq=100",
+    "sparsity=rigl",
+    "sparsity.update_interval=10",
+    "progress_bar=false",
+    "tensorboard=false",
 ]  # fmt: skip  (evaluation after the budget: an Atari episode is thousands of steps)
 
 
