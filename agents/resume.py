@@ -12,6 +12,8 @@ from __future__ import annotations
 import csv
 import json
 import random
+import zipfile
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import CSVOutputFormat, Logger, TensorBoardOutputFormat
+from stable_baselines3.common.save_util import load_from_zip_file, recursive_setattr
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from torch.utils.tensorboard import SummaryWriter
 
@@ -27,6 +30,7 @@ from sparse_rl.atomic import atomic_write, atomic_write_json
 
 STEP_COLUMN = "time/total_timesteps"
 LAST_OBS_KEYS = ("_last_obs", "_last_episode_starts", "_last_original_obs")
+EPISODE_BUFFERS = ("ep_info_buffer", "ep_success_buffer")  # rollout/ep_rew_mean, ep_len_mean, success_rate
 
 
 def _eval_env_states(eval_env: VecEnv | None) -> list[dict[str, Any]] | None:
@@ -56,6 +60,31 @@ def restore_pending_logs(folder: Path, logger: Logger) -> None:
     logger.name_to_excluded.update({k: tuple(v) for k, v in pending["excluded"].items()})
 
 
+def load_checkpoint_model(model: BaseAlgorithm, path: Path) -> None:
+    """Load a checkpoint's ``model.zip`` into ``model``, built from the run's config, without unpickling anything.
+
+    SB3's ``load`` unpickles (cloudpickle) the spaces, schedules, policy class and episode buffers stored in
+    the archive's ``data``: loading someone else's checkpoint would run their code. Here the plain JSON
+    entries of ``data`` are set on the model (as SB3's ``load`` does), tensors load with
+    ``torch.load(weights_only=True)``, and the pickled entries are not read: the config rebuilds them, and
+    the observation and episode statistics come from ``last_obs.npz`` and ``training_state.json``.
+    """
+    with zipfile.ZipFile(path) as archive:
+        data = json.loads(archive.read("data"))
+    for key, value in data.items():
+        if not (isinstance(value, dict) and ":serialized:" in value):
+            setattr(model, key, value)
+    _, params, variables = load_from_zip_file(path, device=model.device, load_data=False)
+    model.set_parameters(params, exact_match=True, device=model.device)
+    for name, value in (variables or {}).items():  # e.g. SAC's log_ent_coef
+        if value is not None:
+            recursive_setattr(model, f"{name}.data", value.data)
+
+
+def _episode_buffers(model: BaseAlgorithm) -> dict[str, list | None]:
+    return {name: None if getattr(model, name) is None else list(getattr(model, name)) for name in EPISODE_BUFFERS}
+
+
 def save_training_state(
     folder: Path, model: BaseAlgorithm, eval_env: VecEnv | None = None, callbacks: dict[str, Any] | None = None
 ) -> None:
@@ -71,6 +100,7 @@ def save_training_state(
         "python_rng": random.getstate(),
         "action_space_rng": model.action_space.np_random.bit_generator.state,
         "pending_logs": _pending_logs(model.logger),
+        "episode_buffers": _episode_buffers(model),
         "callbacks": callbacks or {},
     }
     atomic_write_json(folder / "training_state.json", state)
@@ -100,9 +130,13 @@ def restore_training_state(folder: Path, model: BaseAlgorithm, eval_env: VecEnv 
     exact = state["envs"] is not None and all(env["exact"] for env in state["envs"])
     if state["envs"] is not None:
         restore_vec_env_states(model.get_env(), state["envs"])
+    if exact:  # otherwise the envs restarted their episodes: SB3 takes the first observation from a reset
         with np.load(folder / "last_obs.npz", allow_pickle=False) as arrays:
             for key in arrays.files:
                 setattr(model, key, arrays[key])
+    for name, episodes in state.get("episode_buffers", {}).items():
+        if episodes is not None:
+            setattr(model, name, deque(episodes, maxlen=model._stats_window_size))
     if eval_env is not None and state.get("eval_envs") is not None:
         restore_vec_env_states(eval_env, state["eval_envs"])
     name, keys, *rest = state["numpy_rng"]

@@ -35,6 +35,7 @@ from agents.replay_io import REPLAY_FILE, load_replay_buffer, save_replay_buffer
 from agents.resume import (
     VEC_NORMALIZE_FILE,
     callback_state,
+    load_checkpoint_model,
     load_vec_normalize,
     restore_pending_logs,
     restore_training_state,
@@ -224,19 +225,18 @@ def train(plan: Plan) -> dict:
             plan.agent.name, train_env.observation_space, train_env.action_space, net_arch, plan.group_sparsity, plan.variant
         )
         extra["net_arch"] = net_arch
-    if plan.checkpoint is None:
-        model = build_model(
-            plan.agent,
-            agent_cfg,
-            train_env,
-            net_arch=net_arch,
-            sparse=plan.sparsity.method != "dense",
-            seed=cfg.seed,
-            device=cfg.device,
-        )
-        resumed_at = None
-    else:
-        model = plan.agent.algo.load(plan.checkpoint / "model.zip", env=train_env, device=cfg.device)
+    model = build_model(
+        plan.agent,
+        agent_cfg,
+        train_env,
+        net_arch=net_arch,
+        sparse=plan.sparsity.method != "dense",
+        seed=cfg.seed,
+        device=cfg.device,
+    )
+    resumed_at = None
+    if plan.checkpoint is not None:  # the model is rebuilt from the config: nothing in model.zip is unpickled
+        load_checkpoint_model(model, plan.checkpoint / "model.zip")
         if (plan.checkpoint / REPLAY_FILE).exists():
             load_replay_buffer(model.replay_buffer, plan.checkpoint / REPLAY_FILE)
         resumed_at = model.num_timesteps

@@ -218,3 +218,34 @@ def test_replay_buffer_round_trip_is_exact(algo, kwargs, steps, tmp_path):
     for name in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
         if getattr(theirs, name, None) is not None:
             np.testing.assert_array_equal(getattr(ours, name), getattr(theirs, name), err_msg=name)
+
+
+class Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_resuming_a_checkpoint_unpickles_nothing_from_model_zip(tmp_path):
+    import base64
+    import pickle
+    import zipfile
+
+    run_dir = tmp_path / "run"
+    train(plan_run(tiny_run("dqn", "static", run_dir, "checkpoint_freq=100", "agent.total_timesteps=300")))
+    interrupted(run_dir)
+    model = run_dir / "checkpoint" / "model.zip"
+    with zipfile.ZipFile(model) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    data = json.loads(members["data"])
+    payload = base64.b64encode(pickle.dumps(Payload(tmp_path / "pwned"))).decode()
+    data["ep_info_buffer"] = {":type:": "<class 'collections.deque'>", ":serialized:": payload}  # SB3's format
+    members["data"] = json.dumps(data).encode()
+    with zipfile.ZipFile(model, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    summary = train(plan_run(tiny_run("dqn", "static", run_dir, "checkpoint_freq=100", "resume=true")))
+    assert summary["status"] == "completed"
+    assert not (tmp_path / "pwned").exists()
