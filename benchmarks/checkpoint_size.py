@@ -21,13 +21,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-import sparse_rl.run  # noqa: E402, F401  (registers the schema)
-from agents import AGENTS, build_model  # noqa: E402
-from agents.replay_io import load_replay_buffer, save_replay_buffer  # noqa: E402
-from envs import EnvSpec, make_vec_env  # noqa: E402
+import sparse_rl.run  # noqa: F401  (registers the schema)
+from agents import AGENTS, build_model
+from agents.replay_io import load_replay_buffer, save_replay_buffer
+from envs import EnvSpec, make_vec_env
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 

@@ -45,6 +45,10 @@ class RunDirLocked(Exception):
     """Another process (or this one, elsewhere) holds the run directory; the message names the holder."""
 
 
+class LocksUnsupported(OSError):
+    """The run directory's file system cannot lock files; the message names the file and the error."""
+
+
 def _key(run_dir: Path) -> Path:
     return Path(os.path.realpath(run_dir))
 
@@ -72,7 +76,13 @@ def is_held(run_dir: Path) -> bool:
 def hold_run_dir(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir`` (created if missing) exclusively for the ``with`` block.
 
-    Raises :class:`RunDirLocked` at once (no waiting) if another process, or this one, holds it.
+    Raises :class:`RunDirLocked` at once (no waiting) if another process, or this one, holds it, and
+    :class:`LocksUnsupported` if its file system cannot lock. Many directories at once::
+
+        with contextlib.ExitStack() as stack:
+            for run_dir in member_dirs:
+                stack.enter_context(hold_run_dir(run_dir))
+                cleanup_stale_staging(run_dir)
     """
     run_dir = Path(run_dir)
     key = _key(run_dir)
@@ -88,8 +98,8 @@ def hold_run_dir(run_dir: Path) -> Iterator[None]:
             except OSError as error:
                 if error.errno in _BUSY:
                     raise RunDirLocked(f"{run_dir} is in use by another process: {_read_holder(fd)}") from None
-                raise OSError(
-                    error.errno, f"cannot lock {path} ({error.strerror}): the file system must support POSIX locks"
+                raise LocksUnsupported(
+                    error.errno, f"cannot lock {path} ({error.strerror}): its file system must support POSIX locks"
                 ) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, (_holder_text() + "\n").encode(), 0)

@@ -47,7 +47,7 @@ from sparse_rl.atomic import atomic_write, atomic_write_json
 from sparse_rl.checkpoint import write_checkpoint
 from sparse_rl.config import SparsityConfig
 from sparse_rl.controller import NonFiniteError
-from sparse_rl.lock import LOCK_FILE, RunDirLocked, cleanup_stale_staging, hold_run_dir
+from sparse_rl.lock import LOCK_FILE, LocksUnsupported, RunDirLocked, cleanup_stale_staging, hold_run_dir
 from sparse_rl.run_config import EQUAL_PARAMETER_METHOD, RunSchema, core_sparsity_config
 from sparse_rl.run_dir import RunDirProblem, clear_run_outputs, resume_point
 from sparse_rl.scores import last_fraction_mean
@@ -320,6 +320,8 @@ def _holder_of(run_dir: Path) -> RunDirLocked | None:
             return None
     except RunDirLocked as error:
         return error
+    except LocksUnsupported:
+        return None
 
 
 def _remove_empty_dirs(path: Path) -> None:
@@ -347,7 +349,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         with hold_run_dir(plan.run_dir):  # one writer per run directory (12.1); released even on kill -9
             return _train_held(plan, multirun)
-    except (RunDirLocked, UsageError) as error:
+    except (RunDirLocked, LocksUnsupported, UsageError) as error:
         if multirun:
             print(f"{plan.run_dir}: SKIPPED: {error}", file=sys.stderr)
             return None
