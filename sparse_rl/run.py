@@ -62,6 +62,10 @@ class UsageError(Exception):
     """Bad input: reported as one line, before anything is written."""
 
 
+class RunDirUsageError(UsageError):
+    """The run directory's state does not allow what was asked (see :mod:`sparse_rl.run_dir`)."""
+
+
 @dataclass
 class Plan:
     """A validated run: everything needed to build it, nothing built yet."""
@@ -133,7 +137,7 @@ def _resume_point(cfg: DictConfig, run_dir: Path) -> Path | None:
     try:
         return resume_point(cfg, run_dir)
     except RunDirProblem as error:
-        raise UsageError(str(error)) from None
+        raise RunDirUsageError(str(error)) from None
 
 
 def _make_envs(plan: Plan) -> tuple[VecEnv, VecEnv]:
@@ -340,7 +344,8 @@ def main(cfg: DictConfig) -> float | None:
     try:
         plan = plan_run(cfg)
     except UsageError as error:
-        error = _holder_of(Path(cfg.run_dir)) or error  # a live writer explains the run directory's state best
+        if isinstance(error, RunDirUsageError):  # a live writer explains the run directory's state best
+            error = _holder_of(Path(cfg.run_dir)) or error
         _remove_empty_dirs(Path(cfg.run_dir))
         if multirun:
             print(f"{cfg.run_dir}: SKIPPED: {error}", file=sys.stderr)
