@@ -27,22 +27,28 @@ def record_topology(logger: Logger, controller: TopologyController) -> None:
 
 
 class TopologyLoggerCallback(BaseCallback):
-    """Logs ``sparsity/*`` and ``topology/*`` through SB3's logger at the start and after every topology update."""
+    """Logs ``sparsity/*`` and ``topology/*`` through SB3's logger at the start and after every topology update.
 
-    def __init__(self, controller: TopologyController) -> None:
+    ``logged_updates``: on resume, the count of updates already logged at the checkpoint (the start of a
+    resumed run is not a start: logging there would add columns the uninterrupted run lacks).
+    """
+
+    def __init__(self, controller: TopologyController, logged_updates: int | None = None) -> None:
         super().__init__()
         self.controller = controller
-        self._logged_updates = -1
+        self.resumed = logged_updates is not None
+        self.logged_updates = -1 if logged_updates is None else logged_updates
 
     def _record(self) -> None:
         record_topology(self.logger, self.controller)
-        self._logged_updates = self.controller.num_updates
+        self.logged_updates = self.controller.num_updates
 
     def _on_training_start(self) -> None:
-        self._record()
+        if not self.resumed:
+            self._record()
 
     def _on_step(self) -> bool:
-        if self.controller.num_updates != self._logged_updates:
+        if self.controller.num_updates != self.logged_updates:
             self._record()
         return True
 

@@ -1,8 +1,10 @@
 """Capture and restore the internal state of gymnasium envs inside a VecEnv, as plain JSON data.
 
-Supported: MuJoCo envs (qpos, qvel) and classic-control envs (their ``state``), plus every env's RNG and
-time-limit counter. Other envs (ALE, dm-control, MinAtar) report ``exact: false``: a resumed run restarts
-their current episodes. Nothing here unpickles anything.
+Supported: MuJoCo envs (qpos, qvel) and classic-control envs (their ``state``), plus every env's RNG (a
+numpy ``Generator``, or the legacy ``RandomState`` that shimmy's dm-control envs hold), time-limit counter
+and ``Monitor`` episode counters (so ``rollout/ep_rew_mean`` continues the interrupted episode). Other envs
+(ALE, dm-control, MinAtar) report ``exact: false``: a resumed run restarts their current episodes.
+Nothing here unpickles anything.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium.wrappers import TimeLimit
+from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper
 
 CLASSIC_EXTRA_ATTRIBUTES = ("steps_beyond_terminated", "last_u")
+MONITOR_ATTRIBUTES = ("rewards", "episode_returns", "episode_lengths", "total_steps", "needs_reset")
 
 
 def innermost_vec_env(venv: VecEnv) -> VecEnv:
@@ -44,13 +48,32 @@ def _from_json(value: Any) -> Any:
     return value
 
 
+def rng_state(rng: np.random.Generator | np.random.RandomState) -> dict[str, Any]:
+    """A numpy ``Generator``'s or legacy ``RandomState``'s state as JSON data."""
+    if isinstance(rng, np.random.RandomState):
+        name, keys, pos, has_gauss, gauss = rng.get_state()
+        return {"legacy": [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)]}
+    return rng.bit_generator.state
+
+
+def set_rng_state(rng: np.random.Generator | np.random.RandomState, state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`."""
+    if "legacy" in state:
+        name, keys, pos, has_gauss, gauss = state["legacy"]
+        rng.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    else:
+        rng.bit_generator.state = state
+
+
 def env_state(env: gym.Env) -> dict[str, Any]:
-    """The env's RNG, time-limit counter and physical state (``exact`` says whether that is complete)."""
+    """The env's RNG, time-limit and monitor counters and physical state (``exact`` says whether that is complete)."""
     unwrapped = env.unwrapped
-    state: dict[str, Any] = {"np_random": unwrapped.np_random.bit_generator.state, "exact": True}
+    state: dict[str, Any] = {"np_random": rng_state(unwrapped.np_random), "exact": True}
     for wrapper in _wrappers(env):
         if isinstance(wrapper, TimeLimit):
             state["elapsed_steps"] = wrapper._elapsed_steps
+        if isinstance(wrapper, Monitor):
+            state["monitor"] = {name: _jsonable(getattr(wrapper, name)) for name in MONITOR_ATTRIBUTES}
     if hasattr(unwrapped, "set_state") and hasattr(unwrapped, "data"):  # gymnasium MuJoCo
         state["qpos"] = _jsonable(unwrapped.data.qpos.copy())
         state["qvel"] = _jsonable(unwrapped.data.qvel.copy())
@@ -67,10 +90,13 @@ def env_state(env: gym.Env) -> dict[str, Any]:
 def set_env_state(env: gym.Env, state: dict[str, Any]) -> None:
     """Restore :func:`env_state` (call after ``reset()``, which the env's order checks require)."""
     unwrapped = env.unwrapped
-    unwrapped.np_random.bit_generator.state = state["np_random"]
+    set_rng_state(unwrapped.np_random, state["np_random"])
     for wrapper in _wrappers(env):
         if isinstance(wrapper, TimeLimit) and "elapsed_steps" in state:
             wrapper._elapsed_steps = state["elapsed_steps"]
+        if isinstance(wrapper, Monitor) and "monitor" in state:
+            for name, value in state["monitor"].items():
+                setattr(wrapper, name, list(value) if isinstance(value, list) else value)
     if "qpos" in state:
         unwrapped.set_state(_from_json(state["qpos"]), _from_json(state["qvel"]))
     elif "state" in state:

@@ -11,19 +11,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
+
+from sparse_rl.atomic import atomic_write_json
 
 CHECKPOINT_DIR = "checkpoint"
 
 
-def write_checkpoint(run_dir: Path, write_files: Callable[[Path], None]) -> None:
-    """Fill a fresh directory with ``write_files(dir)``, then swap it in for ``run_dir/checkpoint``."""
+def write_checkpoint(run_dir: Path, write_files: Callable[[Path], None], num_timesteps: int) -> None:
+    """Fill a fresh directory with ``write_files(dir)`` and ``meta.json`` (step and file list, written last),
+    then swap it in for ``run_dir/checkpoint``."""
     final = run_dir / CHECKPOINT_DIR
     staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=".checkpoint."))
     old = run_dir / f"{CHECKPOINT_DIR}.old"
     try:
         write_files(staging)
+        files = sorted(p.name for p in staging.iterdir())
+        atomic_write_json(staging / "meta.json", {"num_timesteps": num_timesteps, "files": files})
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
@@ -47,25 +53,94 @@ RESUME_IDENTITY_KEYS = (
     "agent.name", "agent.net_arch", "agent.activation", "env.name", "sparsity.method", "sparsity.sparsity",
     "sparsity.distribution", "sparsity.wide", "sparsity.actor", "sparsity.critic", "sparsity.q", "seed",
 )  # fmt: skip
-CHECKPOINT_FILES = ("meta.json", "model.zip", "controller.pt")
+CHECKPOINT_FILES = ("meta.json", "model.zip", "controller.pt", "training_state.json", "torch_rng.pt")
 SB3_ARCHIVE_MEMBERS = ("data", "policy.pth")  # what stable-baselines3's save always writes
+REPLAY_FILE = "replay_buffer.npz"  # agents.replay_io
+PICKLED_FILES = ("replay_buffer.pkl", "vecnormalize.pkl")  # written by earlier versions; never unpickled
+
+
+def _check_zip(path: Path) -> None:
+    """Every member of a zip archive (``.zip``, ``.npz``) reads back with a matching CRC."""
+    with zipfile.ZipFile(path) as archive:  # a truncated file may still open (nested zips)
+        bad = archive.testzip()
+    if bad is not None:
+        raise ValueError(f"bad member {bad}")
+
+
+def _check_model_zip(path: Path) -> None:
+    with zipfile.ZipFile(path) as archive:
+        missing = set(SB3_ARCHIVE_MEMBERS) - set(archive.namelist())
+    if missing:
+        raise ValueError(f"missing {sorted(missing)}")
+    _check_zip(path)
+
+
+def _check_npz(path: Path) -> None:
+    _check_zip(path)
+    with np.load(path, allow_pickle=False) as data:
+        for name in data.files:
+            data[name]
+
+
+CHECKERS: dict[str, Callable[[Path], Any]] = {
+    ".json": lambda path: json.loads(path.read_text()),
+    ".zip": _check_model_zip,
+    ".npz": _check_npz,
+    ".pt": lambda path: torch.load(path, weights_only=True),
+}
+
+
+def checkpoint_file_problem(checkpoint: Path) -> str | None:
+    """The first file of ``checkpoint`` that is missing, unreadable or a pickle, as one line; ``None`` if all read."""
+    if not (checkpoint / "meta.json").is_file():
+        return f"checkpoint {checkpoint} lacks meta.json"
+    try:
+        meta = json.loads((checkpoint / "meta.json").read_text())
+        meta["num_timesteps"]
+    except Exception as error:
+        return f"checkpoint file {checkpoint / 'meta.json'} is corrupt ({type(error).__name__}: {error})".splitlines()[0]
+    for name in meta.get("files", CHECKPOINT_FILES):  # the files written before meta.json (older checkpoints: the core)
+        if not (checkpoint / name).is_file():
+            return f"checkpoint {checkpoint} lacks {name}"
+    for path in sorted(checkpoint.iterdir()):
+        if path.name in PICKLED_FILES:
+            return f"checkpoint file {path} is a pickle (written by an earlier version); it is never loaded"
+        check = CHECKERS.get(path.suffix)
+        if check is None or not path.is_file():
+            continue
+        try:
+            check(path)
+        except Exception as error:  # any unreadable file is a corrupt checkpoint
+            return f"checkpoint file {path} is corrupt ({type(error).__name__}: {error})".splitlines()[0]
+    return None
+
+
+def _replay_problem(checkpoint: Path, cfg: Any) -> str | None:
+    """Whether the saved replay buffer fits the configured one (capacity per env, as SB3 allocates it)."""
+    path = checkpoint / REPLAY_FILE
+    capacity = OmegaConf.select(cfg, "agent.sb3.buffer_size")
+    if not path.is_file() or capacity is None:
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(bytes(data["meta_json"]).decode())
+    ours = max(int(capacity) // int(cfg.agent.n_envs), 1)
+    if (meta["buffer_size"], meta["n_envs"]) != (ours, int(cfg.agent.n_envs)):
+        return (
+            f"checkpoint {path} holds a replay buffer of {meta['buffer_size']} x {meta['n_envs']} envs, this config "
+            f"gives {ours} x {cfg.agent.n_envs} (agent.sb3.buffer_size, agent.n_envs)"
+        )
+    return None
 
 
 def checkpoint_problem(run_dir: Path, checkpoint: Path, cfg: Any) -> str | None:
-    """Why ``checkpoint`` cannot continue ``cfg`` (corrupt file, other architecture), or ``None`` if it can."""
-    for name in CHECKPOINT_FILES:
-        if not (checkpoint / name).is_file():
-            return f"checkpoint {checkpoint} lacks {name}"
-    try:
-        json.loads((checkpoint / "meta.json").read_text())["num_timesteps"]
-        with zipfile.ZipFile(checkpoint / "model.zip") as archive:  # a truncated file may still open (nested zips)
-            missing = set(SB3_ARCHIVE_MEMBERS) - set(archive.namelist())
-            bad = archive.testzip()
-        if missing or bad is not None:
-            return f"checkpoint {checkpoint}/model.zip is corrupt (missing {sorted(missing)}, bad member {bad})"
-        torch.load(checkpoint / "controller.pt", weights_only=True)
-    except Exception as error:  # any unreadable file is a corrupt checkpoint
-        return f"checkpoint {checkpoint} is corrupt ({type(error).__name__}: {error})".splitlines()[0]
+    """Why ``checkpoint`` cannot continue ``cfg`` (missing or corrupt file, other architecture), or ``None`` if it can.
+
+    Every file is read completely (JSON parsed, zip/npz CRCs checked, ``.pt`` loaded with ``weights_only``).
+    """
+    if (problem := checkpoint_file_problem(checkpoint)) is not None:
+        return problem
+    if (problem := _replay_problem(checkpoint, cfg)) is not None:
+        return problem
     saved_path = run_dir / ".hydra" / "config.yaml"
     if not saved_path.is_file():
         return f"{saved_path} is missing: cannot check that the checkpoint matches this config"

@@ -5,6 +5,7 @@
 
 Writes to ``run_dir``: ``.hydra/config.yaml``, ``progress.csv``, TensorBoard events, ``evaluations.npz``,
 ``checkpoint/`` (model with optimizers, controller, replay buffer), ``model.zip`` and ``summary.json``.
+One process writes a run directory at a time (:mod:`sparse_rl.lock`); a second one is refused with one line.
 """
 
 from __future__ import annotations
@@ -38,13 +39,25 @@ from agents.callbacks import (
 from agents.decay import kernel_decay
 from agents.initialization import check_init_node
 from agents.matching import HIDDEN_KEYS, equal_parameter_net_arch
-from agents.resume import restore_training_state, run_logger, save_training_state
+from agents.replay_io import REPLAY_FILE, load_replay_buffer, save_replay_buffer
+from agents.resume import (
+    VEC_NORMALIZE_FILE,
+    callback_state,
+    load_checkpoint_model,
+    load_vec_normalize,
+    restore_pending_logs,
+    restore_training_state,
+    run_logger,
+    save_training_state,
+)
 from envs import EnvSpec, check_action_space, make_vec_env
 from sparse_rl.atomic import atomic_write, atomic_write_json
-from sparse_rl.checkpoint import checkpoint_problem, latest_checkpoint, schedule_change, write_checkpoint
+from sparse_rl.checkpoint import schedule_change, write_checkpoint
 from sparse_rl.config import SparsityConfig
 from sparse_rl.controller import NonFiniteError
+from sparse_rl.lock import LOCK_FILE, LocksUnsupported, RunDirLocked, cleanup_stale_staging, hold_run_dir
 from sparse_rl.run_config import EQUAL_PARAMETER_METHOD, RunSchema, core_sparsity_config
+from sparse_rl.run_dir import RunDirProblem, clear_run_outputs, resume_point
 from sparse_rl.scores import last_fraction_mean
 
 ConfigStore.instance().store(name="run_schema", node=RunSchema)
@@ -55,6 +68,10 @@ VERSIONED_PACKAGES = ("torch", "stable-baselines3", "gymnasium", "numpy", "hydra
 
 class UsageError(Exception):
     """Bad input: reported as one line, before anything is written."""
+
+
+class RunDirUsageError(UsageError):
+    """The run directory's state does not allow what was asked (see :mod:`sparse_rl.run_dir`)."""
 
 
 @dataclass
@@ -121,16 +138,18 @@ def plan_run(cfg: DictConfig) -> Plan:
         raise UsageError(f"unknown agent.lr_schedule '{cfg.agent.lr_schedule}'; valid choices: {', '.join(LR_SCHEDULES)}")
     _check_fidelity_keys(cfg, agent.name)
     run_dir = Path(cfg.run_dir)
-    checkpoint = latest_checkpoint(run_dir)
-    if cfg.resume and checkpoint is None:
-        raise UsageError(f"resume=true but {run_dir} has no checkpoint to resume from")
-    if not cfg.resume and (checkpoint is not None or (run_dir / "summary.json").exists()):
-        raise UsageError(f"{run_dir} already holds a run; pass resume=true to continue it, or choose another run_dir/seed")
-    if cfg.resume and (problem := checkpoint_problem(run_dir, checkpoint, cfg)) is not None:
-        raise UsageError(problem)
-    if cfg.resume and not cfg.resume_schedule_change and (change := schedule_change(run_dir, cfg)) is not None:
+    return Plan(cfg, agent, env, sparsity, run_dir, _resume_point(cfg, run_dir), variant)
+
+
+def _resume_point(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """:func:`sparse_rl.run_dir.resume_point` with its refusal as a :class:`UsageError`."""
+    try:
+        checkpoint = resume_point(cfg, run_dir)
+    except RunDirProblem as error:
+        raise RunDirUsageError(str(error)) from None
+    if checkpoint is not None and not cfg.resume_schedule_change and (change := schedule_change(run_dir, cfg)) is not None:
         raise UsageError(change)
-    return Plan(cfg, agent, env, sparsity, run_dir, checkpoint if cfg.resume else None, variant)
+    return checkpoint
 
 
 def _check_fidelity_keys(cfg: DictConfig, agent: str) -> None:
@@ -164,26 +183,26 @@ def _make_envs(plan: Plan) -> tuple[VecEnv, VecEnv]:
         train_env = VecNormalize(train_env)
         eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
         if plan.checkpoint is not None:
-            train_env = VecNormalize.load(str(plan.checkpoint / "vecnormalize.pkl"), train_env.venv)
+            load_vec_normalize(plan.checkpoint / VEC_NORMALIZE_FILE, train_env)
     return train_env, eval_env
 
 
-def _save_checkpoint(plan: Plan, model: Any, controller: Any, num_timesteps: int) -> None:
+def _save_checkpoint(
+    plan: Plan, model: Any, controller: Any, num_timesteps: int, eval_env: VecEnv | None = None, topology: Any = None
+) -> None:
     """Check the run is sound (finite weights, sparsity invariants), then replace the checkpoint atomically."""
     controller.check_finite(f" at env step {num_timesteps}; the last good checkpoint is kept")
     controller.check_invariants()
+    callbacks = {} if topology is None else {"topology_logged_updates": topology.logged_updates}
 
     def write_files(folder: Path) -> None:
         model.save(folder / "model.zip")
         torch.save(controller.state_dict(), folder / "controller.pt")
-        if plan.cfg.save_replay_buffer and hasattr(model, "replay_buffer"):
-            model.save_replay_buffer(folder / "replay_buffer.pkl")
-        if isinstance(model.get_env(), VecNormalize):
-            model.get_env().save(str(folder / "vecnormalize.pkl"))
-        save_training_state(folder, model)
-        atomic_write_json(folder / "meta.json", {"num_timesteps": num_timesteps})
+        if plan.cfg.save_replay_buffer and getattr(model, "replay_buffer", None) is not None:
+            save_replay_buffer(model.replay_buffer, folder / REPLAY_FILE)
+        save_training_state(folder, model, eval_env, callbacks)
 
-    write_checkpoint(plan.run_dir, write_files)
+    write_checkpoint(plan.run_dir, write_files, num_timesteps)
 
 
 def _score(eval_results: list) -> float | None:
@@ -235,6 +254,8 @@ def train(plan: Plan) -> dict:
     cfg = plan.cfg
     torch.set_num_threads(cfg.torch_threads)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.resume and plan.checkpoint is None and clear_run_outputs(plan.run_dir):
+        print(f"note: {plan.run_dir} stopped before its first checkpoint; starting it again from scratch")
     atomic_write(plan.run_dir / ".hydra" / "config.yaml", lambda tmp: OmegaConf.save(cfg, tmp, resolve=True))
     train_env, eval_env = _make_envs(plan)
     net_arch = OmegaConf.to_container(cfg.agent.net_arch)
@@ -245,31 +266,32 @@ def train(plan: Plan) -> dict:
             plan.agent.name, train_env.observation_space, train_env.action_space, net_arch, plan.group_sparsity, plan.variant
         )
         extra["net_arch"] = net_arch
-    if plan.checkpoint is None:
-        model = build_model(
-            plan.agent,
-            agent_cfg,
-            train_env,
-            net_arch=net_arch,
-            sparse=plan.sparsity.method != "dense",
-            seed=cfg.seed,
-            device=cfg.device,
-        )
-        resumed_at = None
-    else:
-        model = plan.agent.algo.load(plan.checkpoint / "model.zip", env=train_env, device=cfg.device)
-        if (plan.checkpoint / "replay_buffer.pkl").exists():
-            model.load_replay_buffer(plan.checkpoint / "replay_buffer.pkl")
+    model = build_model(
+        plan.agent,
+        agent_cfg,
+        train_env,
+        net_arch=net_arch,
+        sparse=plan.sparsity.method != "dense",
+        seed=cfg.seed,
+        device=cfg.device,
+    )
+    resumed_at = None
+    if plan.checkpoint is not None:  # the model is rebuilt from the config: nothing in model.zip is unpickled
+        load_checkpoint_model(model, plan.checkpoint / "model.zip")
+        if (plan.checkpoint / REPLAY_FILE).exists():
+            load_replay_buffer(model.replay_buffer, plan.checkpoint / REPLAY_FILE)
         resumed_at = model.num_timesteps
     controller = attach_controller(
         model, plan.agent, plan.sparsity, cfg.agent.total_timesteps, cfg.seed, existing=plan.checkpoint is not None
     )
     if plan.checkpoint is not None:
         controller.load_state_dict(torch.load(plan.checkpoint / "controller.pt", weights_only=True))
-        extra["exact_resume"] = restore_training_state(plan.checkpoint, model)
+        extra["exact_resume"] = restore_training_state(plan.checkpoint, model, eval_env)
         if not extra["exact_resume"]:
             print(f"note: {plan.env.name} state is not captured; its current episodes restart after the resume")
     model.set_logger(run_logger(plan.run_dir, cfg.tensorboard, resumed_at))
+    if plan.checkpoint is not None:
+        restore_pending_logs(plan.checkpoint, model.logger)
     eval_cb = ResumableEvalCallback(
         eval_env,
         n_eval_episodes=cfg.agent.eval_episodes,
@@ -279,11 +301,17 @@ def train(plan: Plan) -> dict:
         verbose=0,
         resume_from=resumed_at,
     )
-    callbacks = [TopologyLoggerCallback(controller), FiniteWeightsCallback(controller, cfg.nan_check_freq), eval_cb]
+    logged = callback_state(plan.checkpoint).get("topology_logged_updates") if plan.checkpoint is not None else None
+    topology = TopologyLoggerCallback(controller, logged)
+    callbacks = [topology, FiniteWeightsCallback(controller, cfg.nan_check_freq), eval_cb]
     if plan.agent.nominal_clock is not None:  # first: a checkpoint at a rollout start sees the synced clock
         callbacks.insert(0, ClockSyncCallback(controller, plan.agent.nominal_clock))
+
+    def save(t: int) -> None:
+        _save_checkpoint(plan, model, controller, t, eval_env, topology)
+
     if cfg.checkpoint_freq > 0:
-        callbacks.append(CheckpointCallback(cfg.checkpoint_freq, lambda t: _save_checkpoint(plan, model, controller, t)))
+        callbacks.append(CheckpointCallback(cfg.checkpoint_freq, save))
     start = time.perf_counter()
     steps_before = model.num_timesteps
     atomic_write_json(plan.run_dir / "summary.json", _summary(plan, "running", controller, None, 0.0, steps_before, **extra))
@@ -304,7 +332,7 @@ def train(plan: Plan) -> dict:
         atomic_write_json(plan.run_dir / "summary.json", summary)
         raise error
     wall = time.perf_counter() - start
-    _save_checkpoint(plan, model, controller, model.num_timesteps)
+    save(model.num_timesteps)
     model.save(plan.run_dir / "model.zip")
     summary = _summary(plan, "completed", controller, eval_cb, wall, model.num_timesteps - steps_before, **extra)
     summary["num_timesteps"] = model.num_timesteps
@@ -331,6 +359,19 @@ def _record_failure(plan: Plan, error: BaseException) -> None:
     atomic_write_json(path, {"status": "failed", "error": repr(error), "seed": int(plan.cfg.seed), **identity})
 
 
+def _holder_of(run_dir: Path) -> RunDirLocked | None:
+    """The refusal naming the process that holds ``run_dir`` if one does (only probed where a run has started)."""
+    if not (run_dir / LOCK_FILE).exists():
+        return None
+    try:
+        with hold_run_dir(run_dir):
+            return None
+    except RunDirLocked as error:
+        return error
+    except LocksUnsupported:
+        return None
+
+
 def _remove_empty_dirs(path: Path) -> None:
     """Remove ``path`` and its empty parents (Hydra creates the run directory before the config is validated)."""
     cwd = Path.cwd().resolve()
@@ -347,11 +388,29 @@ def main(cfg: DictConfig) -> float | None:
     try:
         plan = plan_run(cfg)
     except UsageError as error:
+        if isinstance(error, RunDirUsageError):  # a live writer explains the run directory's state best
+            error = _holder_of(Path(cfg.run_dir)) or error
         _remove_empty_dirs(Path(cfg.run_dir))
         if multirun:
             print(f"{cfg.run_dir}: SKIPPED: {error}", file=sys.stderr)
             return None
         sys.exit(f"error: {error}")
+    try:
+        with hold_run_dir(plan.run_dir):  # one writer per run directory (12.1); released even on kill -9
+            return _train_held(plan, multirun)
+    except (RunDirLocked, LocksUnsupported, UsageError) as error:
+        if multirun:
+            print(f"{plan.run_dir}: SKIPPED: {error}", file=sys.stderr)
+            return None
+        sys.exit(f"error: {error}")
+
+
+def _train_held(plan: Plan, multirun: bool) -> float | None:
+    """Train ``plan`` in the run directory this process holds: decide again how to start, now that no one else
+    writes there; clear stale staging folders; record a failure in ``summary.json``."""
+    plan.checkpoint = _resume_point(plan.cfg, plan.run_dir)
+    for path in cleanup_stale_staging(plan.run_dir):
+        print(f"note: removed {path}, left by an interrupted write")
     try:
         summary = train(plan)
     except Exception as error:

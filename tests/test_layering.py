@@ -10,6 +10,7 @@ CORE_AND_ANALYSIS = [
     "sparse_rl.controller", "sparse_rl.accounting", "sparse_rl.sparse_init", "sparse_rl.width", "sparse_rl.scores",
     "sparse_rl.atomic", "sparse_rl.checkpoint", "sparse_rl.run_config", "sparse_rl.analysis", "sparse_rl.analyze",
     "agents.initialization", "agents.decay",  # torch-only parts of agents/, shared with the population engine
+    "sparse_rl.lock", "sparse_rl.run_dir",
 ]  # fmt: skip
 
 

@@ -1,0 +1,90 @@
+"""What a run directory holds, and where a run in it continues from (entry-point support: no SB3).
+
+- **no run**: a fresh start writes it; ``resume=true`` is refused (nothing to resume: likely a typo).
+- **completed** (``summary.json`` says so): left untouched; starting or resuming it is refused.
+- **a checkpoint**: ``resume=true`` continues from it (once every file is checked); a fresh start is refused.
+- **interrupted before its first checkpoint**: ``resume=true`` starts it again from scratch (its earlier
+  logs are removed first); a fresh start is refused and the message says so.
+
+Decide only while holding the directory (:func:`sparse_rl.lock.hold_run_dir`): otherwise a live writer
+may change it between the decision and the start.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sparse_rl.checkpoint import CHECKPOINT_DIR, checkpoint_problem, latest_checkpoint
+
+SUMMARY = "summary.json"
+# What a run writes besides its checkpoint; the marks of a started run, and what a restart replaces.
+RUN_OUTPUTS = (SUMMARY, "progress.csv", "evaluations.npz", "model.zip", ".hydra/config.yaml")
+TENSORBOARD_GLOB = "events.out.tfevents.*"
+
+
+class RunDirProblem(ValueError):
+    """The run directory cannot be used as asked; one line says why and what to do."""
+
+
+def run_status(run_dir: Path) -> str | None:
+    """``summary.json``'s status (``running``, ``completed``, ``failed``), ``unreadable``, or ``None`` if absent."""
+    try:
+        return str(json.loads((run_dir / SUMMARY).read_text()).get("status"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, AttributeError):
+        return "unreadable"
+
+
+def holds_started_run(run_dir: Path) -> bool:
+    """Whether a run has written anything into ``run_dir``."""
+    return any((run_dir / name).exists() for name in RUN_OUTPUTS) or any(run_dir.glob(TENSORBOARD_GLOB))
+
+
+def resume_point(cfg: Any, run_dir: Path) -> Path | None:
+    """The checkpoint a run with ``cfg`` continues from (``None``: start from scratch), or :class:`RunDirProblem`."""
+    checkpoint = latest_checkpoint(run_dir)
+    status = run_status(run_dir)
+    if status == "completed":
+        steps = _completed_steps(run_dir)
+        raise RunDirProblem(
+            f"{run_dir} holds a completed run ({steps} env steps); it is left untouched: choose another run_dir or seed"
+        )
+    if checkpoint is not None:
+        if not cfg.resume:
+            raise RunDirProblem(
+                f"{run_dir} already holds a run; pass resume=true to continue it, or choose another run_dir/seed"
+            )
+        if (problem := checkpoint_problem(run_dir, checkpoint, cfg)) is not None:
+            raise RunDirProblem(problem)
+        return checkpoint
+    if (run_dir / CHECKPOINT_DIR).exists():  # damaged: checkpoints are swapped in with meta.json written last
+        raise RunDirProblem(f"checkpoint {run_dir / CHECKPOINT_DIR} lacks meta.json")
+    if holds_started_run(run_dir):
+        if not cfg.resume:
+            raise RunDirProblem(
+                f"{run_dir} holds a run that stopped before its first checkpoint (status {status}); "
+                "pass resume=true to start it again from scratch, or choose another run_dir/seed"
+            )
+        return None  # resume=true restarts it: see clear_run_outputs
+    if cfg.resume:
+        raise RunDirProblem(f"resume=true but {run_dir} has no checkpoint to resume from (it holds no run)")
+    return None
+
+
+def _completed_steps(run_dir: Path) -> Any:
+    try:
+        return json.loads((run_dir / SUMMARY).read_text()).get("num_timesteps", "?")
+    except (OSError, ValueError):
+        return "?"
+
+
+def clear_run_outputs(run_dir: Path) -> list[Path]:
+    """Remove what an interrupted run wrote before its first checkpoint (logs, summary); returns what was removed."""
+    removed = [run_dir / name for name in RUN_OUTPUTS if (run_dir / name).is_file()]
+    removed += sorted(run_dir.glob(TENSORBOARD_GLOB))
+    for path in removed:
+        path.unlink()
+    return removed
