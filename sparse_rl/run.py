@@ -13,7 +13,7 @@ import importlib.metadata
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,8 @@ from sparse_rl.atomic import atomic_write, atomic_write_json
 from sparse_rl.checkpoint import checkpoint_problem, latest_checkpoint, write_checkpoint
 from sparse_rl.config import SparsityConfig
 from sparse_rl.controller import NonFiniteError
-from sparse_rl.run_config import EQUAL_PARAMETER_METHOD, RunSchema, core_sparsity_config
+from sparse_rl.preflight import budget_warnings
+from sparse_rl.run_config import EQUAL_PARAMETER_METHOD, RunSchema, core_sparsity_config, normalize_dense
 from sparse_rl.scores import last_fraction_mean
 
 ConfigStore.instance().store(name="run_schema", node=RunSchema)
@@ -60,6 +61,7 @@ class Plan:
     run_dir: Path
     checkpoint: Path | None
     variant: str | None  # dense_matched or wide: hidden widths solved for equal parameters
+    warnings: list[str] = field(default_factory=list)  # said before training starts (sparse_rl.preflight)
 
     @property
     def method(self) -> str:
@@ -77,7 +79,11 @@ def _positive(name: str, value: int, allow_zero: bool = False) -> None:
 
 
 def plan_run(cfg: DictConfig) -> Plan:
-    """Validate the whole config (agent, env, method, budgets, run directory) without side effects."""
+    """Validate the whole config (agent, env, method, budgets, run directory); writes nothing.
+
+    A ``dense`` run's ``sparsity.sparsity`` is set to 0 (what it trains), with a warning if it was not.
+    """
+    dense_note = normalize_dense(cfg)
     try:
         agent = AGENTS.get(cfg.agent.name)
         env = EnvSpec.from_config(cfg.env)
@@ -119,7 +125,9 @@ def plan_run(cfg: DictConfig) -> Plan:
         raise UsageError(f"{run_dir} already holds a run; pass resume=true to continue it, or choose another run_dir/seed")
     if cfg.resume and (problem := checkpoint_problem(run_dir, checkpoint, cfg)) is not None:
         raise UsageError(problem)
-    return Plan(cfg, agent, env, sparsity, run_dir, checkpoint if cfg.resume else None, variant)
+    warnings = [dense_note] if dense_note else []
+    warnings += budget_warnings(cfg)
+    return Plan(cfg, agent, env, sparsity, run_dir, checkpoint if cfg.resume else None, variant, warnings)
 
 
 def _make_envs(plan: Plan) -> tuple[VecEnv, VecEnv]:
@@ -197,6 +205,8 @@ def _summary(plan: Plan, status: str, controller: Any, eval_cb: Any, wall: float
 def train(plan: Plan) -> dict:
     """Build everything from a validated plan, train, and write the run directory. Returns the summary."""
     cfg = plan.cfg
+    for warning in plan.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     torch.set_num_threads(cfg.torch_threads)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(plan.run_dir / ".hydra" / "config.yaml", lambda tmp: OmegaConf.save(cfg, tmp, resolve=True))
@@ -242,6 +252,7 @@ def train(plan: Plan) -> dict:
         deterministic=True,
         verbose=0,
         resume_from=resumed_at,
+        final_if_none=True,  # a budget shorter than eval_freq still gets one evaluation (sparse_rl.preflight)
     )
     callbacks = [TopologyLoggerCallback(controller), FiniteWeightsCallback(controller, cfg.nan_check_freq), eval_cb]
     if cfg.checkpoint_freq > 0:

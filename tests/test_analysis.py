@@ -345,3 +345,13 @@ def test_cli_dense_normalisation_without_dense_fails_clearly(tmp_path: Path) -> 
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert proc.stderr.strip().count("\n") == 0 and "sac/HalfCheetah" in proc.stderr
+
+
+def test_a_dense_run_recorded_with_a_sparsity_is_analysed_as_dense(tmp_path: Path) -> None:
+    make_run(tmp_path, method="dense", sparsity=0.9, seed=0)  # written before dense runs were labelled s0.0
+    make_run(tmp_path, method="dense", sparsity=0.0, seed=1)
+    runs = load_runs(tmp_path)
+    assert sorted((r.label, r.sparsity, r.seed) for r in runs) == [("dense_s0.0", 0.0, 0), ("dense_s0.0", 0.0, 1)]
+    assert "trained dense" in next(r for r in runs if r.seed == 0).reasons(("note",))
+    result = analyze(tmp_path, reps=REPS, make_plots=False)
+    assert list(result.aggregate["label"]) == ["dense_s0.0"] and list(result.per_env["sparsity"]) == [0.0]
