@@ -34,6 +34,7 @@ from agents.resume import restore_training_state, run_logger, save_training_stat
 from envs import EnvSpec, check_action_space, make_vec_env
 from sparse_rl.atomic import atomic_write, atomic_write_json
 from sparse_rl.checkpoint import checkpoint_problem, latest_checkpoint, write_checkpoint
+from sparse_rl.cli import argv_problem
 from sparse_rl.config import SparsityConfig
 from sparse_rl.controller import NonFiniteError
 from sparse_rl.preflight import budget_warnings
@@ -335,4 +336,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    if (problem := argv_problem(sys.argv[1:])) is not None:  # a misspelled key: our one line, not Hydra's "+key"
+        sys.exit(f"error: {problem}")
     main()
