@@ -121,11 +121,22 @@ class CheckpointCallback(BaseCallback):
 
 
 class ResumableEvalCallback(EvalCallback):
-    """SB3's EvalCallback that continues an existing ``evaluations.npz`` up to ``resume_from`` env steps."""
+    """SB3's EvalCallback that continues an existing ``evaluations.npz`` up to ``resume_from`` env steps.
 
-    def __init__(self, *args, resume_from: int | None = None, **kwargs) -> None:
+    With ``final_if_none``, a run that ends without any evaluation (a budget shorter than ``eval_freq``) is
+    evaluated once at its last step: ``evaluations.npz``, a ``progress.csv`` row and a score.
+    """
+
+    def __init__(self, *args, resume_from: int | None = None, final_if_none: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.resume_from = resume_from
+        self.final_if_none = final_if_none
+
+    def _on_training_end(self) -> None:
+        if self.final_if_none and not self.evaluations_timesteps:
+            self.num_timesteps = self.model.num_timesteps
+            self.eval_freq = 1  # EvalCallback evaluates when n_calls % eval_freq == 0
+            self._on_step()
 
     def _init_callback(self) -> None:
         super()._init_callback()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 
+from envs.quiet import headless_dm_control, install_mujoco_warning_filter
 from sparse_rl.registry import Registry
 
 if TYPE_CHECKING:
@@ -31,6 +32,8 @@ ATARI_WRAPPER_KWARGS: dict[str, Any] = {
 @FAMILIES.register("gym")
 def make_gym(spec: EnvSpec, render_mode: str | None = None) -> gym.Env:
     """Any registered gymnasium id (MuJoCo v5, classic control): ``gymnasium.make(id, **kwargs)``."""
+    if str(gym.spec(spec.id).entry_point).startswith("gymnasium.envs.mujoco"):
+        install_mujoco_warning_filter()
     return gym.make(spec.id, render_mode=render_mode, **spec.kwargs)
 
 
@@ -40,8 +43,10 @@ def make_dmc(spec: EnvSpec, render_mode: str | None = None) -> gym.Env:
 
     Observations stay float64, as in gymnasium's MuJoCo envs; SB3 casts them to float32 inside the policy.
     """
+    headless_dm_control(render_mode)
     import shimmy
 
+    install_mujoco_warning_filter()  # after dm-control's import: it installs its own handler then
     gym.register_envs(shimmy)
     env = gym.make(f"dm_control/{spec.id}-v0", render_mode=render_mode, **spec.kwargs)
     return gym.wrappers.FlattenObservation(env)

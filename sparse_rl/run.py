@@ -14,7 +14,7 @@ import importlib.metadata
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +53,12 @@ from agents.resume import (
 from envs import EnvSpec, check_action_space, make_vec_env
 from sparse_rl.atomic import atomic_write, atomic_write_json
 from sparse_rl.checkpoint import schedule_change, write_checkpoint
+from sparse_rl.cli import argv_problem
 from sparse_rl.config import SparsityConfig
 from sparse_rl.controller import NonFiniteError
 from sparse_rl.lock import LOCK_FILE, LocksUnsupported, RunDirLocked, cleanup_stale_staging, hold_run_dir
-from sparse_rl.run_config import EQUAL_PARAMETER_METHOD, RunSchema, core_sparsity_config
+from sparse_rl.preflight import budget_warnings
+from sparse_rl.run_config import EQUAL_PARAMETER_METHOD, RunSchema, core_sparsity_config, normalize_dense
 from sparse_rl.run_dir import RunDirProblem, clear_run_outputs, resume_point
 from sparse_rl.scores import last_fraction_mean
 
@@ -85,6 +87,7 @@ class Plan:
     run_dir: Path
     checkpoint: Path | None
     variant: str | None  # dense_matched or wide: hidden widths solved for equal parameters
+    warnings: list[str] = field(default_factory=list)  # said before training starts (sparse_rl.preflight)
 
     @property
     def method(self) -> str:
@@ -102,7 +105,11 @@ def _positive(name: str, value: int, allow_zero: bool = False) -> None:
 
 
 def plan_run(cfg: DictConfig) -> Plan:
-    """Validate the whole config (agent, env, method, budgets, run directory) without side effects."""
+    """Validate the whole config (agent, env, method, budgets, run directory); writes nothing.
+
+    A ``dense`` run's ``sparsity.sparsity`` is set to 0 (what it trains), with a warning if it was not.
+    """
+    dense_note = normalize_dense(cfg)
     try:
         agent = AGENTS.get(cfg.agent.name)
         env = EnvSpec.from_config(cfg.env)
@@ -138,7 +145,9 @@ def plan_run(cfg: DictConfig) -> Plan:
         raise UsageError(f"unknown agent.lr_schedule '{cfg.agent.lr_schedule}'; valid choices: {', '.join(LR_SCHEDULES)}")
     _check_fidelity_keys(cfg, agent.name)
     run_dir = Path(cfg.run_dir)
-    return Plan(cfg, agent, env, sparsity, run_dir, _resume_point(cfg, run_dir), variant)
+    warnings = [dense_note] if dense_note else []
+    warnings += budget_warnings(cfg)
+    return Plan(cfg, agent, env, sparsity, run_dir, _resume_point(cfg, run_dir), variant, warnings)
 
 
 def _resume_point(cfg: DictConfig, run_dir: Path) -> Path | None:
@@ -252,6 +261,8 @@ def _summary(plan: Plan, status: str, controller: Any, eval_cb: Any, wall: float
 def train(plan: Plan) -> dict:
     """Build everything from a validated plan, train, and write the run directory. Returns the summary."""
     cfg = plan.cfg
+    for warning in plan.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     torch.set_num_threads(cfg.torch_threads)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.resume and plan.checkpoint is None and clear_run_outputs(plan.run_dir):
@@ -300,6 +311,7 @@ def train(plan: Plan) -> dict:
         deterministic=True,
         verbose=0,
         resume_from=resumed_at,
+        final_if_none=True,  # a budget shorter than eval_freq still gets one evaluation (sparse_rl.preflight)
     )
     logged = callback_state(plan.checkpoint).get("topology_logged_updates") if plan.checkpoint is not None else None
     topology = TopologyLoggerCallback(controller, logged)
@@ -426,4 +438,6 @@ def _train_held(plan: Plan, multirun: bool) -> float | None:
 
 
 if __name__ == "__main__":
+    if (problem := argv_problem(sys.argv[1:])) is not None:  # a misspelled key: our one line, not Hydra's "+key"
+        sys.exit(f"error: {problem}")
     main()

@@ -13,9 +13,34 @@ from omegaconf import MISSING, OmegaConf
 from sparse_rl.config import SparsityConfig
 
 EQUAL_PARAMETER_METHOD = "dense_matched"  # trains a dense network whose widths match a sparse one's active count
+DENSE_METHOD = "dense"  # the standard dense network: it has no sparsity, whatever sparsity.sparsity says
+DENSE_SPARSITY = 0.0
 
-# run_dir tag for Sparse Wide runs: rigl_wide_s0.9 next to rigl_s0.9
+
+def method_label(method: str, sparsity: float, wide: bool = False) -> str:
+    """The method part of a run directory: ``rigl_s0.9``, ``rigl_wide_s0.9``; ``dense`` is always ``dense_s0.0``.
+
+    Registered as the OmegaConf resolver ``method_label`` used by ``run_dir`` in ``configs/config.yaml``, so every
+    path built from that pattern (a run, a sweep job) labels a dense network with the sparsity it has.
+    """
+    return f"{method}{'_wide' if wide else ''}_s{DENSE_SPARSITY if method == DENSE_METHOD else sparsity}"
+
+
+OmegaConf.register_new_resolver("method_label", method_label, replace=True)
+# run_dir tag for Sparse Wide runs (the run_dir pattern before method_label; kept for configs that still use it)
 OmegaConf.register_new_resolver("wide_tag", lambda wide: "_wide" if wide else "", replace=True)
+
+
+def normalize_dense(cfg: Any) -> str | None:
+    """Set ``sparsity.sparsity`` of a ``dense`` run to 0 (what it trains); a note if the config said otherwise."""
+    if cfg.sparsity.method != DENSE_METHOD or float(cfg.sparsity.sparsity) == DENSE_SPARSITY:
+        return None
+    given = cfg.sparsity.sparsity
+    cfg.sparsity.sparsity = DENSE_SPARSITY
+    return (
+        f"sparsity=dense trains the standard dense network: sparsity.sparsity={given} is ignored (recorded as "
+        f"{DENSE_SPARSITY}); for a dense network with a {given}-sparse network's parameter count use sparsity=dense_matched"
+    )
 
 
 @dataclass
@@ -92,8 +117,8 @@ def core_sparsity_config(sparsity: Any) -> SparsityConfig:
     """The core's :class:`SparsityConfig` from the ``sparsity`` config node (``dense_matched`` trains as ``dense``)."""
     overrides = {group: getattr(sparsity, group) for group in ("actor", "critic", "q") if getattr(sparsity, group) is not None}
     return SparsityConfig(
-        method="dense" if sparsity.method == EQUAL_PARAMETER_METHOD else sparsity.method,
-        sparsity=float(sparsity.sparsity),
+        method=DENSE_METHOD if sparsity.method == EQUAL_PARAMETER_METHOD else sparsity.method,
+        sparsity=DENSE_SPARSITY if sparsity.method == DENSE_METHOD else float(sparsity.sparsity),
         distribution=sparsity.distribution,
         update_interval=int(sparsity.update_interval),
         start_fraction=float(sparsity.start_fraction),

@@ -32,6 +32,8 @@ from sparse_rl.analysis import (
     scores_frame,
 )
 from sparse_rl.analysis.aggregate import ScoreMatrix
+from sparse_rl.analysis.curves import CURVE_COLUMNS, mean_curves
+from sparse_rl.analysis.plots import interval_estimates_figure, learning_curve_figure
 
 REPS = 200  # bootstrap replications in tests (the CLI default is larger)
 
@@ -345,3 +347,83 @@ def test_cli_dense_normalisation_without_dense_fails_clearly(tmp_path: Path) -> 
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert proc.stderr.strip().count("\n") == 0 and "sac/HalfCheetah" in proc.stderr
+
+
+def test_a_dense_run_recorded_with_a_sparsity_is_analysed_as_dense(tmp_path: Path) -> None:
+    make_run(tmp_path, method="dense", sparsity=0.9, seed=0)  # written before dense runs were labelled s0.0
+    make_run(tmp_path, method="dense", sparsity=0.0, seed=1)
+    runs = load_runs(tmp_path)
+    assert sorted((r.label, r.sparsity, r.seed) for r in runs) == [("dense_s0.0", 0.0, 0), ("dense_s0.0", 0.0, 1)]
+    assert "trained dense" in next(r for r in runs if r.seed == 0).reasons(("note",))
+    result = analyze(tmp_path, reps=REPS, make_plots=False)
+    assert list(result.aggregate["label"]) == ["dense_s0.0"] and list(result.per_env["sparsity"]) == [0.0]
+
+
+# --- plots show every point, scale to the data, bootstrap bands, interval estimates --------------------------------
+
+
+def _curves(returns_by_seed: dict[int, list[float]], method: str = "dense", sparsity: float = 0.0) -> pd.DataFrame:
+    rows = [
+        {"agent": "dqn", "env": "Acrobot", "method": method, "sparsity": sparsity, "label": run_label(method, sparsity),
+         "seed": seed, "step": 1000 * (i + 1), "return": r}
+        for seed, returns in returns_by_seed.items() for i, r in enumerate(returns)
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+
+
+def _drawn_y(ax) -> np.ndarray:
+    """Every y value drawn as a line or marker in ``ax``, except reference lines spanning the axes."""
+    ys = [line.get_ydata() for line in ax.get_lines() if len(line.get_xdata()) and line.get_transform() == ax.transData]
+    return np.concatenate([np.asarray(y, dtype=float) for y in ys])
+
+
+def test_curve_band_is_a_bootstrap_that_stays_within_the_seeds() -> None:
+    stats_ = mean_curves(_curves({0: [-500.0, -300.0], 1: [-60.0, -250.0]}, method="rigl", sparsity=0.9), reps=REPS)
+    first = stats_.iloc[0]
+    assert first["mean"] == pytest.approx(-280.0)
+    assert -500.0 <= first["low"] < first["mean"] < first["high"] <= -60.0  # a t-interval over 2 seeds: -3,075..2,515
+    assert mean_curves(_curves({0: [1.0, 2.0]}), reps=REPS)[["low", "high"]].isna().all().all()  # one seed: no band
+    again = mean_curves(_curves({0: [-500.0, -300.0], 1: [-60.0, -250.0]}, method="rigl", sparsity=0.9), reps=REPS)
+    pd.testing.assert_frame_equal(stats_, again)  # seeded
+
+
+def test_learning_curves_draw_a_single_evaluation_and_scale_to_the_data() -> None:
+    fig = learning_curve_figure(_curves({0: [58.0], 1: [211.0]}), "dqn / Acrobot", reps=REPS)
+    (ax,) = fig.axes
+    low, high = ax.get_ylim()
+    assert 0 < 58.0 - low < 30 and 0 < high - 211.0 < 30  # scaled to 58..211, not -600..800
+    marked = [line for line in ax.get_lines() if line.get_marker() not in ("None", "", None) and len(line.get_xdata()) == 1]
+    assert {float(line.get_ydata()[0]) for line in marked} >= {58.0, 211.0, 134.5}  # each seed and the mean is visible
+
+
+def test_every_curve_point_lies_inside_the_axes() -> None:
+    rng = np.random.default_rng(0)
+    data = pd.concat(
+        [
+            _curves({s: list(np.linspace(-500, -60, 10) + rng.normal(0, 30, 10)) for s in range(2)}),
+            _curves({s: list(np.linspace(-500, -80, 10) + rng.normal(0, 30, 10)) for s in range(2)}, "rigl", 0.9),
+        ],
+        ignore_index=True,
+    )
+    fig = learning_curve_figure(data, "dqn / Acrobot", reps=REPS)
+    (ax,) = fig.axes  # sparsity 0.9, the dense reference in it
+    low, high = ax.get_ylim()
+    drawn = _drawn_y(ax)
+    assert low <= drawn.min() and drawn.max() <= high
+    assert high - low < 1.3 * (data["return"].max() - data["return"].min())
+
+
+def test_aggregates_are_interval_estimates_not_bars_from_zero() -> None:
+    nan = float("nan")
+    rows = [("dense", 0.0, -65.0, -70.0, -61.0), ("rigl", 0.9, -74.0, -80.0, -69.0), ("set", 0.9, -66.0, nan, nan)]
+    aggregate = pd.DataFrame(
+        [{"agent": "dqn", "label": run_label(m, s), "method": m, "sparsity": s, "iqm": v, "ci_low": lo, "ci_high": hi}
+         for m, s, v, lo, hi in rows]
+    )  # fmt: skip
+    fig = interval_estimates_figure(aggregate, "dqn", "return")
+    (ax,) = fig.axes
+    assert not ax.containers and not [p for p in ax.patches if p.get_height() and p.get_width() and p.get_x() == 0]
+    low, high = ax.get_xlim()
+    assert -82.0 < low < -80.0 and -61.0 < high < -59.0  # scaled to the intervals: -65 and -74 far apart, 0 not shown
+    points = {round(float(line.get_xdata()[0]), 6) for line in ax.get_lines() if line.get_marker() == "o"}
+    assert points == {-74.0, -66.0}  # one point per sparse label; the dense reference is the dashed line

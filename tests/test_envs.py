@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -21,6 +24,7 @@ from envs import (
     make_single_env,
     make_vec_env,
 )
+from envs.quiet import mujoco_warning_handler
 
 ENV_DIR = CONFIGS_DIR / "env"
 ALL_NAMES = available_env_names()
@@ -268,3 +272,49 @@ def test_available_env_names_filters_by_action_space(tmp_path: Path) -> None:
     (tmp_path / "env" / "toy" / "a.yaml").write_text("action_space: discrete\n")
     assert available_env_names(tmp_path) == ["toy/a"]
     assert available_env_names(tmp_path, "continuous") == []
+
+
+# --- noise: known harmless messages are silenced at their source, others pass ---------------------------------------
+
+
+def _run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MUJOCO_GL")}
+    return subprocess.run(
+        [sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, timeout=300, env={**environ, **env}
+    )
+
+
+def test_halfcheetah_builds_without_the_settotalmass_warning(tmp_path: Path) -> None:
+    _require("mujoco")
+    code = "from envs import load_env_spec, make_vec_env; make_vec_env(load_env_spec('HalfCheetah'), 2, 0).close()"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(CONFIGS_DIR.parent)})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "settotalmass" not in result.stdout + result.stderr
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+
+
+def test_other_mujoco_warnings_still_reach_the_user(capsys: pytest.CaptureFixture[str]) -> None:
+    seen: list[str] = []
+    handler = mujoco_warning_handler(seen.append)
+    handler("compiler attribute 'settotalmass' is deprecated and will be removed")
+    handler("Nan, Inf or huge value in QACC at DOF 0")
+    assert seen == ["Nan, Inf or huge value in QACC at DOF 0"]
+    mujoco_warning_handler(None)("Nan, Inf or huge value in QACC at DOF 0")
+    assert capsys.readouterr().err == "WARNING: Nan, Inf or huge value in QACC at DOF 0\n"
+
+
+def test_dmc_on_a_headless_machine_does_not_warn_about_x11() -> None:
+    _require("shimmy")
+    _require("dm_control")
+    result = _run_python("from envs import load_env_spec, make_vec_env; make_vec_env(load_env_spec('dmc/cheetah-run'), 1, 0)")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "DISPLAY" not in result.stderr and "GLFW" not in result.stderr, result.stderr[-2000:]
+    assert "settotalmass" not in result.stdout + result.stderr
+
+
+def test_an_explicit_mujoco_gl_choice_is_kept() -> None:
+    code = "import os; from envs.quiet import headless_dm_control; headless_dm_control(None); print(os.environ['MUJOCO_GL'])"
+    assert _run_python(code, MUJOCO_GL="osmesa").stdout.strip() == "osmesa"
+    assert _run_python(code).stdout.strip() == "disable"
+    assert _run_python(code, DISPLAY=":0").returncode != 0  # a display: dm-control chooses itself (no MUJOCO_GL set)

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from sparse_rl.analysis.discovery import HYDRA_CONFIG, find_run_dirs
 from sparse_rl.analysis.records import RunRecord
+from sparse_rl.run_config import DENSE_METHOD, DENSE_SPARSITY
 from sparse_rl.scores import last_fraction_mean
 
 EVALUATIONS = "evaluations.npz"
@@ -117,8 +118,10 @@ def _identify(run: RunRecord, config: dict[str, Any], summary: dict[str, Any] | 
         if ours is not None and theirs is not None and ours != theirs:
             run.add("note", f"{key}={ours!r} in config but {theirs!r} in summary.json (using the config)")
         setattr(run, attr, ours if ours is not None else theirs)
-    if run.sparsity is None and run.method == "dense":
-        run.sparsity = 0.0
+    if run.method == DENSE_METHOD and run.sparsity != DENSE_SPARSITY:  # a dense network has no sparsity
+        if run.sparsity is not None:
+            run.add("note", f"dense run recorded with sparsity {run.sparsity:g}; it trained dense (using {DENSE_SPARSITY})")
+        run.sparsity = DENSE_SPARSITY
     missing = [key for attr, key, _ in IDENTITY_KEYS if getattr(run, attr) is None]
     if missing:
         run.add("broken", f"cannot identify run: no {', '.join(missing)} in config or summary.json")

@@ -1,8 +1,13 @@
 """Figures (matplotlib's object API, rendered by Agg; each saved as PNG and PDF).
 
-- learning curves per agent/env, one panel per sparsity, the standard dense network in every panel;
-- score vs active parameters (log x) per env, one line per method across sparsities (paper's figures);
-- IQM bars with CIs per sparsity and method; performance profiles per sparsity.
+- learning curves per agent/env, one panel per sparsity, the standard dense network in every panel: every
+  seed's evaluations, their mean with markers (one evaluation is still a point) and a percentile bootstrap band;
+- score vs active parameters (log x) per env, one line per method across sparsities (paper's figures), every
+  run's score as a dot;
+- IQM per sparsity and method as rliable-style interval estimates (point and CI, no bars from 0);
+- performance profiles per sparsity.
+
+Every axis is scaled to what it draws (no data outside, 0 not forced in).
 """
 
 from __future__ import annotations
@@ -19,9 +24,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from sparse_rl.analysis.aggregate import CI_LEVEL
+from sparse_rl.analysis.aggregate import BOOTSTRAP_REPS, CI_LEVEL
 from sparse_rl.analysis.atomic import atomic_savefig
-from sparse_rl.analysis.curves import mean_curves
+from sparse_rl.analysis.curves import BAND_DESCRIPTION, mean_curves
 from sparse_rl.analysis.frame import METHOD_ORDER, method_rank
 from sparse_rl.analysis.normalize import REFERENCE_METHOD, REFERENCE_SPARSITY
 from sparse_rl.analysis.records import run_label
@@ -30,6 +35,8 @@ REFERENCE_LABEL = run_label(REFERENCE_METHOD, REFERENCE_SPARSITY)
 PANEL_COLUMNS = 3
 PANEL_SIZE = (4.5, 3.4)  # inches per panel
 BAND_ALPHA = 0.2
+SEED_ALPHA = 0.35  # single seeds and runs, drawn under their mean
+LIMIT_MARGIN = 0.06  # axis limits: the data's range plus this fraction on each side
 
 
 def slug(name: str) -> str:
@@ -67,88 +74,148 @@ def _sparsity_panels(labels: pd.DataFrame) -> list[float]:
     return [s for s in levels if s != REFERENCE_SPARSITY or (others["sparsity"] == s).any()] or levels
 
 
-def _reference_line(ax: Axes, value: float, low: float, high: float) -> None:
-    ax.axhline(value, color="black", linestyle="--", linewidth=1, label=f"{REFERENCE_LABEL} (standard)")
+def _fit_limits(ax: Axes, values: object, axis: str = "y") -> None:
+    """Scale ``axis`` to the finite ``values`` plotted (every point inside, a small margin, 0 not forced in)."""
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return
+    low, high = float(v.min()), float(v.max())
+    pad = (high - low) * LIMIT_MARGIN if high > low else max(abs(high) * LIMIT_MARGIN, 1.0)
+    (ax.set_ylim if axis == "y" else ax.set_xlim)(low - pad, high + pad)
+
+
+def _reference_line(ax: Axes, value: float, low: float, high: float, vertical: bool = False) -> None:
+    line, span = (ax.axvline, ax.axvspan) if vertical else (ax.axhline, ax.axhspan)
+    line(value, color="black", linestyle="--", linewidth=1, label=f"{REFERENCE_LABEL} (standard)")
     if np.isfinite(low) and np.isfinite(high):
-        ax.axhspan(low, high, color="black", alpha=BAND_ALPHA / 2, linewidth=0)
+        span(low, high, color="black", alpha=BAND_ALPHA / 2, linewidth=0)
 
 
-def plot_learning_curves(curves: pd.DataFrame, out_dir: str | os.PathLike[str]) -> list[Path]:
-    """One figure per agent/env: mean return over seeds vs env steps with CI bands, a panel per sparsity."""
+def learning_curve_figure(data: pd.DataFrame, title: str, reps: int = BOOTSTRAP_REPS, seed: int = 0) -> Figure:
+    """One agent/env's curves, a panel per sparsity: every seed's evaluations (thin), their mean (markers) and a
+    bootstrap band (:data:`~sparse_rl.analysis.curves.BAND_DESCRIPTION`); y scaled to what is drawn."""
+    labels = data[["label", "method", "sparsity"]].drop_duplicates()
+    stats = mean_curves(data, reps, seed)
+    levels = _sparsity_panels(labels)
+    fig, axes = _panels(len(levels))
+    for ax, level in zip(axes, levels):
+        chosen = labels[(labels["sparsity"] == level) | (labels["label"] == REFERENCE_LABEL)]
+        drawn = []
+        for row in sorted(chosen.itertuples(index=False), key=lambda r: method_rank(r.method)):
+            c = stats[stats["label"] == row.label]
+            ref = row.label == REFERENCE_LABEL and level != REFERENCE_SPARSITY
+            color = "black" if ref else method_color(row.method)
+            for _, run in data[data["label"] == row.label].groupby("seed"):
+                ax.plot(run["step"], run["return"], color=color, alpha=SEED_ALPHA, linewidth=0.8, marker="o", markersize=2.5)
+            ax.plot(c["step"], c["mean"], color=color, linestyle="--" if ref else "-", marker="o", markersize=4,
+                    label=f"{row.label} (n={int(c['count'].max())})")  # fmt: skip
+            ax.fill_between(c["step"], c["low"], c["high"], color=color, alpha=BAND_ALPHA, linewidth=0)
+            if len(c) == 1:  # a band over one step has no width: draw the interval as an error bar
+                yerr = np.nan_to_num(np.abs(c[["low", "high"]].to_numpy(dtype=float).T - c["mean"].to_numpy()))
+                ax.errorbar(c["step"], c["mean"], yerr=yerr, color=color, capsize=4, linestyle="none")
+            drawn += [data.loc[data["label"] == row.label, "return"], c["low"], c["high"]]
+        _fit_limits(ax, pd.concat(drawn))
+        ax.set(title=f"sparsity {level:g}", xlabel="env steps", ylabel="return")
+        ax.legend(fontsize="small")
+    fig.suptitle(f"{title}: thin = seeds, markers = mean over seeds,\nband = {BAND_DESCRIPTION}", fontsize="medium")
+    return fig
+
+
+def plot_learning_curves(
+    curves: pd.DataFrame, out_dir: str | os.PathLike[str], reps: int = BOOTSTRAP_REPS, seed: int = 0
+) -> list[Path]:
+    """One figure per agent/env (:func:`learning_curve_figure`), saved as ``curves_<agent>_<env>``."""
     written = []
     for (agent, env), data in curves.groupby(["agent", "env"], sort=True):
-        labels = data[["label", "method", "sparsity"]].drop_duplicates()
-        stats = mean_curves(data)
-        levels = _sparsity_panels(labels)
-        fig, axes = _panels(len(levels))
-        for ax, level in zip(axes, levels):
-            chosen = labels[(labels["sparsity"] == level) | (labels["label"] == REFERENCE_LABEL)]
-            for row in sorted(chosen.itertuples(index=False), key=lambda r: method_rank(r.method)):
-                c = stats[stats["label"] == row.label]
-                ref = row.label == REFERENCE_LABEL and level != REFERENCE_SPARSITY
-                color = "black" if ref else method_color(row.method)
-                ax.plot(c["step"], c["mean"], color=color, linestyle="--" if ref else "-", label=row.label)
-                ax.fill_between(c["step"], c["low"], c["high"], color=color, alpha=BAND_ALPHA, linewidth=0)
-            ax.set(title=f"sparsity {level:g}", xlabel="env steps", ylabel="return")
-            ax.legend(fontsize="small")
-        fig.suptitle(f"{agent} / {env}: mean over seeds, {_ci_text()} band")
+        fig = learning_curve_figure(data, f"{agent} / {env}", reps, seed)
         written += atomic_savefig(fig, Path(out_dir) / f"curves_{slug(agent)}_{slug(env)}")
     return written
 
 
-def plot_score_vs_params(per_env: pd.DataFrame, out_dir: str | os.PathLike[str], unit: str) -> list[Path]:
-    """Per agent, a panel per env: mean score vs mean active parameters (log x), a line per method."""
+def score_params_figure(per_env: pd.DataFrame, scores: pd.DataFrame | None, agent: str, unit: str) -> Figure:
+    """A panel per env: mean score vs mean active parameters (log x), a line per method with bootstrap CIs, and
+    every run's score as a dot; y scaled to what is drawn."""
+    envs = sorted(per_env["env"].unique())
+    fig, axes = _panels(len(envs))
+    for ax, env in zip(axes, envs):
+        cell = per_env[per_env["env"] == env]
+        runs = scores[scores["env"] == env] if scores is not None else None
+        drawn = [cell["mean"], cell["ci_low"], cell["ci_high"]]
+        ref = cell[cell["label"] == REFERENCE_LABEL]
+        if not ref.empty:
+            _reference_line(ax, *ref[["mean", "ci_low", "ci_high"]].iloc[0].to_numpy(dtype=float))
+            ax.plot(ref["active_params"], ref["mean"], marker="*", markersize=10, color="black", linestyle="none")
+        points = cell[cell["active_params"].notna()]
+        if runs is not None and not runs.empty:
+            dots = runs[runs["active_params"].notna()]
+            colors = [method_color(m) if lab != REFERENCE_LABEL else "black" for m, lab in zip(dots["method"], dots["label"])]
+            ax.scatter(dots["active_params"], dots["score"], s=12, c=colors, alpha=SEED_ALPHA, linewidths=0, zorder=1)
+            drawn.append(runs["score"])
+        for method in sorted(points.loc[points["label"] != REFERENCE_LABEL, "method"].unique(), key=method_rank):
+            p = points[(points["method"] == method) & (points["label"] != REFERENCE_LABEL)].sort_values("active_params")
+            yerr = np.nan_to_num(np.abs(p[["ci_low", "ci_high"]].to_numpy(dtype=float).T - p["mean"].to_numpy()))
+            ax.errorbar(
+                p["active_params"], p["mean"], yerr=yerr, marker="o", capsize=3, color=method_color(method), label=method
+            )
+            for x, y, s in zip(p["active_params"], p["mean"], p["sparsity"]):
+                ax.annotate(f"{s:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6)
+        if not points.empty:
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        _fit_limits(ax, pd.concat(drawn))
+        ax.set(title=env, xlabel="active parameters (kernels + biases)", ylabel=unit)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"{agent}: final score vs active parameters (dots = runs; mean over seeds, {_ci_text()} bootstrap)")
+    return fig
+
+
+def plot_score_vs_params(
+    per_env: pd.DataFrame, out_dir: str | os.PathLike[str], unit: str, scores: pd.DataFrame | None = None
+) -> list[Path]:
+    """Per agent, :func:`score_params_figure` saved as ``params_<agent>``."""
     written = []
     for agent, data in per_env.groupby("agent", sort=True):
-        envs = sorted(data["env"].unique())
-        fig, axes = _panels(len(envs))
-        for ax, env in zip(axes, envs):
-            cell = data[data["env"] == env]
-            ref = cell[cell["label"] == REFERENCE_LABEL]
-            if not ref.empty:
-                _reference_line(ax, *ref[["mean", "ci_low", "ci_high"]].iloc[0].to_numpy(dtype=float))
-                ax.plot(ref["active_params"], ref["mean"], marker="*", markersize=10, color="black", linestyle="none")
-            points = cell[(cell["label"] != REFERENCE_LABEL) & cell["active_params"].notna()]
-            for method in sorted(points["method"].unique(), key=method_rank):
-                p = points[points["method"] == method].sort_values("active_params")
-                yerr = np.nan_to_num(np.abs(p[["ci_low", "ci_high"]].to_numpy(dtype=float).T - p["mean"].to_numpy()))
-                ax.errorbar(
-                    p["active_params"], p["mean"], yerr=yerr, marker="o", capsize=3, color=method_color(method), label=method
-                )
-                for x, y, s in zip(p["active_params"], p["mean"], p["sparsity"]):
-                    ax.annotate(f"{s:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6)
-            if not points.empty:
-                ax.set_xscale("log")
-                ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.set(title=env, xlabel="active parameters (kernels + biases)", ylabel=unit)
-            ax.legend(fontsize="small")
-        fig.suptitle(f"{agent}: final score vs active parameters (mean over seeds, {_ci_text()})")
-        written += atomic_savefig(fig, Path(out_dir) / f"params_{slug(agent)}")
+        runs = scores[scores["agent"] == agent] if scores is not None else None
+        written += atomic_savefig(score_params_figure(data, runs, str(agent), unit), Path(out_dir) / f"params_{slug(agent)}")
     return written
 
 
+def interval_estimates_figure(aggregate: pd.DataFrame, agent: str, unit: str) -> Figure:
+    """rliable-style interval estimates: a row per method at each sparsity, its IQM as a point and its stratified
+    bootstrap CI as a bar around it (not a bar from 0); the standard dense network as a dashed line and band."""
+    ref = aggregate[aggregate["label"] == REFERENCE_LABEL]
+    rows = aggregate[aggregate["label"] != REFERENCE_LABEL] if len(aggregate) > len(ref) else aggregate
+    rows = rows.sort_values(["sparsity", "method"], key=lambda c: c.map(method_rank) if c.name == "method" else c)
+    fig = Figure(figsize=(7, 1.2 + 0.32 * len(rows)), layout="constrained")
+    ax = fig.subplots()
+    if not ref.empty and len(rows) != len(aggregate):
+        _reference_line(ax, *ref[["iqm", "ci_low", "ci_high"]].iloc[0].to_numpy(dtype=float), vertical=True)
+    y = np.arange(len(rows))[::-1]
+    for yi, row in zip(y, rows.itertuples(index=False)):
+        color = method_color(row.method)
+        if np.isfinite(row.ci_low) and np.isfinite(row.ci_high):
+            ax.hlines(yi, row.ci_low, row.ci_high, color=color, linewidth=7, alpha=0.55)
+        ax.plot(row.iqm, yi, marker="|", markersize=14, markeredgewidth=2, color="black")
+        ax.plot(row.iqm, yi, marker="o", markersize=4, color=color)
+    previous = rows["sparsity"].to_numpy()
+    for yi, (a, b) in zip(y[1:], zip(previous[:-1], previous[1:])):
+        if a != b:
+            ax.axhline(yi + 0.5, color="0.8", linewidth=0.8)
+    ax.set_yticks(y, [f"{m}  s={s:g}" for m, s in zip(rows["method"], rows["sparsity"])])
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    _fit_limits(ax, pd.concat([rows["iqm"], rows["ci_low"], rows["ci_high"], ref["iqm"], ref["ci_low"], ref["ci_high"]]), "x")
+    ax.set(xlabel=f"IQM ({unit})", title=f"{agent}: IQM over envs and seeds, {CI_LEVEL:.0%} stratified bootstrap CI")
+    if not ref.empty and len(rows) != len(aggregate):
+        ax.legend(fontsize="small", loc="lower right")
+    return fig
+
+
 def plot_iqm_bars(aggregate: pd.DataFrame, out_dir: str | os.PathLike[str], unit: str) -> list[Path]:
-    """Per agent: IQM over envs × seeds per sparsity (groups) and method (bars) with CI error bars."""
+    """Per agent, :func:`interval_estimates_figure` saved as ``iqm_<agent>``."""
     written = []
     for agent, data in aggregate.groupby("agent", sort=True):
-        fig = Figure(figsize=(8, 4), layout="constrained")
-        ax = fig.subplots()
-        ref = data[data["label"] == REFERENCE_LABEL]
-        if not ref.empty:
-            _reference_line(ax, *ref[["iqm", "ci_low", "ci_high"]].iloc[0].to_numpy(dtype=float))
-        bars = data[data["label"] != REFERENCE_LABEL] if len(data) > len(ref) else data
-        levels = sorted(bars["sparsity"].unique())
-        methods = sorted(bars["method"].unique(), key=method_rank)
-        width = 0.8 / len(methods)
-        for i, method in enumerate(methods):
-            rows = bars[bars["method"] == method].set_index("sparsity").reindex(levels)
-            yerr = np.nan_to_num(np.abs(rows[["ci_low", "ci_high"]].to_numpy(dtype=float).T - rows["iqm"].to_numpy()))
-            x = np.arange(len(levels)) + (i - (len(methods) - 1) / 2) * width
-            ax.bar(x, rows["iqm"], width, yerr=yerr, capsize=3, color=method_color(method), label=method)
-        ax.set_xticks(np.arange(len(levels)), [f"{s:g}" for s in levels])
-        ax.set(xlabel="sparsity", ylabel=f"IQM ({unit})", title=f"{agent}: IQM over envs and seeds, {_ci_text()}")
-        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        written += atomic_savefig(fig, Path(out_dir) / f"iqm_{slug(agent)}")
+        written += atomic_savefig(interval_estimates_figure(data, str(agent), unit), Path(out_dir) / f"iqm_{slug(agent)}")
     return written
 
 
@@ -174,5 +241,5 @@ def plot_performance_profiles(
             ax.fill_between(taus, cis[0], cis[1], color=color, alpha=BAND_ALPHA, linewidth=0)
         ax.set(title=f"sparsity {level:g}", xlabel=f"score τ ({unit})", ylabel="fraction of runs > τ", ylim=(0, 1.02))
         ax.legend(fontsize="small")
-    fig.suptitle(f"{title}, {_ci_text()}")
+    fig.suptitle(f"{title}, {_ci_text()} (stratified bootstrap, rliable)")
     return atomic_savefig(fig, out_stem)

@@ -79,10 +79,10 @@ def results_markdown(result: AnalysisResult, reps: int, seed: int) -> str:
 
 def _plot(result: AnalysisResult, reps: int, seed: int) -> list[Path]:
     out, unit = result.out, score_unit(result.normalization)
-    written = plots.plot_learning_curves(curve_frame(result.runs), out)
+    written = plots.plot_learning_curves(curve_frame(result.runs), out, reps, seed)
     if result.scores.empty:
         return written
-    written += plots.plot_score_vs_params(result.per_env, out, unit)
+    written += plots.plot_score_vs_params(result.per_env, out, unit, result.scores)
     written += plots.plot_iqm_bars(result.aggregate, out, unit)
     for agent, frame in result.scores.groupby("agent", sort=True):
         matrices = {label: agg.score_matrix(frame, label) for label in ordered_labels(frame)}
