@@ -40,7 +40,9 @@ class AgentSpec:
 AGENTS: Registry[AgentSpec] = Registry("agent")
 
 
-def off_policy_gradient_steps(total_timesteps: int, learning_starts: int, train_freq: int, gradient_steps: int, n_envs: int) -> int:
+def off_policy_gradient_steps(
+    total_timesteps: int, learning_starts: int, train_freq: int, gradient_steps: int, n_envs: int
+) -> int:
     """Gradient steps of SAC/DQN: one batch of ``gradient_steps`` every ``train_freq`` env steps after warm-up."""
     collected = max(total_timesteps - learning_starts, 1)
     per_call = gradient_steps if gradient_steps > 0 else train_freq * n_envs

@@ -57,7 +57,8 @@ class Timers:
     def __init__(self, trainer, device: torch.device) -> None:
         self.totals = {"env": 0.0, "act": 0.0, "update": 0.0}
         self.device = device
-        for name, attribute, owner in (("env", "step", trainer.envs), ("act", "_actions", trainer), ("update", "_gradient_step", trainer)):
+        phases = (("env", "step", trainer.envs), ("act", "_actions", trainer), ("update", "_gradient_step", trainer))
+        for name, attribute, owner in phases:
             self._wrap(owner, attribute, name)
 
     def _wrap(self, owner, attribute: str, name: str) -> None:
@@ -177,7 +178,8 @@ def main() -> None:
         share = " ".join(f"{k} {v:.0%}" for k, v in row.get("share", {}).items())
         extra = f" topology {row['topology_share']:.1%} | {share}" if "share" in row else ""
         memory = f" gpu {row['gpu_peak_mib']:.0f} MiB" if row.get("gpu_peak_mib") else ""
-        print(f"{row['engine']:>10} {row['agent']} {row['method']:>5} K={row['k']:<3} {row['device']:>4} w={row.get('env_workers', 0):<2} "
+        print(f"{row['engine']:>10} {row['agent']} {row['method']:>5} K={row['k']:<3} {row['device']:>4} "
+              f"w={row.get('env_workers', 0):<2} "
               f"{row['member_steps_per_s']:>9.0f} member-steps/s{extra}{memory}", flush=True)  # fmt: skip
         if args.out is not None:
             args.out.write_text(json.dumps(results, indent=1))

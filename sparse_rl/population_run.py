@@ -10,6 +10,7 @@ engine cannot train is skipped with one line; a population that fails records ``
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import math
@@ -23,10 +24,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from sparse_rl.lock import cleanup_stale_staging, hold_run_dir
 from sparse_rl.run import Plan, UsageError, plan_run
 
-POPULATIONS_DIR = ".populations"
-MEMBERS_PER_ENV_WORKER = 8  # env_workers=auto on CUDA: measured best of 4/8/16 at K = 64 (docs/performance.md)  # under run_root: one folder per population (its checkpoint)
+POPULATIONS_DIR = ".populations"  # under run_root: one folder per population (its checkpoint)
+MEMBERS_PER_ENV_WORKER = 8  # env_workers=auto on CUDA: 8 beat 4 at K = 64 (docs/performance.md)
 
 
 @dataclass
@@ -104,28 +106,40 @@ def population_dir(members: Sequence[Job]) -> Path:
 
 def train_population(members: Sequence[Job], device: str, cuda_graph: bool, env_workers: int) -> None:
     """Train one population; record each member's score (a failed population fails its members, the sweep goes on)."""
-    from tqdm import tqdm
-
-    from agents.population.trainer import PopulationTrainer
-
     cfg = members[0].cfg
     label = f"population {cfg.agent.name}/{cfg.env.name} × {len(members)}"
     plans = [m.plan for m in members]
     try:
-        trainer = PopulationTrainer(plans, members[0].net_arch, population_dir(members), device, cuda_graph, env_workers)
-        if cfg.resume:
-            trainer.load_checkpoint()
-        with tqdm(total=int(cfg.agent.total_timesteps), initial=trainer.num_timesteps, desc=label,
-                  disable=not cfg.progress_bar, unit="step") as bar:  # fmt: skip
-            trainer.learn(bar.update, checkpoint_freq=int(cfg.checkpoint_freq), nan_check_freq=int(cfg.nan_check_freq))
-        summaries = trainer.finish()
+        with contextlib.ExitStack() as held:  # one writer per run directory (sparse_rl.lock), for the whole population
+            for member in members:
+                member.plan.run_dir.mkdir(parents=True, exist_ok=True)
+                held.enter_context(hold_run_dir(member.plan.run_dir))
+                cleanup_stale_staging(member.plan.run_dir)
+            _train_held(members, plans, device, cuda_graph, env_workers, label)
     except Exception as error:  # the whole population failed: every member says so
         from sparse_rl.run import _record_failure
 
         for member in members:
             _record_failure(member.plan, error)
             print(f"{member.plan.run_dir}: FAILED ({error!r}); recorded in summary.json", file=sys.stderr)
-        return
+
+
+def _train_held(
+    members: Sequence[Job], plans: list[Plan], device: str, cuda_graph: bool, env_workers: int, label: str
+) -> None:
+    """Train the population whose run directories this process holds; record each member's score."""
+    from tqdm import tqdm
+
+    from agents.population.trainer import PopulationTrainer
+
+    cfg = members[0].cfg
+    trainer = PopulationTrainer(plans, members[0].net_arch, population_dir(members), device, cuda_graph, env_workers)
+    if cfg.resume:
+        trainer.load_checkpoint()
+    with tqdm(total=int(cfg.agent.total_timesteps), initial=trainer.num_timesteps, desc=label,
+              disable=not cfg.progress_bar, unit="step") as bar:  # fmt: skip
+        trainer.learn(bar.update, checkpoint_freq=int(cfg.checkpoint_freq), nan_check_freq=int(cfg.nan_check_freq))
+    summaries = trainer.finish()
     for member, summary in zip(members, summaries):
         member.score = summary.get("score")
         print(f"{member.plan.run_dir}: {summary['status']}, score {member.score}")

@@ -28,7 +28,8 @@ def _plans(agent: str, root: Path, members=MEMBERS, *extra: str, total: int = 40
         cfg = compose_run([
             f"agent={agent}", f"env={ENVS[agent]}", f"sparsity={method}", f"seed={seed}", f"agent.total_timesteps={total}",
             "agent.sb3.learning_starts=100", "agent.eval_freq=200", "agent.eval_episodes=2", "agent.net_arch=[32,32]",
-            "sparsity.update_interval=20", "progress_bar=false", "tensorboard=false", f"run_dir={root}/{method}_{seed}", *extra,
+            "sparsity.update_interval=20", "progress_bar=false", "tensorboard=false", f"run_dir={root}/{method}_{seed}",
+            *extra,
         ])  # fmt: skip
         plans.append(plan_member(cfg))
     return plans
@@ -165,7 +166,8 @@ def test_population_writes_the_sb3_paths_run_directory(agent, algo, tmp_path):
 
 
 def _sweep(root: Path, *overrides: str, tiny: bool = True) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "sparse_rl.run", "-m", "hydra/launcher=population", f"run_root={root}", "progress_bar=false",
+    command = [sys.executable, "-m", "sparse_rl.run", "-m", "hydra/launcher=population", f"run_root={root}",
+               "progress_bar=false",
                "tensorboard=false", "agent.total_timesteps=300", *overrides]  # fmt: skip
     if tiny:
         command += ["agent.sb3.learning_starts=100", "agent.eval_freq=150", "agent.eval_episodes=1", "agent.net_arch=[16,16]"]

@@ -16,7 +16,8 @@ def test_cuda_graph_update_equals_eager_update(agent, tmp_path):
     members = [(0, "rigl"), (1, "dense"), (2, "prune")]
     runs = {}
     for graph in (False, True):
-        trainer = PopulationTrainer(_plans(agent, tmp_path / str(graph), members), [32, 32], tmp_path / f"p{graph}", "cuda", graph)
+        plans = _plans(agent, tmp_path / str(graph), members)
+        trainer = PopulationTrainer(plans, [32, 32], tmp_path / f"p{graph}", "cuda", graph)
         trainer.learn()
         assert trainer.cuda_graph == graph and (trainer._graph is not None) == graph
         _assert_member_invariants(trainer)

@@ -50,7 +50,8 @@ def check_supported(cfg: Any) -> None:
     unknown = sorted(set(cfg.agent.sb3) - set(SUPPORTED_SB3_KEYS[agent]))
     if unknown:
         raise PopulationConfigError(
-            f"the population engine does not implement agent.sb3.{unknown[0]}; supported: {', '.join(SUPPORTED_SB3_KEYS[agent])}"
+            f"the population engine does not implement agent.sb3.{unknown[0]}; "
+            f"supported: {', '.join(SUPPORTED_SB3_KEYS[agent])}"
         )
     policy_kwargs = set(cfg.agent.sb3.get("policy_kwargs") or {}) - {"optimizer_kwargs"}
     if policy_kwargs:

@@ -51,7 +51,7 @@ InitFn = Callable[..., None]
 def init_member_rows(
     mlp: BatchedMLP, rows: Sequence[int], generator: torch.Generator, init_cfg: Mapping[str, Any], init_fn: InitFn
 ) -> None:
-    """Initialise rows ``rows`` of ``mlp`` with ``init_cfg`` (``hidden``/``output`` scheme kwargs), one generator per member."""
+    """Initialise rows ``rows`` of ``mlp`` with ``init_cfg`` (``hidden``/``output`` scheme kwargs) from ``generator``."""
     last = len(mlp.layers) - 1
     for row in rows:
         for i, layer in enumerate(mlp.layers):

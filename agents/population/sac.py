@@ -34,7 +34,7 @@ def parse_ent_coef(value: Any) -> tuple[bool, float]:
 
 
 class PopulationSAC(PopulationAgent):
-    """Actor ``obs → h… → 2A`` (mean and log-std in one head), twin critics and their targets, per-member entropy coefficient."""
+    """Actor ``obs → h… → 2A`` (mean and log-std in one head), twin critics and targets, per-member entropy coefficient."""
 
     def __init__(
         self,
@@ -143,7 +143,7 @@ class PopulationSAC(PopulationAgent):
         noise_next: torch.Tensor,
         snapshot_dense: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """One SAC gradient step per member on batches ``[K, B, ·]`` (rewards, dones ``[K, B, 1]``); per-member losses ``[K]``."""
+        """One SAC gradient step per member on batches ``[K, B, ·]`` (rewards, dones ``[K, B, 1]``); losses ``[K]``."""
         actions_pi, log_prob = self.action_log_prob(obs, noise_pi)
         log_prob = log_prob.unsqueeze(-1)  # [K, B, 1]
         if self.ent_coef_optimizer is not None:

@@ -434,10 +434,9 @@ class PopulationTrainer:
         def write_files(folder: Path) -> None:
             torch.save(tensors, folder / "state.pt")
             atomic_write_json(folder / "state.json", state)
-            atomic_write_json(folder / "meta.json", {"num_timesteps": self.num_timesteps})
 
         self.population_dir.mkdir(parents=True, exist_ok=True)
-        write_checkpoint(self.population_dir, write_files)
+        write_checkpoint(self.population_dir, write_files, self.num_timesteps)
 
     def load_checkpoint(self) -> None:
         """Continue from the population's last checkpoint (the members and their order must be the same)."""

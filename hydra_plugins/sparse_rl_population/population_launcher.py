@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 class PopulationLauncher(Launcher):
     """Groups a multirun's jobs into populations; its settings come from ``configs/hydra/launcher/population.yaml``."""
 
-    def __init__(self, device: str = "cpu", cuda_graph: bool = True, max_members: int = 64, env_workers: int | str = "auto") -> None:
+    def __init__(
+        self, device: str = "cpu", cuda_graph: bool = True, max_members: int = 64, env_workers: int | str = "auto"
+    ) -> None:
         super().__init__()
         self.device, self.cuda_graph, self.max_members, self.env_workers = device, cuda_graph, max_members, env_workers
         self.config: DictConfig | None = None
