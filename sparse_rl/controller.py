@@ -173,7 +173,7 @@ class TopologyController:
             )
         layer.set_mask(layer.mask.clone())
         # a model trained without this controller (e.g. SB3 load + learn) may carry optimizer state outside its mask
-        _reset_optimizer_state(group.optimizer, layer.weight, ~layer.mask)
+        _reset_optimizer_state(group.optimizer, layer, ~layer.mask)
 
     def _measure_output_positions(self, group: SparseGroup) -> None:
         """Record each layer's output positions per sample at its first forward pass (1 for Linear layers)."""

@@ -356,6 +356,8 @@ def test_analysis_scores_no_run_that_missed_its_final_allocation(tmp_path):
 def test_resume_refuses_a_schedule_change_naming_the_key(tmp_path, override):
     run_dir = tmp_path / "run"
     train(plan_run(tiny_run("dqn", "set", run_dir, "checkpoint_freq=100")))
+    summary_path = run_dir / "summary.json"  # as if killed after its last checkpoint: completed runs are never resumed
+    summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), "status": "running"}))
     key, value = override.split("=")
 
     def resume_cfg(*extra: str):
