@@ -144,13 +144,20 @@ def checkpoint_problem(run_dir: Path, checkpoint: Path, cfg: Any) -> str | None:
     saved_path = run_dir / ".hydra" / "config.yaml"
     if not saved_path.is_file():
         return f"{saved_path} is missing: cannot check that the checkpoint matches this config"
-    saved = OmegaConf.load(saved_path)
-    for key in RESUME_IDENTITY_KEYS:
+    if (difference := first_difference(cfg, OmegaConf.load(saved_path), RESUME_IDENTITY_KEYS)) is not None:
+        key, theirs, ours = difference
+        return f"checkpoint was made with {key}={theirs}, this config has {key}={ours} (another architecture or run)"
+    return None
+
+
+def first_difference(cfg: Any, saved: Any, keys: tuple[str, ...]) -> tuple[str, Any, Any] | None:
+    """The first of ``keys`` whose value differs between ``saved`` and ``cfg``: ``(key, saved value, cfg value)``."""
+    for key in keys:
         ours, theirs = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
         ours = OmegaConf.to_container(ours) if OmegaConf.is_config(ours) else ours
         theirs = OmegaConf.to_container(theirs) if OmegaConf.is_config(theirs) else theirs
         if ours != theirs:
-            return f"checkpoint was made with {key}={theirs}, this config has {key}={ours} (another architecture or run)"
+            return key, theirs, ours
     return None
 
 
@@ -169,14 +176,11 @@ def schedule_change(run_dir: Path, cfg: Any) -> str | None:
     saved_path = run_dir / ".hydra" / "config.yaml"
     if not saved_path.is_file():
         return None  # checkpoint_problem reports the missing config
-    saved = OmegaConf.load(saved_path)
-    for key in RESUME_SCHEDULE_KEYS:
-        ours, theirs = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
-        ours = OmegaConf.to_container(ours) if OmegaConf.is_config(ours) else ours
-        theirs = OmegaConf.to_container(theirs) if OmegaConf.is_config(theirs) else theirs
-        if ours != theirs:
-            return (
-                f"checkpoint was made with {key}={theirs}, this config has {key}={ours}: that moves the sparsity "
-                "schedule; pass resume_schedule_change=true to continue anyway"
-            )
-    return None
+    difference = first_difference(cfg, OmegaConf.load(saved_path), RESUME_SCHEDULE_KEYS)
+    if difference is None:
+        return None
+    key, theirs, ours = difference
+    return (
+        f"checkpoint was made with {key}={theirs}, this config has {key}={ours}: that moves the sparsity "
+        "schedule; pass resume_schedule_change=true to continue anyway"
+    )

@@ -119,8 +119,8 @@ class PopulationTrainer:
             controller = TopologyController(self.agent.member_groups(i), plan.sparsity, steps, int(plan.cfg.seed))
             controller.init_masks()
             self.members.append(MemberRun(plan, i, controller, np.random.default_rng(int(plan.cfg.seed))))
-        targets = [(a, b) for a, b in self._target_pairs()]
-        polyak_([t for t, _ in targets], [s for _, s in targets], 1.0)  # targets start as copies (SB3)
+        targets, sources = zip(*self._target_pairs())
+        polyak_(targets, sources, 1.0)  # targets start as copies (SB3)
         self.agent.refresh_masks()
         discrete = isinstance(self.action_space, spaces.Discrete)
         action_dim = 1 if discrete else int(self.action_space.shape[0])
