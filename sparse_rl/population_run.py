@@ -128,11 +128,13 @@ def _train_held(
     members: Sequence[Job], plans: list[Plan], device: str, cuda_graph: bool, env_workers: int, label: str
 ) -> None:
     """Train the population whose run directories this process holds; record each member's score."""
+    import torch
     from tqdm import tqdm
 
     from agents.population.trainer import PopulationTrainer
 
     cfg = members[0].cfg
+    torch.set_num_threads(int(cfg.torch_threads))  # as the SB3 path (sparse_rl.run.train); part of the population key
     trainer = PopulationTrainer(plans, members[0].net_arch, population_dir(members), device, cuda_graph, env_workers)
     if cfg.resume:
         trainer.load_checkpoint()

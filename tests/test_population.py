@@ -216,3 +216,25 @@ def test_launcher_resumes_a_killed_population(tmp_path):
         with np.load(run_dir / "evaluations.npz") as data:
             assert list(data["timesteps"]) == [500, 1000, 1500, 2000, 2500, 3000]
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_population_trains_with_the_configs_torch_threads(tmp_path, monkeypatch):
+    """Like the SB3 path (``torch_threads``, default 1): parallel runs with more threads each slow down badly."""
+    from agents.population import trainer as trainer_module
+    from sparse_rl.population_run import run_jobs
+
+    seen = []
+    learn = trainer_module.PopulationTrainer.learn
+    monkeypatch.setattr(
+        trainer_module.PopulationTrainer,
+        "learn",
+        lambda self, *a, **kw: (seen.append(torch.get_num_threads()), learn(self, *a, **kw)),
+    )
+    cfg = _plans("dqn", tmp_path, [(0, "dense")], "torch_threads=1", total=200)[0].cfg
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_jobs([cfg], "cpu", False, 64)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1]
