@@ -34,7 +34,10 @@ class BatchedLinear(nn.Module):
         self.register_buffer("dense_grad", torch.zeros(n, out_features, in_features, device=device), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+        # computed as y^T = W x^T + b: the weight gradient then comes out of backward already in the weight's
+        # [N, out, in] layout (x W^T would give it transposed, and autograd would copy it into place every step);
+        # y is returned as a transposed view, which the next layer's x^T reads contiguously
+        return torch.baddbmm(self.bias.unsqueeze(2), self.weight, x.transpose(1, 2)).transpose(1, 2)
 
     @torch.no_grad()
     def refresh_grad_multiplier(self) -> None:
