@@ -1,10 +1,15 @@
-"""Learning parity, small: the population engine learns CartPole DQN within the SB3 path's budget and threshold.
+"""Learning parity, small: the population engine learns CartPole DQN and Pendulum SAC within the SB3 path's budgets
+and thresholds.
 
-Same budget, network and threshold as ``tests/test_learning.py``'s DQN case (dense and RigL-90, seed 0), trained as
-one population of two members.
+Same budget, network and threshold as ``tests/test_learning.py``'s DQN and SAC cases (dense and RigL-90, seed 0),
+trained as one population of two members per agent. The larger check (>= 5 seeds per path, CIs) is
+``scripts/learning_parity.py``, reported in docs/testing.md.
 """
 
 from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
 
 from agents.population.trainer import PopulationTrainer
 from sparse_rl.population_run import plan_member
@@ -12,18 +17,20 @@ from tests.agent_helpers import compose_run
 from tests.test_learning import CASES, COMMON
 
 
-def test_population_dqn_learns_cartpole_like_the_sb3_path(tmp_path):
-    overrides, threshold = CASES["dqn"]
+@pytest.mark.parametrize("agent", ["dqn", "sac"])
+def test_population_learns_like_the_sb3_path(agent, tmp_path):
+    overrides, threshold = CASES[agent]
     plans = []
     for method in ("dense", "rigl"):
         extra = [o for o in overrides if method != "dense" or not o.startswith("sparsity.")]
         if method == "rigl":
             extra.append("sparsity.sparsity=0.9")
-        cfg = compose_run(["agent=dqn", f"sparsity={method}", *extra, *COMMON, f"run_dir={tmp_path}/{method}"])
+        cfg = compose_run([f"agent={agent}", f"sparsity={method}", *extra, *COMMON, f"run_dir={tmp_path}/{method}"])
         plans.append(plan_member(cfg))
-    trainer = PopulationTrainer(plans, [64, 64], tmp_path / "population", "cpu", False)
+    net_arch = OmegaConf.to_container(plans[0].cfg.agent.net_arch)  # as the launcher passes it
+    trainer = PopulationTrainer(plans, net_arch, tmp_path / "population", "cpu", False)
     trainer.learn()
     summaries = trainer.finish()
     for summary in summaries:
-        assert summary["score"] > threshold, f"{summary['method']} scored {summary['score']:.1f} <= {threshold}"
+        assert summary["score"] > threshold, f"{agent}/{summary['method']} scored {summary['score']:.1f} <= {threshold}"
     assert summaries[1]["topology"]["num_updates"] > 0
