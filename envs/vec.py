@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
-
 from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
 from stable_baselines3.common.vec_env import VecEnv, VecFrameStack
 
