@@ -48,26 +48,45 @@ from sparse_rl.cli import CONFIGS_DIR
 from sparse_rl.run import EVAL_SEED_OFFSET, Plan, UsageError, build_plan_model, plan_run
 
 DEFAULTS_FILE = CONFIGS_DIR / "robustness.yaml"
-KEYS = ("noise", "episodes", "seed", "out", "deterministic", "device", "reps", "plots")
+# key, how to write its value, what it does (its default comes from configs/robustness.yaml)
+KEY_HELP = (
+    ("noise", "S1,S2,...", "sigmas (numbers >= 0); 0 is always evaluated (the reference, and the vector std)"),
+    ("episodes", "N", "episodes per run and sigma (null: each run's agent.eval_episodes)"),
+    ("seed", "S", "seeds the noise, with each run's seed"),
+    ("out", "DIR", "output folder (null: RUNS_DIR_robustness, beside RUNS_DIR); never inside a run directory"),
+    ("deterministic", "BOOL", "greedy actions, as the training path's evaluations"),
+    ("device", "cpu|cuda", "where the models run"),
+    ("reps", "N", "bootstrap replications of the CIs"),
+    ("plots", "BOOL", "write robustness.png/.pdf"),
+)
+KEYS = tuple(key for key, _, _ in KEY_HELP)
 OUT_SUFFIX = "_robustness"  # default output: a sibling of RUNS_DIR, never inside a run directory
 EVAL_BUFFER_SIZE = 1  # an evaluated off-policy model needs no replay buffer
 EXIT_USAGE = 2
-EXIT_NO_RESULTS = 3
-USAGE = f"""usage: python -m sparse_rl.evaluate RUNS_DIR [KEY=VALUE ...]
+EXAMPLE = "python -m sparse_rl.evaluate runs/dqn noise=0,5,10,20 episodes=5 seed=1"
 
-{__doc__.split(chr(10) + chr(10), 1)[1].replace("``", "")}
-Keys (defaults in configs/robustness.yaml):
-  noise=0,1,2,5,10,20   sigmas (numbers >= 0); 0 is always evaluated (reference, and the vector std)
-  episodes=N            episodes per run and sigma (default: each run's agent.eval_episodes)
-  seed=S                seeds the noise (default 0)
-  out=DIR               output folder (default: RUNS_DIR{OUT_SUFFIX}); must not be inside a run directory
-  deterministic=BOOL    greedy actions (default true, as the training path's evaluations)
-  device=cpu|cuda       where the models run (default cpu)
-  reps=N                bootstrap replications of the CIs (default 2000)
-  plots=BOOL            write robustness.png/.pdf (default true)
 
-example: python -m sparse_rl.evaluate runs/dqn noise=0,5,10,20 episodes=5 seed=1
-"""
+def load_defaults() -> dict[str, Any]:
+    """The keys' defaults: ``configs/robustness.yaml``."""
+    return dict(OmegaConf.to_container(OmegaConf.load(DEFAULTS_FILE)))
+
+
+def _format_default(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def usage() -> str:
+    """The ``--help`` text: the module doc, every key with its default from ``configs/robustness.yaml``, an example."""
+    defaults = load_defaults()
+    lines = ["usage: python -m sparse_rl.evaluate RUNS_DIR [KEY=VALUE ...]", ""]
+    lines += [__doc__.split("\n\n", 1)[1].replace("``", "").rstrip(), "", "Keys (defaults: configs/robustness.yaml):"]
+    for key, value, text in KEY_HELP:
+        lines.append(f"  {f'{key}={value}':<22}{text} (default {_format_default(defaults[key])})")
+    return "\n".join([*lines, "", f"example: {EXAMPLE}"])
+
+
 TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 
@@ -120,11 +139,11 @@ def parse_noise(value: Any) -> tuple[float, ...]:
 
 def parse_args(argv: Sequence[str]) -> Settings:
     """RUNS_DIR and KEY=VALUE pairs over ``configs/robustness.yaml``; UsageError names the problem."""
-    defaults = OmegaConf.to_container(OmegaConf.load(DEFAULTS_FILE))
+    defaults = load_defaults()
     positional = [a for a in argv if "=" not in a]
     if len(positional) != 1:
         raise UsageError(f"expected one RUNS_DIR and KEY=VALUE pairs, got {' '.join(argv) or 'nothing'} (see --help)")
-    values: dict[str, Any] = {**defaults, "out": None}
+    values: dict[str, Any] = dict(defaults)
     for arg in argv:
         if "=" not in arg:
             continue
@@ -143,7 +162,11 @@ def parse_args(argv: Sequence[str]) -> Settings:
     device = str(values["device"])
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise UsageError(f"device={device!r}; valid choices: cpu, cuda, cuda:N")
-    out = Path(values["out"]) if values["out"] else root.resolve().parent / f"{root.resolve().name}{OUT_SUFFIX}"
+    out = (
+        Path(values["out"])
+        if values["out"] not in (None, "", "null")
+        else root.resolve().parent / f"{root.resolve().name}{OUT_SUFFIX}"
+    )
     return Settings(
         root,
         parse_noise(values["noise"]),
@@ -328,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse, evaluate, print the table; bad input is one line on stderr. Returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
+        print(usage())
         return 0
     try:
         settings = parse_args(argv)

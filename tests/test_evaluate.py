@@ -180,3 +180,10 @@ def test_empty_folder_and_runs_without_model_are_one_line(tmp_path: Path, runs_d
     assert result.stderr.strip().splitlines() == [
         f"error: no run under {tmp_path / 'sweep'} has a model.zip to evaluate (1 run directories)"
     ]
+
+
+def test_help_lists_every_key_with_its_configured_default(capsys) -> None:
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for line in ("noise=S1,S2,...", "(default 0,1,2,5,10,20)", "episodes=N", "deterministic=BOOL", "out=DIR"):
+        assert line in text
