@@ -187,3 +187,21 @@ def test_help_lists_every_key_with_its_configured_default(capsys) -> None:
     text = capsys.readouterr().out
     for line in ("noise=S1,S2,...", "(default 0,1,2,5,10,20)", "episodes=N", "deterministic=BOOL", "out=DIR"):
         assert line in text
+
+
+def test_atari_noise_goes_on_each_frame_below_the_frame_stack() -> None:
+    pytest.importorskip("ale_py")
+    from envs import load_env_spec
+
+    spec = load_env_spec("atari/Pong")
+    clean = make_vec_env(spec, 1, 7)
+    noisy = make_vec_env(spec, 1, 7, wrapper_class=ObservationNoise, wrapper_kwargs={"sigma": 10.0, "seed": [0, 0]})
+    assert noisy.get_attr("observation_space")[0].shape == (84, 84, 1)  # one warped frame, not the stack
+    clean.reset(), noisy.reset()
+    for _ in range(3):  # sticky actions draw from the env's own RNG: both envs stay in the same state
+        a = clean.step(np.array([0]))[0]
+        b = noisy.step(np.array([0]))[0]
+    assert a.shape == b.shape == (1, 84, 84, 4) and b.dtype == np.uint8
+    diff = (b.astype(int) - a.astype(int)).reshape(-1, 4)
+    assert diff.std(axis=0) == pytest.approx([10.0] * 4, rel=0.1)  # every stacked frame carries its own noise
+    assert not np.array_equal(diff[:, 0], diff[:, 1])
