@@ -205,3 +205,20 @@ def test_atari_noise_goes_on_each_frame_below_the_frame_stack() -> None:
     diff = (b.astype(int) - a.astype(int)).reshape(-1, 4)
     assert diff.std(axis=0) == pytest.approx([10.0] * 4, rel=0.1)  # every stacked frame carries its own noise
     assert not np.array_equal(diff[:, 0], diff[:, 1])
+
+
+def test_table_is_mean_over_seeds_of_per_run_means_with_a_bracketing_ci(tmp_path: Path) -> None:
+    from sparse_rl.analysis.robustness import RETURN_COLUMNS, plot_robustness, robustness_table
+
+    rows = []
+    for seed, offset in enumerate((0.0, 10.0, 20.0)):
+        for sigma in (0.0, 5.0):
+            for episode, value in enumerate((100.0, 110.0)):  # per-run mean 105 + offset - sigma
+                rows.append(["p", "dqn", "Pong", "rigl", 0.9, seed, sigma, episode, value + offset - sigma])
+    table = robustness_table(pd.DataFrame(rows, columns=RETURN_COLUMNS), reps=200, seed=0)
+    assert table["sigma"].tolist() == [0.0, 5.0] and (table["n_seeds"] == 3).all()
+    assert table["mean"].tolist() == pytest.approx([115.0, 110.0])
+    assert ((table["ci_low"] < table["mean"]) & (table["mean"] < table["ci_high"])).all()
+    assert (table["ci_low"] >= 105.0 - 5.0).all() and (table["ci_high"] <= 125.0).all()  # within the seeds' range
+    written = plot_robustness(table, tmp_path)
+    assert sorted(p.name for p in written) == ["robustness.pdf", "robustness.png"]
