@@ -222,3 +222,16 @@ def test_table_is_mean_over_seeds_of_per_run_means_with_a_bracketing_ci(tmp_path
     assert (table["ci_low"] >= 105.0 - 5.0).all() and (table["ci_high"] <= 125.0).all()  # within the seeds' range
     written = plot_robustness(table, tmp_path)
     assert sorted(p.name for p in written) == ["robustness.pdf", "robustness.png"]
+
+
+def test_a_run_whose_model_does_not_load_is_left_out_with_its_reason(runs_dir: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(runs_dir, sweep)
+    (sweep / "rigl" / "seed_0" / "model.zip").write_bytes(b"not a zip")
+    table = evaluate(sweep, tmp_path / "out", "noise=0")
+    assert set(table["method"]) == {"dense"}
+    err = capsys.readouterr().err
+    assert "left out:" in err and "SavedModelError" in err and "cannot read policy.pth" in err
+    assert "cannot read policy.pth" in (tmp_path / "out" / "table.md").read_text()
