@@ -269,7 +269,8 @@ def build_plan_model(plan: Plan, env: VecEnv, device: str | None = None, **sb3_o
     cfg = plan.cfg
     net_arch = OmegaConf.to_container(cfg.agent.net_arch)
     agent_cfg = OmegaConf.to_container(cfg.agent, resolve=True)
-    agent_cfg["sb3"] = {**agent_cfg["sb3"], **sb3_overrides}
+    if sb3_overrides:
+        agent_cfg["sb3"] = {**agent_cfg["sb3"], **sb3_overrides}
     extra: dict[str, Any] = {}
     if plan.variant is not None:
         net_arch, extra["equal_parameters"] = equal_parameter_net_arch(
