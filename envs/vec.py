@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
+import gymnasium as gym
 from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
 from stable_baselines3.common.vec_env import VecEnv, VecFrameStack
 
@@ -22,8 +24,14 @@ def make_vec_env(
     vec_env_cls: type[VecEnv] | None = None,
     monitor_dir: str | None = None,
     vec_env_kwargs: dict[str, Any] | None = None,
+    wrapper_class: Callable[..., gym.Env] | None = None,
+    wrapper_kwargs: dict[str, Any] | None = None,
 ) -> VecEnv:
-    """``n_envs`` copies of ``spec`` (env ``i`` seeded with ``seed + i``), each in a ``Monitor``; Atari frames stacked."""
+    """``n_envs`` copies of ``spec`` (env ``i`` seeded with ``seed + i``), each in a ``Monitor``; Atari frames stacked.
+
+    ``wrapper_class(env, **wrapper_kwargs)`` wraps each single env outside its ``Monitor``, below the frame stack
+    (e.g. :class:`envs.noise.ObservationNoise`).
+    """
     if n_envs < 1:
         raise ValueError(f"n_envs must be >= 1, got {n_envs}")
     venv = sb3_make_vec_env(
@@ -33,6 +41,8 @@ def make_vec_env(
         vec_env_cls=vec_env_cls,
         monitor_dir=monitor_dir,
         vec_env_kwargs=vec_env_kwargs,
+        wrapper_class=wrapper_class,
+        wrapper_kwargs=wrapper_kwargs,
     )
     if spec.family in FRAME_STACK:
         venv = VecFrameStack(venv, n_stack=FRAME_STACK[spec.family])

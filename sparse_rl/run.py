@@ -104,10 +104,11 @@ def _positive(name: str, value: int, allow_zero: bool = False) -> None:
         raise UsageError(f"{name} must be {'>= 0' if allow_zero else 'positive'}, got {value}")
 
 
-def plan_run(cfg: DictConfig) -> Plan:
+def plan_run(cfg: DictConfig, check_run_dir: bool = True) -> Plan:
     """Validate the whole config (agent, env, method, budgets, run directory); writes nothing.
 
     A ``dense`` run's ``sparsity.sparsity`` is set to 0 (what it trains), with a warning if it was not.
+    ``check_run_dir=False`` skips the run directory's state (a saved run's config, rebuilt to evaluate it).
     """
     dense_note = normalize_dense(cfg)
     try:
@@ -147,7 +148,8 @@ def plan_run(cfg: DictConfig) -> Plan:
     run_dir = Path(cfg.run_dir)
     warnings = [dense_note] if dense_note else []
     warnings += budget_warnings(cfg)
-    return Plan(cfg, agent, env, sparsity, run_dir, _resume_point(cfg, run_dir), variant, warnings)
+    checkpoint = _resume_point(cfg, run_dir) if check_run_dir else None
+    return Plan(cfg, agent, env, sparsity, run_dir, checkpoint, variant, warnings)
 
 
 def _resume_point(cfg: DictConfig, run_dir: Path) -> Path | None:
@@ -258,6 +260,35 @@ def _summary(plan: Plan, status: str, controller: Any, eval_cb: Any, wall: float
     }
 
 
+def build_plan_model(plan: Plan, env: VecEnv, device: str | None = None, **sb3_overrides: Any) -> tuple[Any, dict]:
+    """The plan's fresh SB3 model on ``env`` (equal-parameter widths solved), and the summary's extra keys.
+
+    ``device`` replaces the config's; ``sb3_overrides`` replace ``agent.sb3`` keys (e.g. a small replay buffer
+    for a model that is only evaluated).
+    """
+    cfg = plan.cfg
+    net_arch = OmegaConf.to_container(cfg.agent.net_arch)
+    agent_cfg = OmegaConf.to_container(cfg.agent, resolve=True)
+    if sb3_overrides:
+        agent_cfg["sb3"] = {**agent_cfg["sb3"], **sb3_overrides}
+    extra: dict[str, Any] = {}
+    if plan.variant is not None:
+        net_arch, extra["equal_parameters"] = equal_parameter_net_arch(
+            plan.agent.name, env.observation_space, env.action_space, net_arch, plan.group_sparsity, plan.variant
+        )
+        extra["net_arch"] = net_arch
+    model = build_model(
+        plan.agent,
+        agent_cfg,
+        env,
+        net_arch=net_arch,
+        sparse=plan.sparsity.method != "dense",
+        seed=cfg.seed,
+        device=cfg.device if device is None else device,
+    )
+    return model, extra
+
+
 def train(plan: Plan) -> dict:
     """Build everything from a validated plan, train, and write the run directory. Returns the summary."""
     cfg = plan.cfg
@@ -269,23 +300,7 @@ def train(plan: Plan) -> dict:
         print(f"note: {plan.run_dir} stopped before its first checkpoint; starting it again from scratch")
     atomic_write(plan.run_dir / ".hydra" / "config.yaml", lambda tmp: OmegaConf.save(cfg, tmp, resolve=True))
     train_env, eval_env = _make_envs(plan)
-    net_arch = OmegaConf.to_container(cfg.agent.net_arch)
-    agent_cfg = OmegaConf.to_container(cfg.agent, resolve=True)
-    extra: dict[str, Any] = {}
-    if plan.variant is not None:
-        net_arch, extra["equal_parameters"] = equal_parameter_net_arch(
-            plan.agent.name, train_env.observation_space, train_env.action_space, net_arch, plan.group_sparsity, plan.variant
-        )
-        extra["net_arch"] = net_arch
-    model = build_model(
-        plan.agent,
-        agent_cfg,
-        train_env,
-        net_arch=net_arch,
-        sparse=plan.sparsity.method != "dense",
-        seed=cfg.seed,
-        device=cfg.device,
-    )
+    model, extra = build_plan_model(plan, train_env)
     resumed_at = None
     if plan.checkpoint is not None:  # the model is rebuilt from the config: nothing in model.zip is unpickled
         load_checkpoint_model(model, plan.checkpoint / "model.zip")

@@ -1,0 +1,75 @@
+"""Tables and the figure of ``python -m sparse_rl.evaluate``: return vs observation-noise sigma (paper Fig 6).
+
+Per run and sigma the score is the mean return over its evaluation episodes; per agent, env, method, sparsity
+and sigma the table gives the mean over seeds with a percentile bootstrap CI (:func:`~sparse_rl.analysis.
+aggregate.mean_ci`, as the analysis' per-env table).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from sparse_rl.analysis import aggregate as agg
+from sparse_rl.analysis.atomic import atomic_savefig
+from sparse_rl.analysis.frame import method_rank
+from sparse_rl.analysis.plots import BAND_ALPHA, _fit_limits, _panels, method_color
+
+RETURN_COLUMNS = ["path", "agent", "env", "method", "sparsity", "seed", "sigma", "episode", "return"]
+TABLE_COLUMNS = ["agent", "env", "method", "sparsity", "sigma", "n_seeds", "mean", "ci_low", "ci_high"]
+IDENTITY = ["agent", "env", "method", "sparsity"]
+LINESTYLES = ("-", "--", ":", "-.")  # one per sparsity within a method
+FIGURE = "robustness"
+SIGMA_UNITS = "sigma: pixel units for pixel observations, each dimension's std for vector observations"
+
+
+def robustness_table(returns: pd.DataFrame, reps: int = agg.BOOTSTRAP_REPS, seed: int = 0) -> pd.DataFrame:
+    """One row per agent, env, method, sparsity and sigma: seeds, mean of the per-run mean returns, CI."""
+    per_run = returns.groupby([*IDENTITY, "sigma", "seed"], sort=False)["return"].mean().reset_index()
+    rows = []
+    for key, cell in per_run.groupby([*IDENTITY, "sigma"], sort=False):
+        est = agg.mean_ci(cell.sort_values("seed")["return"].to_numpy(), reps, seed)
+        rows.append({**dict(zip([*IDENTITY, "sigma"], key)), "n_seeds": len(cell), "mean": est.value,
+                     "ci_low": est.low, "ci_high": est.high})  # fmt: skip
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    order = table["method"].map(method_rank)
+    return (
+        table.assign(_rank=order)
+        .sort_values(["agent", "env", "_rank", "method", "sparsity", "sigma"])
+        .drop(columns="_rank")
+        .reset_index(drop=True)
+    )
+
+
+def robustness_figure(table: pd.DataFrame, title: str) -> Figure:
+    """A panel per agent/env: mean return vs sigma, a line per method and sparsity, its CI as a band."""
+    panels = table[["agent", "env"]].drop_duplicates().sort_values(["agent", "env"]).itertuples(index=False)
+    panels = list(panels)
+    fig, axes = _panels(len(panels))
+    for ax, (agent, env) in zip(axes, panels):
+        cell = table[(table["agent"] == agent) & (table["env"] == env)]
+        for method in sorted(cell["method"].unique(), key=method_rank):
+            by_method = cell[cell["method"] == method]
+            for i, sparsity in enumerate(sorted(by_method["sparsity"].unique())):
+                line = by_method[by_method["sparsity"] == sparsity].sort_values("sigma")
+                color = method_color(method)
+                n = int(line["n_seeds"].min())
+                ax.plot(line["sigma"], line["mean"], color=color, linestyle=LINESTYLES[i % len(LINESTYLES)], marker="o",
+                        markersize=3, label=f"{method} s={sparsity:g} (n={n})")  # fmt: skip
+                ax.fill_between(line["sigma"], line["ci_low"], line["ci_high"], color=color, alpha=BAND_ALPHA, linewidth=0)
+        _fit_limits(ax, pd.concat([cell["mean"], cell["ci_low"], cell["ci_high"]]))
+        ax.set(title=f"{agent} / {env}", xlabel="noise sigma", ylabel="return")
+        ax.legend(fontsize="small")
+    fig.suptitle(f"{title}: mean over seeds, {agg.CI_LEVEL:.0%} bootstrap CI\n{SIGMA_UNITS}", fontsize="medium")
+    return fig
+
+
+def plot_robustness(table: pd.DataFrame, out_dir: str | os.PathLike[str]) -> list[Path]:
+    """:func:`robustness_figure` saved as ``robustness.png`` and ``.pdf``."""
+    if table.empty or not np.isfinite(table["mean"].to_numpy(dtype=float)).any():
+        return []
+    return atomic_savefig(robustness_figure(table, "Return under Gaussian observation noise"), Path(out_dir) / FIGURE)
