@@ -222,3 +222,21 @@ def test_analysis_labels_structured_runs_as_their_own_method(tmp_path) -> None:
     _identify(record, _read_config(record), {"method": "rigl", "structure": "2:4", "sparsity": 0.5})
     assert record.method == "rigl_2of4"
     assert not [issue for issue in record.issues if "summary" in str(issue)]
+
+
+def test_population_engine_trains_n_of_m_members_unchanged(tmp_path) -> None:
+    from tests.test_population import _assert_member_invariants, _trainer
+
+    extra = ("sparsity.sparsity=0.5", "sparsity.structure=2:4")
+    trainer = _trainer("dqn", tmp_path, [(0, "rigl"), (1, "prune")], *extra, total=300)
+    before = [[layer.mask.clone() for g in m.controller.groups for layer in g.layers] for m in trainer.members]
+    trainer.learn()
+    _assert_member_invariants(trainer)
+    nm = NMStructure(2, 4)
+    for member, masks in zip(trainer.members, before):
+        layers = [layer for g in member.controller.groups for layer in g.layers]
+        assert any(not torch.equal(a, layer.mask) for a, layer in zip(masks, layers))
+        for layer in layers:
+            assert nm.problem(layer.mask) is None, (member.plan.sparsity.method, layer.name)
+    summaries = trainer.finish()
+    assert [s["structure"] for s in summaries] == ["2:4", "2:4"]
