@@ -105,9 +105,9 @@ class SparsityConfig:
             return
         if self.method not in STRUCTURED_METHODS:
             raise ValueError(f"sparsity.structure={nm} needs a sparse method; valid choices: {', '.join(STRUCTURED_METHODS)}")
-        for name, value in {"sparsity": self.sparsity, **{f"{g} sparsity": s for g, s in self.group_sparsity.items()}}.items():
+        for name, value in {"sparsity": self.sparsity, **self.group_sparsity}.items():
             if abs(value - nm.sparsity) > STRUCTURE_SPARSITY_TOLERANCE:
                 raise ValueError(
-                    f"sparsity.structure={nm} fixes every layer's density at {nm.n}/{nm.m}: {name} must be "
-                    f"{nm.sparsity:g}, got {value}"
+                    f"sparsity.structure={nm} fixes every layer's density at {nm.n}/{nm.m}: set sparsity.{name}="
+                    f"{nm.sparsity:g} (got {value})"
                 )

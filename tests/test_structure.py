@@ -175,10 +175,10 @@ def test_bad_structures_are_one_line_errors(structure: str, message: str) -> Non
         (["agent=dqn", "env=CartPole", "sparsity=dense"], "valid methods: static, set, rigl, prune"),
         (["agent=dqn", "env=CartPole", "sparsity=dense_matched"], "valid methods: static, set, rigl, prune"),
         (["agent=dqn", "env=CartPole", "sparsity=rigl", "sparsity.sparsity=0.5", "sparsity.wide=true"], "sparsity.wide=true"),
-        (["agent=dqn", "env=CartPole", "sparsity=rigl"], "sparsity must be 0.5, got 0.9"),
+        (["agent=dqn", "env=CartPole", "sparsity=rigl"], r"set sparsity.sparsity=0.5 \(got 0.9\)"),
         (
             ["agent=sac", "env=Pendulum", "sparsity=set", "sparsity.sparsity=0.5", "sparsity.actor=0.8"],
-            "actor sparsity must be 0.5",
+            r"set sparsity.actor=0.5 \(got 0.8\)",
         ),
     ],
 )
