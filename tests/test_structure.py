@@ -94,16 +94,26 @@ def test_group_keep_follows_the_cubic_schedule_from_m_to_n() -> None:
     assert updater.group_keep(mid) == round((1 - 0.75 * (1 - (1 - updater.window.progress(mid)) ** 3)) * 4)
 
 
-def _single_layer_controller(method: str, weight: torch.Tensor, structure: str, **overrides) -> TopologyController:
-    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-    optimizer = torch.optim.Adam(layer.parameters())
-    net = nn.Sequential(layer)
-    config = core_config(method, NMStructure.parse(structure).sparsity, structure=structure, sparse_init=False, **overrides)
-    controller = TopologyController([SparseGroup("q", net, optimizer)], config, total_steps=100, seed=0)
+@pytest.mark.parametrize("method", ["set", "rigl", "prune"])
+def test_conv_layers_group_along_the_flattened_input_and_kernel(method: str) -> None:
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))  # conv rows: 27 = 6·4 + 3
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    config = core_config(method, 0.5, structure="2:4", drop_fraction=0.5)
+    controller = TopologyController([SparseGroup("q", net, optimizer)], config, total_steps=50, seed=0)
     controller.init_masks()
-    with torch.no_grad():
-        layer.weight.copy_(weight * layer.weight_mask)
-    return controller
+    conv = controller.groups[0].layers[0]
+    assert conv.allocated == 8 * (6 * 2 + 2)
+    masks = [conv.mask.clone()]
+    for t in range(1, 51):
+        loss = net(torch.randn(4, 3, 6, 6)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        controller.step(t)
+        controller.check_invariants()
+        masks.append(conv.mask.clone())
+    assert not torch.equal(masks[0], masks[-1])
+    assert NMStructure(2, 4).problem(conv.mask) is None and conv.active == conv.allocated
 
 
 def test_rigl_drops_the_smallest_weights_and_regrows_the_largest_gradients_of_the_same_group() -> None:
@@ -189,24 +199,28 @@ def test_structure_refuses_dense_methods_and_other_sparsities(overrides: list[st
     assert "\n" not in str(error.value)
 
 
-def test_tiny_dqn_rigl_2_of_4_run_keeps_the_structure_and_records_it(tmp_path) -> None:
-    overrides = ["agent=dqn", "sparsity=rigl", "sparsity.sparsity=0.5", "sparsity.structure=2:4", *TINY["dqn"], *COMMON]
-    cfg = compose_run([*overrides, "sparsity.update_interval=5", f"run_root={tmp_path}"])
+@pytest.mark.parametrize(
+    ("agent", "env", "method", "structure"), [("dqn", "CartPole", "rigl", "2:4"), ("sac", "Pendulum", "prune", "1:4")]
+)
+def test_tiny_sb3_run_keeps_the_structure_and_records_it(agent, env, method, structure, tmp_path) -> None:
+    nm = NMStructure.parse(structure)
+    overrides = [f"agent={agent}", f"sparsity={method}", f"sparsity.sparsity={nm.sparsity}", f"sparsity.structure={structure}"]
+    cfg = compose_run([*overrides, *TINY[agent], *COMMON, "sparsity.update_interval=5", f"run_root={tmp_path}"])
     plan = plan_run(cfg)
-    assert plan.run_dir.parent.name == "rigl_2of4_s0.5"  # not the unstructured rigl_s0.5
+    assert plan.run_dir.parent.name == f"{method}_{nm.n}of{nm.m}_s{nm.sparsity}"  # not the unstructured {method}_s…
+    assert env in plan.run_dir.parts
     summary = train(plan)
     assert summary["status"] == "completed" and summary["topology"]["num_updates"] > 0
     saved = json.loads((plan.run_dir / "summary.json").read_text())
-    assert saved["structure"] == "2:4"
+    assert saved["structure"] == structure
     from agents import AGENTS
 
-    model = AGENTS.get("dqn").algo.load(plan.run_dir / "model.zip")
+    model = AGENTS.get(agent).algo.load(plan.run_dir / "model.zip")
     masks = {k: v for k, v in model.policy.state_dict().items() if k.endswith("weight_mask")}
     assert masks
-    nm = NMStructure(2, 4)
-    for key, mask in masks.items():
+    for key, mask in masks.items():  # SAC Pendulum's 3 inputs are one partial group of 3: it keeps min(1, 3)
         counts = nm.group_counts(mask)
-        assert torch.equal(counts, _expected_counts(tuple(mask.shape), 2, 4).expand_as(counts)), key
+        assert torch.equal(counts, _expected_counts(tuple(mask.shape), nm.n, nm.m).expand_as(counts)), key
 
 
 def test_analysis_labels_structured_runs_as_their_own_method(tmp_path) -> None:
