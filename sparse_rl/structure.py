@@ -40,7 +40,12 @@ class NMStructure:
             return text
         match = _PATTERN.match(str(text))
         if match is None:
-            raise ValueError(f"sparsity.structure must be N:M with integers 1 <= N < M (e.g. 2:4, 1:4, 1:8), got '{text}'")
+            hint = ""
+            if str(text).strip().isdigit():  # YAML 1.1 reads an unquoted 2:4 as the base-60 integer 124
+                hint = " (a YAML file reads an unquoted N:M as a base-60 number: quote it, structure: '2:4')"
+            raise ValueError(
+                f"sparsity.structure must be N:M with integers 1 <= N < M (e.g. 2:4, 1:4, 1:8), got '{text}'{hint}"
+            )
         return cls(int(match.group(1)), int(match.group(2)))
 
     def __str__(self) -> str:

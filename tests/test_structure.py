@@ -166,6 +166,16 @@ def test_check_invariants_catches_a_broken_group() -> None:
         agent.controller.check_invariants()
 
 
+def test_an_unquoted_yaml_structure_is_explained() -> None:
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.create("structure: 2:4").structure  # YAML 1.1: base-60 integer 124
+    with pytest.raises(ValueError, match="quote it") as error:
+        NMStructure.parse(str(value))
+    assert "\n" not in str(error.value)
+    assert NMStructure.parse(OmegaConf.create("structure: '2:4'").structure) == NMStructure(2, 4)
+
+
 @pytest.mark.parametrize(
     ("structure", "message"),
     [("3:2", "1 <= N < M"), ("a:b", "must be N:M"), ("4:4", "1 <= N < M"), ("2-4", "must be N:M")],
