@@ -51,7 +51,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 # Keys that must equal the checkpoint's: they define the networks and what is being trained.
 RESUME_IDENTITY_KEYS = (
     "agent.name", "agent.net_arch", "agent.activation", "env.name", "sparsity.method", "sparsity.sparsity",
-    "sparsity.distribution", "sparsity.wide", "sparsity.actor", "sparsity.critic", "sparsity.q", "seed",
+    "sparsity.distribution", "sparsity.wide", "sparsity.structure", "sparsity.actor", "sparsity.critic", "sparsity.q", "seed",
 )  # fmt: skip
 CHECKPOINT_FILES = ("meta.json", "model.zip", "controller.pt", "training_state.json", "torch_rng.pt")
 SB3_ARCHIVE_MEMBERS = ("data", "policy.pth")  # what stable-baselines3's save always writes

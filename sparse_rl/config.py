@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from sparse_rl.structure import NMStructure
+
 # Graesser et al. 2022 ("The State of Sparse Training in Deep RL"), paper_facts §3.1-§3.4; mirrors configs/sparsity/.
 _SPARSE_SCHEDULE: dict[str, Any] = {
     "sparsity": 0.9,  # the paper's headline sparsity
@@ -22,6 +24,9 @@ _SPARSE_SCHEDULE: dict[str, Any] = {
     "drop_fraction_schedule": "cosine",  # §3.1: cosine decay to 0 at the last update
     "prune_power": 3,  # §3.1: cubic pruning schedule (Zhu & Gupta 2017)
 }
+OPTIONAL_FIELDS = {"structure"}  # None is a valid value, not a missing default
+STRUCTURED_METHODS = ("static", "set", "rigl", "prune")  # methods that accept sparsity.structure
+STRUCTURE_SPARSITY_TOLERANCE = 5e-4  # 1 - N/M stated to 3 decimals passes (1:3 as sparsity 0.667)
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "dense": {**_SPARSE_SCHEDULE, "sparsity": 0.0, "drop_fraction": 0.0, "sparse_init": False},  # schedule unused
     "static": {**_SPARSE_SCHEDULE, "drop_fraction": 0.0, "sparse_init": True},  # §3.1: random ERK mask, fixed
@@ -49,12 +54,18 @@ class SparsityConfig:
     sparse_init: bool | None = None  # unit-scaled sparsity-aware init of the active weights (paper §3.4)
     prune_power: int | None = None  # exponent of the Zhu–Gupta pruning schedule
     group_sparsity: dict[str, float] = field(default_factory=dict)  # per-group overrides, e.g. {"actor": 0.8}
+    structure: str | None = None  # N:M structured sparsity, e.g. "2:4" (sparse_rl.structure); None: unstructured
 
     def __post_init__(self) -> None:
         defaults = METHOD_DEFAULTS.get(self.method, {})  # an unknown method is reported by validate()
         for f in fields(self):
             if getattr(self, f.name) is None and f.name in defaults:
                 setattr(self, f.name, defaults[f.name])
+
+    @property
+    def nm(self) -> NMStructure | None:
+        """The parsed :attr:`structure` (``None``: unstructured)."""
+        return NMStructure.parse(self.structure)
 
     def sparsity_of(self, group: str) -> float:
         """The target sparsity of ``group`` (its override, else the global one)."""
@@ -67,7 +78,7 @@ class SparsityConfig:
         from sparse_rl.updaters import UPDATERS
 
         UPDATERS.get(self.method)
-        missing = [f.name for f in fields(self) if getattr(self, f.name) is None]
+        missing = [f.name for f in fields(self) if getattr(self, f.name) is None and f.name not in OPTIONAL_FIELDS]
         if missing:
             raise ValueError(f"method '{self.method}' has no default for {', '.join(missing)}; pass them explicitly")
         DISTRIBUTIONS.get(self.distribution)
@@ -85,3 +96,18 @@ class SparsityConfig:
             )
         if self.prune_power < 1:
             raise ValueError(f"prune_power must be >= 1, got {self.prune_power}")
+        self._validate_structure()
+
+    def _validate_structure(self) -> None:
+        """N:M fixes every layer's density at N/M: a sparse method, and every stated sparsity equal to 1 - N/M."""
+        nm = self.nm
+        if nm is None:
+            return
+        if self.method not in STRUCTURED_METHODS:
+            raise ValueError(f"sparsity.structure={nm} needs a sparse method; valid choices: {', '.join(STRUCTURED_METHODS)}")
+        for name, value in {"sparsity": self.sparsity, **self.group_sparsity}.items():
+            if abs(value - nm.sparsity) > STRUCTURE_SPARSITY_TOLERANCE:
+                raise ValueError(
+                    f"sparsity.structure={nm} fixes every layer's density at {nm.n}/{nm.m}: set sparsity.{name}="
+                    f"{nm.sparsity:g} (got {value})"
+                )

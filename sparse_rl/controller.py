@@ -130,8 +130,7 @@ class TopologyController:
             self._measure_output_positions(group)
             if not self.sparse:
                 continue
-            shapes = [layer.shape for layer in group.layers]
-            counts = allocate_joint(self.config.distribution, shapes, self.config.sparsity_of(group.name), group.joint_indices)
+            counts = self._allocate(group)
             # sparsity-aware init of a joint set waits for its last layer's mask (fans count the stacked layer)
             init_with = {members[-1]: members for members in group.joint_indices}
             deferred = {i for members in group.joint_indices for i in members[:-1]}
@@ -142,10 +141,7 @@ class TopologyController:
                 if existing:
                     self._adopt_mask(group, layer)
                     continue
-                mask = torch.ones(layer.total, dtype=torch.bool)
-                if not self.updater.starts_dense:
-                    mask[:] = False
-                    mask[torch.randperm(layer.total, generator=self.generator)[:count]] = True
+                mask = self._initial_mask(layer, count)
                 attach_mask(layer.module)
                 layer.set_mask(mask.view(layer.shape).to(layer.weight.device))
                 if self.config.sparse_init and not self.updater.starts_dense and index not in deferred:
@@ -163,6 +159,24 @@ class TopologyController:
             for optimizer, layers in by_optimizer.values():
                 self._hooks.append(optimizer.register_step_pre_hook(self._make_grad_hook(layers)))
 
+    def _allocate(self, group: SparseGroup) -> list[int]:
+        """Final active count per layer: the distribution's, or fixed by the shape under an N:M structure."""
+        nm = self.config.nm
+        shapes = [layer.shape for layer in group.layers]
+        if nm is not None:  # N:M fixes every layer's count; the distribution has nothing to allocate
+            return [nm.allocation(shape) for shape in shapes]
+        return allocate_joint(self.config.distribution, shapes, self.config.sparsity_of(group.name), group.joint_indices)
+
+    def _initial_mask(self, layer: MaskedLayer, count: int) -> torch.Tensor:
+        """All-ones (pruning), a random N:M mask, or ``count`` uniformly random positions; on the CPU."""
+        if self.updater.starts_dense:
+            return torch.ones(layer.shape, dtype=torch.bool)
+        if self.config.nm is not None:
+            return self.config.nm.random_mask(layer.shape, self.generator)
+        mask = torch.zeros(layer.total, dtype=torch.bool)
+        mask[torch.randperm(layer.total, generator=self.generator)[:count]] = True
+        return mask.view(layer.shape)
+
     def _adopt_mask(self, group: SparseGroup, layer: MaskedLayer) -> None:
         if not hasattr(layer.module, "weight_mask"):
             raise ValueError(f"layer '{group.name}/{layer.name}' has no weight_mask to adopt (not a sparse model?)")
@@ -171,6 +185,8 @@ class TopologyController:
                 f"layer '{group.name}/{layer.name}' has {layer.active} active weights but the configured sparsity "
                 f"allocates {layer.allocated}: the model was trained with another sparsity or distribution"
             )
+        if not self.updater.starts_dense and (problem := self._structure_problem(layer, final=True)) is not None:
+            raise ValueError(f"layer '{group.name}/{layer.name}' is not {self.config.nm}-sparse: {problem}")
         layer.set_mask(layer.mask.clone())
         # a model trained without this controller (e.g. SB3 load + learn) may carry optimizer state outside its mask
         _reset_optimizer_state(group.optimizer, layer, ~layer.mask)
@@ -324,12 +340,27 @@ class TopologyController:
                     raise SparsityInvariantError(f"{where}: non-zero weight at an inactive position")
                 if final and layer.active != layer.allocated:
                     raise SparsityInvariantError(f"{where}: {layer.active} active weights, {layer.allocated} allocated")
+                if (problem := self._structure_problem(layer, final)) is not None:
+                    raise SparsityInvariantError(f"{where}: {problem}")
                 if group.target_layers:
                     target = group.target_layers[i]
                     if not torch.equal(target.weight_mask, layer.mask):
                         raise SparsityInvariantError(f"{where}: target mask differs from the online mask")
                     if torch.count_nonzero(target.weight.detach()[~layer.mask]) != 0:
                         raise SparsityInvariantError(f"{where}: target weight non-zero outside the online mask")
+
+    def _structure_problem(self, layer: MaskedLayer, final: bool) -> str | None:
+        """Why the layer's mask breaks the N:M structure, else None: exactly N per group of M once final; while
+        pruning, the same count (between N and M) in every group (a partial group: at most its size)."""
+        nm = self.config.nm
+        if nm is None:
+            return None
+        if final:
+            return nm.problem(layer.mask)
+        per_group = int(nm.group_counts(layer.mask).max())
+        if per_group < nm.n:
+            return f"{per_group} active weights per group, fewer than the structure's {nm.n} of {nm.m}"
+        return nm.problem(layer.mask, per_group)
 
     @torch.no_grad()
     def check_finite(self, where: str = "") -> None:

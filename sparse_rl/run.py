@@ -54,7 +54,7 @@ from envs import EnvSpec, check_action_space, make_vec_env
 from sparse_rl.atomic import atomic_write, atomic_write_json
 from sparse_rl.checkpoint import schedule_change, write_checkpoint
 from sparse_rl.cli import argv_problem
-from sparse_rl.config import SparsityConfig
+from sparse_rl.config import STRUCTURED_METHODS, SparsityConfig
 from sparse_rl.controller import NonFiniteError
 from sparse_rl.lock import LOCK_FILE, LocksUnsupported, RunDirLocked, cleanup_stale_staging, hold_run_dir
 from sparse_rl.preflight import budget_warnings
@@ -111,6 +111,7 @@ def plan_run(cfg: DictConfig, check_run_dir: bool = True) -> Plan:
     ``check_run_dir=False`` skips the run directory's state (a saved run's config, rebuilt to evaluate it).
     """
     dense_note = normalize_dense(cfg)
+    _check_structure_method(cfg)
     try:
         agent = AGENTS.get(cfg.agent.name)
         env = EnvSpec.from_config(cfg.env)
@@ -150,6 +151,18 @@ def plan_run(cfg: DictConfig, check_run_dir: bool = True) -> Plan:
     warnings += budget_warnings(cfg)
     checkpoint = _resume_point(cfg, run_dir) if check_run_dir else None
     return Plan(cfg, agent, env, sparsity, run_dir, checkpoint, variant, warnings)
+
+
+def _check_structure_method(cfg: DictConfig) -> None:
+    """``sparsity.structure`` (N:M) masks a sparse network of the configured widths: not dense, dense_matched, wide."""
+    structure = cfg.sparsity.structure
+    if structure is None:
+        return
+    if cfg.sparsity.method not in STRUCTURED_METHODS or cfg.sparsity.wide:
+        what = "sparsity.wide=true" if cfg.sparsity.wide else f"sparsity={cfg.sparsity.method}"
+        raise UsageError(
+            f"sparsity.structure={structure} does not combine with {what}; valid methods: {', '.join(STRUCTURED_METHODS)}"
+        )
 
 
 def _resume_point(cfg: DictConfig, run_dir: Path) -> Path | None:
@@ -242,6 +255,7 @@ def _summary(plan: Plan, status: str, controller: Any, eval_cb: Any, wall: float
         "env": plan.env.name,
         "method": plan.method,
         "wide": bool(plan.cfg.sparsity.wide),
+        "structure": plan.sparsity.structure,
         "sparsity": plan.sparsity.sparsity,
         "group_sparsity": plan.sparsity.group_sparsity,
         "sparsity_reached": stats["sparsity"],
@@ -383,6 +397,7 @@ def _record_failure(plan: Plan, error: BaseException) -> None:
     except (OSError, ValueError):
         pass
     identity = {"agent": plan.agent.name, "env": plan.env.name, "method": plan.method, "sparsity": plan.sparsity.sparsity}
+    identity["structure"] = plan.sparsity.structure
     atomic_write_json(path, {"status": "failed", "error": repr(error), "seed": int(plan.cfg.seed), **identity})
 
 

@@ -11,19 +11,35 @@ from typing import Any
 from omegaconf import MISSING, OmegaConf
 
 from sparse_rl.config import SparsityConfig
+from sparse_rl.structure import NMStructure
 
 EQUAL_PARAMETER_METHOD = "dense_matched"  # trains a dense network whose widths match a sparse one's active count
 DENSE_METHOD = "dense"  # the standard dense network: it has no sparsity, whatever sparsity.sparsity says
 DENSE_SPARSITY = 0.0
 
 
-def method_label(method: str, sparsity: float, wide: bool = False) -> str:
-    """The method part of a run directory: ``rigl_s0.9``, ``rigl_wide_s0.9``; ``dense`` is always ``dense_s0.0``.
+def structure_tag(structure: str | None) -> str:
+    """``_2of4`` for ``sparsity.structure=2:4`` (so N:M runs are their own method in directories and tables), else ``""``.
+
+    An unparsable value is left for validation to report; it gets a plain tag here.
+    """
+    if structure is None:
+        return ""
+    try:
+        return f"_{NMStructure.parse(structure).tag}"
+    except ValueError:
+        return f"_{structure}"
+
+
+def method_label(method: str, sparsity: float, wide: bool = False, structure: str | None = None) -> str:
+    """The method part of a run directory: ``rigl_s0.9``, ``rigl_wide_s0.9``, ``rigl_2of4_s0.5``; ``dense`` is
+    always ``dense_s0.0``.
 
     Registered as the OmegaConf resolver ``method_label`` used by ``run_dir`` in ``configs/config.yaml``, so every
     path built from that pattern (a run, a sweep job) labels a dense network with the sparsity it has.
     """
-    return f"{method}{'_wide' if wide else ''}_s{DENSE_SPARSITY if method == DENSE_METHOD else sparsity}"
+    sparsity_label = DENSE_SPARSITY if method == DENSE_METHOD else sparsity
+    return f"{method}{'_wide' if wide else ''}{structure_tag(structure)}_s{sparsity_label}"
 
 
 OmegaConf.register_new_resolver("method_label", method_label, replace=True)
@@ -89,6 +105,7 @@ class SparsitySchema:
     sparse_init: bool = MISSING
     prune_power: int = MISSING
     wide: bool = MISSING  # Sparse Wide: widen the sparse network to the dense network's active count
+    structure: str | None = None  # N:M structured sparsity, e.g. 2:4 (sparse_rl/structure.py); null: unstructured
     actor: float | None = None  # per-group overrides of `sparsity`
     critic: float | None = None
     q: float | None = None
@@ -128,4 +145,5 @@ def core_sparsity_config(sparsity: Any) -> SparsityConfig:
         sparse_init=bool(sparsity.sparse_init),
         prune_power=int(sparsity.prune_power),
         group_sparsity={k: float(v) for k, v in overrides.items()},
+        structure=None if sparsity.structure is None else str(sparsity.structure),
     )

@@ -68,6 +68,8 @@ class SETUpdater(Updater):
 
     Per layer ``k = floor(f_t · n_active)``; growth candidates are all positions not kept (the just-dropped
     included), so active counts are conserved exactly. ``f_t`` follows ``drop_fraction_schedule``.
+    With an N:M ``structure`` the drop is the same (the layer's ``k`` smallest |w|, wherever they are) and each
+    group of M regrows as many as it lost, among its own positions not kept: every group keeps exactly N.
     """
 
     updates = True
@@ -88,6 +90,10 @@ class SETUpdater(Updater):
             return None
         neg_inf = torch.tensor(float("-inf"), device=mask.device)
         kept = _top_k_mask(torch.where(mask, layer.weight.detach().abs(), neg_inf), n_active - n_swap)
+        nm = self.config.nm
+        if nm is not None:  # regrow, in every group of M, as many as it lost: each group keeps its N
+            dropped = nm.group_counts(mask) - nm.group_counts(kept)
+            return kept | nm.top_k(self.grow_scores(layer, generator), dropped, candidates=~kept)
         grown = _top_k_mask(torch.where(kept, neg_inf, self.grow_scores(layer, generator)), n_swap)
         return kept | grown
 
@@ -111,7 +117,8 @@ class PruneUpdater(Updater):
     """Gradual magnitude pruning (Zhu & Gupta 2017): dense → sparse, keep the largest |w| per layer.
 
     Layer ``l`` reaches its allocated count at the end of the window: its sparsity at progress ``p`` is
-    ``s_l · (1 − (1 − p)^power)``. Pruned weights never come back.
+    ``s_l · (1 − (1 − p)^power)``. Pruned weights never come back. With an N:M ``structure`` the same schedule
+    runs per group of M (:meth:`group_keep`).
     """
 
     starts_dense = True
@@ -121,6 +128,8 @@ class PruneUpdater(Updater):
         return polynomial_sparsity(self.config.sparsity, self.window.progress(t), self.config.prune_power)
 
     def next_mask(self, layer: MaskedLayer, t: int, generator: torch.Generator) -> torch.Tensor | None:
+        if self.config.nm is not None:
+            return self._next_structured_mask(layer, t)
         final_sparsity = 1.0 - layer.allocated / layer.total
         sparsity_now = polynomial_sparsity(final_sparsity, self.window.progress(t), self.config.prune_power)
         n_active = int(layer.mask.sum().item())
@@ -131,3 +140,22 @@ class PruneUpdater(Updater):
             return None
         neg_inf = torch.tensor(float("-inf"), device=layer.mask.device)
         return _top_k_mask(torch.where(layer.mask, layer.weight.detach().abs(), neg_inf), keep)
+
+    def group_keep(self, t: int) -> int:
+        """N:M pruning: weights kept per group of M at step ``t``, ``round(d_t · M)`` for the scheduled density
+        ``d_t = 1 − s_t`` (``s_t`` Zhu–Gupta from 0 to ``1 − N/M``); non-increasing, exactly N from the window's end.
+        """
+        nm = self.config.nm
+        if t >= self.window.end:
+            return nm.n
+        sparsity_now = polynomial_sparsity(nm.sparsity, self.window.progress(t), self.config.prune_power)
+        return max(nm.n, round((1.0 - sparsity_now) * nm.m))
+
+    def _next_structured_mask(self, layer: MaskedLayer, t: int) -> torch.Tensor | None:
+        """Keep the :meth:`group_keep` largest |w| among the active weights of every group (a partial group: at most
+        its size); a group never regains a weight."""
+        nm, mask = self.config.nm, layer.mask
+        keep = nm.group_counts(mask).clamp(max=self.group_keep(t))
+        if torch.equal(keep, nm.group_counts(mask)):
+            return None
+        return nm.top_k(layer.weight.detach().abs(), keep, candidates=mask)

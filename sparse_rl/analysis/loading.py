@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from sparse_rl.analysis.discovery import HYDRA_CONFIG, find_run_dirs
 from sparse_rl.analysis.records import RunRecord
-from sparse_rl.run_config import DENSE_METHOD, DENSE_SPARSITY
+from sparse_rl.run_config import DENSE_METHOD, DENSE_SPARSITY, structure_tag
 from sparse_rl.scores import last_fraction_mean
 
 EVALUATIONS = "evaluations.npz"
@@ -28,6 +28,7 @@ SCORE_RTOL = 1e-6  # summary.json's score may differ from ours by float noise on
 MAX_ERROR_CHARS = 160  # exception text kept in an issue (one line)
 
 WIDE_KEY, WIDE_SUFFIX = "sparsity.wide", "_wide"
+STRUCTURE_KEY = "sparsity.structure"  # N:M runs are their own method: rigl_2of4 (structure_tag)
 
 # (record attribute, config key, summary.json key)
 IDENTITY_KEYS = (
@@ -59,6 +60,8 @@ def _read_config(run: RunRecord) -> dict[str, Any]:
             values[attr] = None
     if values.get("method") is not None and OmegaConf.select(cfg, WIDE_KEY, default=False):
         values["method"] = f"{values['method']}{WIDE_SUFFIX}"  # Sparse Wide is its own method in every table
+    if values.get("method") is not None:
+        values["method"] = f"{values['method']}{structure_tag(OmegaConf.select(cfg, STRUCTURE_KEY, default=None))}"
     return values
 
 
@@ -111,6 +114,8 @@ def _identify(run: RunRecord, config: dict[str, Any], summary: dict[str, Any] | 
         try:
             if attr == "method" and summary and summary.get("wide") and from_summary is not None:
                 from_summary = f"{from_summary}{WIDE_SUFFIX}"
+            if attr == "method" and summary and from_summary is not None:
+                from_summary = f"{from_summary}{structure_tag(summary.get('structure'))}"
             ours, theirs = _coerce(attr, config.get(attr)), _coerce(attr, from_summary)
         except (TypeError, ValueError) as exc:
             run.add("broken", f"bad {key} ({exc})")
