@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -132,8 +133,8 @@ def test_defaults_noise_decay_and_init(tmp_path):
 
 def test_bad_exploration_noise_is_one_line(tmp_path):
     for overrides, message in (
-        (["agent=td3", "agent.exploration_noise=-0.1"], r"agent\.exploration_noise=-0\.1"),
-        (["agent=sac", "agent.exploration_noise=0.1"], "null for agent 'sac'"),
+        (["agent=td3", "agent.exploration_noise=-0.1"], r"agent\.exploration_noise must be >= 0 .*, got -0\.1"),
+        (["agent=sac", "agent.exploration_noise=0.1"], "agent 'sac' needs agent.exploration_noise=null"),
     ):
         with pytest.raises(UsageError, match=message):
             plan_run(compose_run([*overrides, "env=Pendulum", f"run_dir={tmp_path / 'x'}"]))
@@ -160,8 +161,24 @@ def test_dense_matched_and_wide_match_parameter_counts(tmp_path):
     assert wide["net_arch"]["pi"][0] > 32 and wide["net_arch"]["qf"][0] > 32
     for group in ("actor", "critic"):
         assert wide["groups"][group]["active_with_bias"] == pytest.approx(dense["groups"][group]["total_with_bias"], rel=0.01)
-    assert analyze_main([str(tmp_path), "--reps", "20", "--no-plots"]) == 0
-    assert "td3" in (tmp_path / "analysis" / "results.md").read_text()
+
+
+def test_sweep_then_analysis(tmp_path):
+    root = tmp_path / "runs"
+    command = [
+        sys.executable, "-m", "sparse_rl.run", "-m", "hydra/launcher=local", "hydra.launcher.n_jobs=1", "agent=td3",
+        "sparsity=dense,rigl", "env=Pendulum", "agent.total_timesteps=300", "agent.sb3.learning_starts=100",
+        "agent.sb3.buffer_size=1000", "agent.net_arch=[16,16]", "agent.eval_freq=150", "agent.eval_episodes=1",
+        "sparsity.update_interval=5", "progress_bar=false", "tensorboard=false", f"run_root={root}",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(str(p.parent.relative_to(root)) for p in root.rglob("summary.json"))
+    assert runs == ["td3/Pendulum/dense_s0.0/seed_0", "td3/Pendulum/rigl_s0.9/seed_0"]
+    assert analyze_main([str(root), "--reps", "20", "--no-plots"]) == 0
+    with open(root / "analysis" / "aggregate.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {(row["agent"], row["label"]) for row in rows} == {("td3", "dense_s0.0"), ("td3", "rigl_s0.9")}
 
 
 class Interrupted(Exception):
