@@ -18,6 +18,7 @@ from agents import AGENTS, attach_controller, build_model
 from agents.population.build import PopulationConfigError, check_supported
 from envs import make_vec_env
 from sparse_rl.analyze import main as analyze_main
+from sparse_rl.population_run import plan_member
 from sparse_rl.run import UsageError, plan_run, train
 from sparse_rl.schedules import UpdateWindow
 from tests.agent_helpers import compose_run, tiny_run
@@ -140,11 +141,13 @@ def test_bad_exploration_noise_is_one_line(tmp_path):
             plan_run(compose_run([*overrides, "env=Pendulum", f"run_dir={tmp_path / 'x'}"]))
 
 
-@pytest.mark.parametrize("method", ["set", "rigl"])
+@pytest.mark.parametrize("method", ["dense", "static", "set", "rigl", "prune"])
 def test_trains_and_saves_exact_sparse_models(method, tmp_path):
     summary = train(plan_run(tiny_run("td3", method, tmp_path / "run")))
-    assert summary["status"] == "completed" and summary["topology"]["num_updates"] > 0
-    assert summary["params"]["active"] == pytest.approx(0.1 * summary["params"]["total"], rel=0.01)
+    assert summary["status"] == "completed" and summary["checks"]["final_allocation"] == "passed"
+    assert (summary["topology"]["num_updates"] > 0) == (method in ("set", "rigl", "prune"))
+    if method != "dense":
+        assert summary["params"]["active"] == pytest.approx(0.1 * summary["params"]["total"], rel=0.01)
     check_saved_model("td3", method, tmp_path / "run", summary)
 
 
@@ -219,8 +222,11 @@ def test_resume_round_trip_and_refused_policy_delay_change(tmp_path, monkeypatch
 
 
 def test_population_engine_refuses_td3_in_one_line(tmp_path):
+    cfg = tiny_run("td3", "rigl", tmp_path / "run")
     with pytest.raises(PopulationConfigError, match="agent=sac or agent=dqn, not 'td3'"):
-        check_supported(tiny_run("td3", "rigl", tmp_path / "run"))
+        check_supported(cfg)
+    with pytest.raises(UsageError, match=r"^the population engine trains agent=sac or agent=dqn, not 'td3'$"):
+        plan_member(cfg)  # what the population launcher validates each job with
 
 
 def test_help_lists_td3():
