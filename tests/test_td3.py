@@ -62,6 +62,12 @@ def test_topology_updates_follow_the_schedule_after_actor_steps(method, tmp_path
     )
     actor_steps = []
     model.actor.optimizer.register_step_pre_hook(lambda *args: actor_steps.append(model._n_updates))
+    critic_grads = {}  # the last critic step's (masked) gradient: the actor's backward later adds to critic .grad
+
+    def keep_critic_grads(*args) -> None:
+        critic_grads.update({layer.name: layer.weight.grad.clone() for layer in critic.layers})
+
+    model.critic.optimizer.register_step_post_hook(keep_critic_grads)
     records = []  # (update point, clock, SB3's _n_updates, _n_updates at the last actor step, groups whose masks moved)
     update = controller._update
 
@@ -73,6 +79,10 @@ def test_topology_updates_follow_the_schedule_after_actor_steps(method, tmp_path
                 assert sum(torch.count_nonzero(layer.dense_grad[~layer.mask]) for layer in group.layers) > 0, group.name
             for layer in actor.layers:  # .grad is that step's gradient, masked after the snapshot
                 assert torch.equal(layer.weight.grad, layer.dense_grad * layer.mask)
+            for layer in critic.layers:  # the critic step just before (same batch), not the actor loss's gradient
+                assert torch.equal(critic_grads[layer.name], layer.dense_grad * layer.mask)
+                if layer.name.startswith("qf0."):  # the actor loss runs through the first critic only (q1_forward)
+                    assert not torch.equal(layer.weight.grad, critic_grads[layer.name])
         changed = update(t)
         final = method != "prune" or t == controller.updater.window.end
         assert_invariants(SimpleNamespace(controller=controller), exact_counts=final)
