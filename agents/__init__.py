@@ -1,4 +1,4 @@
-"""Sparse DQN, SAC and PPO: thin adapters over stable-baselines3 (no fork of its training loops).
+"""Sparse DQN, SAC, TD3 and PPO: thin adapters over stable-baselines3 (no fork of its training loops).
 
 The SB3-facing names are loaded lazily, so the torch-only modules of this package (``agents.initialization``,
 ``agents.decay``) can be imported without stable-baselines3 or gymnasium.

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
@@ -68,9 +70,19 @@ def build_model(
 ) -> BaseAlgorithm:
     """A fresh SB3 model; sparse methods get the mask-carrying policy class."""
     policy = spec.policy(observation_kind(env.observation_space), sparse)
-    return spec.algo(
-        policy, env, seed=seed, device=device, tensorboard_log=tensorboard_log, verbose=0, **sb3_kwargs(agent_cfg, net_arch)
-    )
+    kwargs = sb3_kwargs(agent_cfg, net_arch)
+    if agent_cfg.get("exploration_noise") is not None:
+        kwargs["action_noise"] = exploration_noise(float(agent_cfg["exploration_noise"]), env.action_space)
+    return spec.algo(policy, env, seed=seed, device=device, tensorboard_log=tensorboard_log, verbose=0, **kwargs)
+
+
+def exploration_noise(sigma: float, action_space: spaces.Space) -> NormalActionNoise:
+    """Gaussian exploration noise N(0, sigma) per action dimension, in SB3's [-1, 1] action scale (TD3; Fujimoto
+    et al. 2018 §6.1 add N(0, 0.1·max_action) to the actor's action, the same in a [-1, 1]-rescaled space)."""
+    if sigma < 0:
+        raise ValueError(f"agent.exploration_noise must be >= 0, got {sigma}")
+    shape = action_space.shape
+    return NormalActionNoise(mean=np.zeros(shape), sigma=sigma * np.ones(shape))
 
 
 def attach_controller(
@@ -84,7 +96,9 @@ def attach_controller(
     release = getattr(model.policy, "release_mask_guard", None)
     if release is not None:  # the controller masks gradients itself (and RigL needs them dense first)
         release()
-    controller = TopologyController(spec.groups(model), config, spec.gradient_steps(model, total_timesteps), seed)
+    stride = spec.clock_stride(model) if spec.clock_stride is not None else 1
+    total_steps = spec.gradient_steps(model, total_timesteps)
+    controller = TopologyController(spec.groups(model), config, total_steps, seed, tick_steps=stride)
     controller.init_masks(existing=existing)
     spec.clock_optimizer(model).register_step_post_hook(lambda optimizer, args, kwargs: controller.tick())
     return controller

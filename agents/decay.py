@@ -15,6 +15,9 @@ of both), so λ is ``2·wd`` times the ratio of the paper's loss to ours for tha
   Huber's gradient is ``δ·∇q`` (|δ| ≤ 1), half of it, so λ_q = **wd** (Dopamine's own ``½wd·Σw²`` gives the same).
 - **DQN, MSE** (``agent.loss=mse``, the paper's element-wise squared loss ``mean(δ²)``): our loss *is* the paper's,
   gradient ``2δ·∇q``, so λ_q = **2·wd**.
+- **TD3** (no TD3 in the paper; the same Keras ``wd·Σw²`` added to each network's loss): SB3's TD3 critic loss is
+  ``Σ_i mse(q_i, y)`` (no 0.5, unlike its SAC), gradient ``∇Σmse + 2·wd·w`` → λ_critic = **2·wd**; the actor loss
+  ``-mean(Q1)`` + ``wd·Σw²`` → λ_actor = **2·wd**.
 - **PPO**: the L2 term is added to TF-Agents' PPO loss (policy-gradient loss + 0.5·value MSE), whose scale is
   SB3's (``vf_coef=0.5``), so λ_actor = λ_critic = **2·wd** (paper_facts gives no finer PPO detail: this
   assumes TF-Agents' default PPO loss).
@@ -42,6 +45,6 @@ def kernel_decay(agent: str, weight_decay: float, loss: str | None) -> dict[str,
         raise ValueError(f"agent.loss applies to dqn only; agent '{agent}' needs agent.loss=null")
     if agent == "sac":
         return {"actor": 2.0 * wd, "critic": wd}
-    if agent == "ppo":
+    if agent in ("ppo", "td3"):
         return {"actor": 2.0 * wd, "critic": 2.0 * wd}
-    raise ValueError(f"unknown agent '{agent}'; valid choices: dqn, ppo, sac")
+    raise ValueError(f"unknown agent '{agent}'; valid choices: dqn, ppo, sac, td3")

@@ -16,8 +16,13 @@ from stable_baselines3.common.preprocessing import get_flattened_obs_dim
 from sparse_rl.width import solve_dense_width_for_mlp, widen_mlp_for_sparsity
 
 Net = tuple[int, list[int], int]
-N_CRITICS = 2  # SB3 SAC default twin critics
-HIDDEN_KEYS = {"sac": {"actor": "pi", "critic": "qf"}, "ppo": {"actor": "pi", "critic": "vf"}, "dqn": {"q": None}}
+N_CRITICS = 2  # SB3 SAC and TD3 default twin critics (n_critics)
+HIDDEN_KEYS = {
+    "sac": {"actor": "pi", "critic": "qf"},
+    "td3": {"actor": "pi", "critic": "qf"},
+    "ppo": {"actor": "pi", "critic": "vf"},
+    "dqn": {"q": None},
+}
 
 
 def _hidden(net_arch: Any, key: str | None) -> list[int]:
@@ -40,6 +45,11 @@ def group_networks(
     if agent == "sac":  # actor: mean and log-std heads; critics see (obs, action)
         return {
             "actor": [(obs, _hidden(net_arch, keys["actor"]), 2 * act)],
+            "critic": [(obs + act, _hidden(net_arch, keys["critic"]), 1)] * N_CRITICS,
+        }
+    if agent == "td3":  # a deterministic actor (one head of A outputs); twin critics as SAC's
+        return {
+            "actor": [(obs, _hidden(net_arch, keys["actor"]), act)],
             "critic": [(obs + act, _hidden(net_arch, keys["critic"]), 1)] * N_CRITICS,
         }
     if agent == "ppo":

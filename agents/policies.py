@@ -5,7 +5,8 @@ Every agent (dense runs included) uses these classes, with two extra constructor
 
 - ``init``: the ``agent.init`` config node. ``mode: paper`` re-draws the Linear layers after SB3 builds them:
   ``hidden`` for hidden layers, ``output`` for output layers (:func:`agents.initialization.init_linear_`);
-  SAC's ``mu`` and ``log_std`` heads are drawn as the paper's one 256×2A layer (Glorot with fan-out 2A) and split.
+  SAC's ``mu`` and ``log_std`` heads are drawn as the paper's one 256×2A layer (Glorot with fan-out 2A) and split;
+  TD3's actor ``mu`` (a Sequential ending in tanh) has hidden layers and one output layer.
   ``mode: sb3`` keeps SB3's own init. Conv layers (CNN feature extractors) keep torch's default init.
 - ``kernel_decay``: per group (``actor``, ``critic``, ``q``) the Adam ``weight_decay`` of that group's kernels
   (:func:`agents.decay.kernel_decay`). Each optimizer is rebuilt with one parameter group per sparse group's
@@ -30,6 +31,8 @@ from stable_baselines3.dqn.policies import CnnPolicy as DQNCnnPolicy
 from stable_baselines3.dqn.policies import DQNPolicy
 from stable_baselines3.sac.policies import CnnPolicy as SACCnnPolicy
 from stable_baselines3.sac.policies import SACPolicy
+from stable_baselines3.td3.policies import CnnPolicy as TD3CnnPolicy
+from stable_baselines3.td3.policies import TD3Policy
 from torch import nn
 from torch.optim import Optimizer
 
@@ -182,12 +185,22 @@ def _guard_hook(layers: list[MaskedLayer]):
 
 # ---------------------------------------------------------------------------------------------------- SAC
 class _SACLayout(_Adapted):
+    """SAC's layout; its twin-critic part and optimizers also serve TD3 (:class:`_TD3Layout`)."""
+
     def _init_layout(self) -> list[tuple[list[nn.Linear], str]]:
-        actor, critic = self.actor, self.critic
+        return self._actor_layout() + self._critic_layout()
+
+    def _actor_layout(self) -> list[tuple[list[nn.Linear], str]]:
+        actor = self.actor
         layout = [([m], "hidden") for m in linears(actor.features_extractor) + linears(actor.latent_pi)]
         if not isinstance(actor.mu, nn.Linear):
             raise ValueError("agent.init.mode=paper supports SAC's plain Linear mu head (no gSDE)")
         layout.append(([actor.mu, actor.log_std], "output"))  # the paper's one 256x2A output layer
+        return layout
+
+    def _critic_layout(self) -> list[tuple[list[nn.Linear], str]]:
+        critic = self.critic
+        layout = []
         if not self.share_features_extractor:
             layout += [([m], "hidden") for m in linears(critic.features_extractor)]
         for q_net in critic.q_networks:
@@ -219,6 +232,37 @@ class SparseSACPolicy(_SACLayout, SACPolicy):
 
 class SparseSACCnnPolicy(_SACLayout, SACCnnPolicy):
     masked_modules = ("actor", "critic", "critic_target")
+
+
+# ---------------------------------------------------------------------------------------------------- TD3
+class _TD3Layout(_SACLayout):
+    """TD3 (Fujimoto et al. 2018): a deterministic actor ``mu`` (hidden layers, one tanh output layer) with its own
+    target, and SAC's twin critics; per-optimizer decay groups as SAC's."""
+
+    def _actor_layout(self) -> list[tuple[list[nn.Linear], str]]:
+        layers = linears(self.actor.mu)
+        hidden = linears(self.actor.features_extractor) + layers[:-1]
+        return [([m], "hidden") for m in hidden] + [([layers[-1]], "output")]
+
+    def _sync_targets(self) -> None:
+        self.actor_target.load_state_dict(self.actor.state_dict())
+        self.critic_target.load_state_dict(self.critic.state_dict())
+
+
+class DenseTD3Policy(_TD3Layout, TD3Policy):
+    pass
+
+
+class DenseTD3CnnPolicy(_TD3Layout, TD3CnnPolicy):
+    pass
+
+
+class SparseTD3Policy(_TD3Layout, TD3Policy):
+    masked_modules = ("actor", "actor_target", "critic", "critic_target")
+
+
+class SparseTD3CnnPolicy(_TD3Layout, TD3CnnPolicy):
+    masked_modules = ("actor", "actor_target", "critic", "critic_target")
 
 
 # ---------------------------------------------------------------------------------------------------- DQN
@@ -277,6 +321,7 @@ class SparsePPOCnnPolicy(_PPOLayout, ActorCriticCnnPolicy):
 
 __all__ = [
     "DenseDQNCnnPolicy", "DenseDQNPolicy", "DensePPOCnnPolicy", "DensePPOPolicy", "DenseSACCnnPolicy", "DenseSACPolicy",
-    "SparseDQNCnnPolicy", "SparseDQNPolicy", "SparsePPOCnnPolicy", "SparsePPOPolicy", "SparseSACCnnPolicy",
-    "SparseSACPolicy", "attach_masks", "init_stacked_", "linears", "rebuild_with_decay",
+    "DenseTD3CnnPolicy", "DenseTD3Policy", "SparseDQNCnnPolicy", "SparseDQNPolicy", "SparsePPOCnnPolicy", "SparsePPOPolicy",
+    "SparseSACCnnPolicy", "SparseSACPolicy", "SparseTD3CnnPolicy", "SparseTD3Policy", "attach_masks", "init_stacked_",
+    "linears", "rebuild_with_decay",
 ]  # fmt: skip

@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from stable_baselines3 import PPO, SAC
+from stable_baselines3 import PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from torch.optim import Optimizer
@@ -32,6 +32,8 @@ class AgentSpec:
     gradient_steps: Callable[[BaseAlgorithm, int], int]  # total gradient steps for a budget of env steps
     # the clock's nominal value at a rollout start, for trainers that may skip gradient steps (PPO's target_kl)
     nominal_clock: Callable[[BaseAlgorithm], int] | None = None
+    # gradient steps per clock_optimizer step (TD3: policy_delay; the clock still counts gradient steps)
+    clock_stride: Callable[[BaseAlgorithm], int] | None = None
 
     def policy(self, observation_kind: str, sparse: bool) -> type[BasePolicy]:
         return self.sparse_policies[observation_kind] if sparse else self.dense_policies[observation_kind]
@@ -53,6 +55,16 @@ def _off_policy_gradient_steps(model: BaseAlgorithm, total_timesteps: int) -> in
     return off_policy_gradient_steps(
         total_timesteps, model.learning_starts, model.train_freq.frequency, model.gradient_steps, model.n_envs
     )
+
+
+def _td3_gradient_steps(model: BaseAlgorithm, total_timesteps: int) -> int:
+    """TD3: the off-policy count rounded down to a multiple of ``policy_delay``, the last step the clock reaches.
+
+    The clock is the delayed actor optimizer's, advancing ``policy_delay`` gradient steps per actor step
+    (SB3 steps the actor when ``_n_updates % policy_delay == 0``), so its last value is this multiple.
+    """
+    delay = model.policy_delay
+    return max(delay, _off_policy_gradient_steps(model, total_timesteps) // delay * delay)
 
 
 def _ppo_gradient_steps(model: BaseAlgorithm, total_timesteps: int) -> int:
@@ -81,6 +93,25 @@ AGENTS.register("sac")(
         ],
         clock_optimizer=lambda m: m.actor.optimizer,  # SB3 steps the critic, then the actor (paper §6 order)
         gradient_steps=_off_policy_gradient_steps,
+    )
+)
+
+AGENTS.register("td3")(
+    AgentSpec(
+        name="td3",
+        algo=TD3,
+        action_spaces=("continuous",),
+        dense_policies={"mlp": policies.DenseTD3Policy, "cnn": policies.DenseTD3CnnPolicy},
+        sparse_policies={"mlp": policies.SparseTD3Policy, "cnn": policies.SparseTD3CnnPolicy},
+        groups=lambda m: [
+            SparseGroup("actor", m.actor, m.actor.optimizer, target=m.actor_target),
+            SparseGroup("critic", m.critic, m.critic.optimizer, target=m.critic_target),  # twin critics, one budget
+        ],
+        # the delayed actor step drives the clock: each topology update follows a real actor gradient (RigL's grow
+        # scores) and the critic's latest one, taken at the critic step just before (docs/design.md decision 31)
+        clock_optimizer=lambda m: m.actor.optimizer,
+        gradient_steps=_td3_gradient_steps,
+        clock_stride=lambda m: m.policy_delay,
     )
 )
 

@@ -165,7 +165,7 @@ def first_difference(cfg: Any, saved: Any, keys: tuple[str, ...]) -> tuple[str, 
 # resume silently moves the schedule (e.g. doubling total_timesteps halves RigL's drop fraction at the resume point).
 RESUME_SCHEDULE_KEYS = (
     "agent.total_timesteps", "agent.n_envs", "agent.sb3.learning_starts", "agent.sb3.train_freq",
-    "agent.sb3.gradient_steps", "agent.sb3.n_steps", "agent.sb3.batch_size", "agent.sb3.n_epochs",
+    "agent.sb3.gradient_steps", "agent.sb3.policy_delay", "agent.sb3.n_steps", "agent.sb3.batch_size", "agent.sb3.n_epochs",
     "sparsity.update_interval", "sparsity.start_fraction", "sparsity.end_fraction", "sparsity.drop_fraction",
     "sparsity.drop_fraction_schedule", "sparsity.prune_power",
 )  # fmt: skip

@@ -92,10 +92,14 @@ def _reset_optimizer_state(optimizer: Optimizer | None, layer: MaskedLayer, posi
 class TopologyController:
     """Initialises, updates and accounts for the masks of all groups (paper §3, §6)."""
 
-    def __init__(self, groups: Sequence[SparseGroup], config: SparsityConfig, total_steps: int, seed: int) -> None:
+    def __init__(
+        self, groups: Sequence[SparseGroup], config: SparsityConfig, total_steps: int, seed: int, tick_steps: int = 1
+    ) -> None:
         config.validate()
         if total_steps <= 0:
             raise ValueError(f"total_steps must be positive, got {total_steps}")
+        if tick_steps <= 0:
+            raise ValueError(f"tick_steps must be positive, got {tick_steps}")
         names = [g.name for g in groups]
         if len(set(names)) != len(names):
             raise ValueError(f"group names must be unique, got {names}")
@@ -106,6 +110,7 @@ class TopologyController:
         self.generator = torch.Generator().manual_seed(seed)
         self.num_updates = 0
         self.clock = 0  # the last step passed to step()/tick()
+        self.tick_steps = tick_steps  # steps one tick() advances (TD3: policy_delay gradient steps per actor step)
         self.last_update_step: int | None = None
         self.last_update: dict[str, float] = {}
         self._hooks: list[RemovableHandle] = []
@@ -230,7 +235,7 @@ class TopologyController:
                     layers_with_grad.append(layer)
             if not grads:
                 return
-            if needs_gradients and self.update_due(self.clock + 1):
+            if needs_gradients and self.update_due(self.clock + self.tick_steps):
                 torch._foreach_copy_([layer.dense_grad for layer in layers_with_grad], grads)
             torch._foreach_mul_(grads, multipliers)
 
@@ -260,8 +265,12 @@ class TopologyController:
         return point is not None and (self.last_update_step is None or point > self.last_update_step)
 
     def tick(self) -> bool:
-        """Advance the controller's own clock by one step and :meth:`step` there (for optimizer-step clocks)."""
-        return self.step(self.clock + 1)
+        """Advance the controller's own clock by ``tick_steps`` and :meth:`step` there (for optimizer-step clocks).
+
+        An optimizer stepped once every ``tick_steps`` steps of the schedule's clock (TD3's delayed actor) drives it
+        with ``tick_steps`` > 1: an update point between two ticks is applied at the next tick.
+        """
+        return self.step(self.clock + self.tick_steps)
 
     def advance_to(self, t: int) -> bool:
         """Move the clock forward to ``t`` without a gradient step (steps a trainer skipped, e.g. PPO's early stop).

@@ -192,6 +192,13 @@ def _check_fidelity_keys(cfg: DictConfig, agent: str) -> None:
             check_init_node(init.output, "agent.init.output")
     except ValueError as error:
         raise UsageError(error.args[0]) from error
+    noise = cfg.agent.exploration_noise
+    if noise is not None and agent != "td3":
+        raise UsageError(
+            f"agent.exploration_noise is TD3's action-noise std; agent '{agent}' needs agent.exploration_noise=null"
+        )
+    if noise is not None and noise < 0:
+        raise UsageError(f"agent.exploration_noise must be >= 0 (the std of TD3's Gaussian action noise), got {noise}")
     if OmegaConf.select(cfg, "agent.sb3.policy_kwargs.optimizer_kwargs.weight_decay") is not None:
         raise UsageError(
             "agent.sb3.policy_kwargs.optimizer_kwargs.weight_decay would decay biases too; set agent.weight_decay "

@@ -68,7 +68,7 @@ class InitSchema:
 
 @dataclass
 class AgentSchema:
-    name: str = MISSING  # dqn, sac, ppo
+    name: str = MISSING  # dqn, sac, ppo, td3
     total_timesteps: int = MISSING  # env steps
     n_envs: int = MISSING
     net_arch: Any = MISSING  # hidden sizes, list (shared by actor and critic) or SB3's dict form
@@ -79,6 +79,7 @@ class AgentSchema:
     eval_episodes: int = MISSING
     weight_decay: float = MISSING  # the paper's Keras L2 coefficient (wd·Σw², kernels only); per group: agents/decay.py
     loss: str | None = None  # DQN's TD loss: mse (the paper's classic control) or huber (SB3's, Dopamine's)
+    exploration_noise: float | None = None  # TD3's Gaussian action-noise std in SB3's [-1, 1] action scale
     init: InitSchema = field(default_factory=InitSchema)
     sb3: dict[str, Any] = field(default_factory=dict)  # SB3 constructor kwargs, SB3's names
 

@@ -13,6 +13,7 @@ CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 # Tiny budgets per agent on fast envs: small nets, early learning, frequent topology updates.
 TINY = {
     "sac": ["env=Pendulum", "agent.total_timesteps=300", "agent.sb3.learning_starts=100", "agent.sb3.buffer_size=1000"],
+    "td3": ["env=Pendulum", "agent.total_timesteps=300", "agent.sb3.learning_starts=100", "agent.sb3.buffer_size=1000"],
     "dqn": ["env=CartPole", "agent.total_timesteps=300", "agent.sb3.learning_starts=100", "agent.sb3.buffer_size=1000"],
     "ppo": [
         "env=CartPole",

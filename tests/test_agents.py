@@ -22,6 +22,7 @@ METHODS = ["dense", "static", "set", "rigl", "prune"]
 NETWORKS = {
     "sac": {"actor": ("actor", None), "critic": ("critic", "critic_target")},
     "dqn": {"q": ("q_net", "q_net_target")},
+    "td3": {"actor": ("actor", "actor_target"), "critic": ("critic", "critic_target")},
 }
 
 

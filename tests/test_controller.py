@@ -277,3 +277,26 @@ def test_rigl_copies_the_dense_gradient_only_before_an_update():
         agent.train_step(t)
         captured.append(not torch.equal(before, layer.dense_grad))
     assert [t for t, c in enumerate(captured, start=1) if c] == [10, 20, 30]
+
+
+def test_tick_steps_clock_applies_points_between_ticks_at_the_next_tick():
+    """An optimizer stepped every ``tick_steps`` steps (TD3's delayed actor) drives a clock in the schedule's steps."""
+    layer = nn.Linear(8, 8)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=1e-2)
+    config = core_config("rigl", 0.5, update_interval=5, end_fraction=1.0)
+    controller = TopologyController([SparseGroup("g", layer, optimizer)], config, total_steps=30, seed=0, tick_steps=3)
+    controller.init_masks()
+    optimizer.register_step_post_hook(lambda *args: controller.tick())
+    applied, snapshots = [], []
+    for _ in range(10):  # ticks at 3, 6, ..., 30
+        layer.weight.grad = torch.randn(8, 8)
+        dense = layer.weight.grad.clone()
+        before = controller.num_updates
+        optimizer.step()
+        if controller.num_updates > before:
+            applied.append((controller.last_update_step, controller.clock))
+            snapshots.append(torch.equal(controller.groups[0].layers[0].dense_grad, dense))
+    assert applied == [(5, 6), (10, 12), (15, 15), (20, 21), (25, 27), (30, 30)]
+    assert all(snapshots)  # RigL grew from the gradient of the very step that reached the point
+    with pytest.raises(ValueError, match="tick_steps must be positive"):
+        TopologyController([SparseGroup("g", nn.Linear(2, 2))], config, total_steps=30, seed=0, tick_steps=0)

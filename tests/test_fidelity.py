@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 from omegaconf import OmegaConf
-from stable_baselines3 import DQN, PPO, SAC
+from stable_baselines3 import DQN, PPO, SAC, TD3
 from torch import nn
 
 from agents import AGENTS, attach_controller, build_model
@@ -101,7 +101,7 @@ def inactive_nonzeros(policy) -> int:
     )
 
 
-@pytest.mark.parametrize("agent, algo", [("sac", SAC), ("dqn", DQN), ("ppo", PPO)])
+@pytest.mark.parametrize("agent, algo", [("sac", SAC), ("dqn", DQN), ("ppo", PPO), ("td3", TD3)])
 def test_plain_sb3_load_and_learn_keeps_a_sparse_model_sparse(agent, algo, tmp_path):
     cfg = tiny_run(agent, "rigl", tmp_path / "run")
     train(plan_run(cfg))
@@ -137,6 +137,7 @@ def test_kernel_decay_derivation():
     assert kernel_decay("dqn", 1e-6, "huber") == {"q": 1e-6}
     assert kernel_decay("dqn", 1e-6, "mse") == {"q": 2e-6}
     assert kernel_decay("ppo", 1e-6, None) == {"actor": 2e-6, "critic": 2e-6}
+    assert kernel_decay("td3", 1e-4, None) == {"actor": 2e-4, "critic": 2e-4}  # SB3's TD3 critic loss: sum(mse)
     with pytest.raises(ValueError, match="valid choices: mse, huber"):
         kernel_decay("dqn", 1e-6, None)
 
