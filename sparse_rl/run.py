@@ -37,6 +37,7 @@ from agents.callbacks import (
     TopologyLoggerCallback,
 )
 from agents.decay import kernel_decay
+from agents.diagnostics import DiagnosticsCallback, diagnostics_settings
 from agents.initialization import check_init_node
 from agents.matching import HIDDEN_KEYS, equal_parameter_net_arch
 from agents.replay_io import REPLAY_FILE, load_replay_buffer, save_replay_buffer
@@ -144,6 +145,10 @@ def plan_run(cfg: DictConfig) -> Plan:
     if cfg.agent.lr_schedule not in LR_SCHEDULES:
         raise UsageError(f"unknown agent.lr_schedule '{cfg.agent.lr_schedule}'; valid choices: {', '.join(LR_SCHEDULES)}")
     _check_fidelity_keys(cfg, agent.name)
+    try:
+        diagnostics_settings(cfg.diagnostics)
+    except ValueError as error:
+        raise UsageError(error.args[0]) from error
     run_dir = Path(cfg.run_dir)
     warnings = [dense_note] if dense_note else []
     warnings += budget_warnings(cfg)
@@ -258,6 +263,12 @@ def _summary(plan: Plan, status: str, controller: Any, eval_cb: Any, wall: float
     }
 
 
+def _diagnostics_callbacks(cfg: DictConfig, controller: Any) -> list[DiagnosticsCallback]:
+    """The diagnostics callback if ``diagnostics.freq`` > 0 (agents/diagnostics.py, design decision 28)."""
+    settings = diagnostics_settings(cfg.diagnostics)
+    return [DiagnosticsCallback(controller, settings, cfg.seed)] if settings.enabled else []
+
+
 def train(plan: Plan) -> dict:
     """Build everything from a validated plan, train, and write the run directory. Returns the summary."""
     cfg = plan.cfg
@@ -324,6 +335,8 @@ def train(plan: Plan) -> dict:
 
     if cfg.checkpoint_freq > 0:
         callbacks.append(CheckpointCallback(cfg.checkpoint_freq, save))
+    diagnostics = _diagnostics_callbacks(cfg, controller)
+    callbacks += diagnostics
     start = time.perf_counter()
     steps_before = model.num_timesteps
     atomic_write_json(plan.run_dir / "summary.json", _summary(plan, "running", controller, None, 0.0, steps_before, **extra))
@@ -346,6 +359,7 @@ def train(plan: Plan) -> dict:
     wall = time.perf_counter() - start
     save(model.num_timesteps)
     model.save(plan.run_dir / "model.zip")
+    extra.update({"diagnostics": diagnostics[0].last} if diagnostics else {})  # per group, the values at the end
     summary = _summary(plan, "completed", controller, eval_cb, wall, model.num_timesteps - steps_before, **extra)
     summary["num_timesteps"] = model.num_timesteps
     problem = controller.final_allocation_problem()
