@@ -27,10 +27,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from sparse_rl.controller import SparseGroup, TopologyController
-from sparse_rl.diagnostics import LossModule, dormant_fraction, gradient_snr, mask_churn, norm, srank
+from sparse_rl.diagnostics import dormant_fraction, gradient_snr, mask_churn, norm, srank
 from sparse_rl.masks import MASK_BUFFER, name_matches
 
 PREFIX = "diagnostics"
+STEP_KEY = f"{PREFIX}/gradient_step"  # the topology clock at the measurement (the x axis of the analysis plots)
 Loss = Callable[[tuple[torch.Tensor, ...]], torch.Tensor]  # a batch (tuple of tensors, dim 0 = samples) -> (batch,)
 
 
@@ -249,10 +250,10 @@ def measure_group(
         for kind in ("weight", "bias"):
             value = getattr(layer.module, kind, None)
             if isinstance(value, torch.Tensor):
-                key = f"net.{layer.name}.{kind}"
+                key = f"{layer.name}.{kind}"
                 params[key] = value
                 masks[key] = getattr(layer.module, MASK_BUFFER, None) if kind == "weight" else None
-    snr, grad_norm = gradient_snr(LossModule(group.module, loss), params, loss, inputs, masks)
+    snr, grad_norm = gradient_snr(group.module, params, loss, inputs, masks)
     result["grad_snr"] = snr
     result["grad_norm"] = grad_norm
     result["weight_norm"] = norm(list(params.values()))
@@ -276,7 +277,7 @@ class DiagnosticsCallback(BaseCallback):
         super().__init__()
         self.controller = controller
         self.settings = settings
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
         self.last: dict[str, dict[str, float]] = {}
         self._next = settings.freq
         self._measured_at = -1
@@ -305,6 +306,7 @@ class DiagnosticsCallback(BaseCallback):
         if self.controller.clock >= self._next:
             self._next = (self.controller.clock // self.settings.freq + 1) * self.settings.freq
             if self._measure():
+                self.logger.record(STEP_KEY, self._measured_at)
                 for group, values in self.last.items():
                     for name, value in values.items():
                         self.logger.record(f"{PREFIX}/{group}/{name}", value)
@@ -319,9 +321,9 @@ class DiagnosticsCallback(BaseCallback):
 
     def _measure(self) -> bool:
         """Measure every group now; False when the buffer has no batch yet."""
-        seed = int(self.rng.integers(2**31 - 1))
-        with isolated_rng(seed, self.model.device):
-            losses = group_losses(self.model, self.settings.batch_size, self.rng)
+        rng = np.random.default_rng([self.seed, self.controller.clock])  # the same batch after a resume
+        with isolated_rng(int(rng.integers(2**31 - 1)), self.model.device):
+            losses = group_losses(self.model, self.settings.batch_size, rng)
             if losses is None:
                 return False
             for group in self.controller.groups:

@@ -50,40 +50,43 @@ def srank(features: torch.Tensor, delta: float) -> int:
     return int(torch.searchsorted(cumulative, torch.tensor(1.0 - delta, dtype=cumulative.dtype)).item()) + 1
 
 
-def per_sample_grads(
-    module: nn.Module,
-    params: Mapping[str, torch.Tensor],
-    loss_fn: Callable[[Any], torch.Tensor],
-    batch: Any,
-) -> dict[str, torch.Tensor]:
-    """Gradients of ``loss_fn(sample)`` w.r.t. ``params`` (names in ``module``) for every sample of ``batch``, each
-    (batch, *shape): ``torch.func`` (``functional_call`` + ``vmap(grad)``), no Python loop.
-
-    ``batch`` is a tensor or a (nested) tuple/dict of tensors whose dim 0 indexes samples; ``loss_fn`` gets one sample
-    with a leading dimension of 1 and reads ``module`` (its parameters are swapped for ``params`` while it runs).
-    The loss may not draw random numbers (``vmap`` refuses): pass any noise it needs as part of the batch.
-    """
-    detached = {name: value.detach() for name, value in params.items()}
-
-    def loss_of(p: dict[str, torch.Tensor], sample: Any) -> torch.Tensor:
-        one = torch.utils._pytree.tree_map(lambda x: x.unsqueeze(0), sample)
-        return functional_call(module, p, (one,), strict=False).reshape(())
-
-    with torch.no_grad():  # grad() differentiates w.r.t. ``params`` anyway; no graph for the module's other parameters
-        return vmap(grad(loss_of), in_dims=(None, 0))(detached, batch)
-
-
 class LossModule(nn.Module):
-    """An ``nn.Module`` whose forward is ``loss_fn(sample)`` and whose parameters are ``net``'s (prefixed ``net.``):
-    what :func:`per_sample_grads` differentiates when the loss calls a method other than ``forward``."""
+    """An ``nn.Module`` whose forward is ``loss_fn(batch)`` and whose parameters are ``net``'s (prefixed ``net.``):
+    lets ``functional_call`` swap ``net``'s parameters under a loss that calls any of its methods."""
 
     def __init__(self, net: nn.Module, loss_fn: Callable[[Any], torch.Tensor]) -> None:
         super().__init__()
         self.net = net
         self.loss_fn = loss_fn
 
-    def forward(self, sample: Any) -> torch.Tensor:
-        return self.loss_fn(sample)
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.loss_fn(batch)
+
+
+def per_sample_grads(
+    module: nn.Module,
+    params: Mapping[str, torch.Tensor],
+    loss_fn: Callable[[Any], torch.Tensor],
+    batch: Any,
+) -> dict[str, torch.Tensor]:
+    """Gradients of ``loss_fn`` w.r.t. ``params`` (names in ``module``) for every sample of ``batch``, each
+    (batch, *shape): ``torch.func`` (``functional_call`` + ``vmap(grad)``), no Python loop.
+
+    ``batch`` is a tensor or a (nested) tuple/dict of tensors whose dim 0 indexes samples; ``loss_fn(batch)`` returns
+    the per-sample losses (batch,) and may use ``module`` any way (its parameters are swapped for ``params`` while it
+    runs; it sees one sample at a time, with a leading dimension of 1). It may not draw random numbers (``vmap``
+    refuses): pass the noise it needs in the batch.
+    """
+    wrapper = LossModule(module, loss_fn)
+    detached = {f"net.{name}": value.detach() for name, value in params.items()}
+
+    def loss_of(p: dict[str, torch.Tensor], sample: Any) -> torch.Tensor:
+        one = torch.utils._pytree.tree_map(lambda x: x.unsqueeze(0), sample)
+        return functional_call(wrapper, p, (one,), strict=False).reshape(())
+
+    with torch.no_grad():  # grad() differentiates w.r.t. ``params`` anyway; no graph for the module's other parameters
+        grads = vmap(grad(loss_of), in_dims=(None, 0))(detached, batch)
+    return {name.removeprefix("net."): value for name, value in grads.items()}
 
 
 def snr_from_grads(grads: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor | None]) -> float:

@@ -1,0 +1,219 @@
+"""Training diagnostics (issue 14): each metric against a hand computation, the SB3 wiring, the analysis plot."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sparse_rl.diagnostics import dormant_fraction, gradient_snr, mask_churn, per_sample_grads, snr_from_grads, srank
+from tests.agent_helpers import tiny_run
+
+# ------------------------------------------------------------------------------------------ hand computations
+
+
+def test_dormant_fraction_matches_hand_computation():
+    # per-unit mean |a| over the batch: [0, 0.02, 0.5, 3.48] -> layer mean 1.0 -> scores equal those means
+    acts = torch.tensor([[0.0, 0.04, -0.5, 3.0], [0.0, 0.0, 0.5, 3.96]])
+    assert dormant_fraction(acts, 0.0) == pytest.approx(1 / 4)
+    assert dormant_fraction(acts, 0.025) == pytest.approx(2 / 4)  # 0.02 <= 0.025; signs do not matter (|a|)
+    assert dormant_fraction(acts, 0.1) == pytest.approx(2 / 4)
+    assert dormant_fraction(acts, 0.5) == pytest.approx(3 / 4)  # <= tau, inclusive
+    assert dormant_fraction(2 * acts, 0.025) == pytest.approx(2 / 4)  # scale-free: normalised by the layer mean
+    assert dormant_fraction(torch.zeros(3, 5), 0.0) == 1.0
+    conv = torch.zeros(2, 3, 2, 2)  # units are channels: channel 0 dead, channels 1 and 2 active
+    conv[:, 1] = 1.0
+    conv[:, 2, 0, 0] = 4.0
+    assert dormant_fraction(conv, 0.0) == pytest.approx(1 / 3)
+
+
+def _matrix_with_singular_values(values: list[float], rows: int = 8) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(rows, len(values), generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(len(values), len(values), generator=gen, dtype=torch.float64))
+    return u @ torch.diag(torch.tensor(values, dtype=torch.float64)) @ v.T
+
+
+def test_srank_matches_hand_computation():
+    # sum 16.06; cumulative shares 0.623, 0.934, 0.99626, 0.99938, 1
+    features = _matrix_with_singular_values([10.0, 5.0, 1.0, 0.05, 0.01])
+    assert srank(features, 0.01) == 3
+    assert srank(features, 0.001) == 4
+    assert srank(features, 0.5) == 1
+    assert srank(torch.zeros(4, 3), 0.01) == 0
+
+
+def test_mask_churn_matches_hand_computation():
+    initial = [torch.tensor([1, 1, 0, 0, 0], dtype=torch.bool), torch.tensor([[1, 0], [0, 1]], dtype=torch.bool)]
+    previous = [torch.tensor([1, 0, 1, 0, 0], dtype=torch.bool), torch.tensor([[1, 0], [0, 1]], dtype=torch.bool)]
+    current = [torch.tensor([1, 0, 1, 0, 1], dtype=torch.bool), torch.tensor([[0, 1], [0, 1]], dtype=torch.bool)]
+    # active 5; new since initial: positions 2, 4 of layer 0 and (0, 1) of layer 1 = 3; since previous: 4 and (0, 1) = 2
+    assert mask_churn(initial, current, previous) == (pytest.approx(3 / 5), pytest.approx(2 / 5))
+    assert mask_churn(initial, current) == (pytest.approx(3 / 5), 0.0)
+    assert mask_churn(initial, initial, initial) == (0.0, 0.0)
+
+
+class TwoLayer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(3, 4), nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_gradient_snr_matches_a_python_loop_over_samples_on_active_parameters():
+    torch.manual_seed(0)
+    net = TwoLayer()
+    mask = torch.rand(4, 3) > 0.4
+    with torch.no_grad():
+        net.fc1.weight.mul_(mask)
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+
+    def loss(batch):
+        xs, ys = batch
+        return (net(xs) - ys).pow(2).reshape(-1)
+
+    params = {"fc1.weight": net.fc1.weight, "fc1.bias": net.fc1.bias, "fc2.weight": net.fc2.weight}
+    masks = {"fc1.weight": mask, "fc1.bias": None, "fc2.weight": None}
+    # reference: autograd per sample, one at a time
+    per_sample = {name: [] for name in params}
+    for i in range(len(x)):
+        grads = torch.autograd.grad(loss((x[i : i + 1], y[i : i + 1])).sum(), list(params.values()))
+        for name, g in zip(params, grads):
+            per_sample[name].append(g)
+    ratios, mean_grads = [], []
+    for name, gs in per_sample.items():
+        g = torch.stack(gs)
+        ratio = g.mean(0).abs() / g.std(0)
+        ratio = torch.where(g.std(0) > 0, ratio, torch.zeros_like(ratio))
+        ratios.append(ratio[masks[name]] if masks[name] is not None else ratio.reshape(-1))
+        mean_grads.append(g.mean(0) * (masks[name] if masks[name] is not None else 1))
+    expected_snr = torch.cat(ratios).mean().item()
+    expected_norm = torch.sqrt(sum((m**2).sum() for m in mean_grads)).item()
+
+    vmapped = per_sample_grads(net, params, loss, (x, y))
+    for name in params:
+        torch.testing.assert_close(vmapped[name], torch.stack(per_sample[name]))
+    snr, grad_norm = gradient_snr(net, params, loss, (x, y), masks)
+    assert snr == pytest.approx(expected_snr, rel=1e-5)
+    assert grad_norm == pytest.approx(expected_norm, rel=1e-5)
+    # the restriction matters: the inactive weights' (zero-std or not) ratios are left out
+    assert snr != pytest.approx(snr_from_grads(vmapped, dict.fromkeys(params)), rel=1e-3)
+
+
+# ------------------------------------------------------------------------------------------ SB3 runs
+
+
+def _train(agent: str, method: str, run_dir: Path, *extra: str) -> dict:
+    from sparse_rl.run import plan_run, train
+
+    return train(plan_run(tiny_run(agent, method, run_dir, "checkpoint_freq=0", *extra)))
+
+
+def _columns(run_dir: Path) -> list[str]:
+    with open(run_dir / "progress.csv") as f:
+        return [name for name in next(csv.reader(f)) if name.startswith("diagnostics/")]
+
+
+def _policy(run_dir: Path) -> dict[str, torch.Tensor]:
+    with zipfile.ZipFile(run_dir / "model.zip") as archive:
+        return torch.load(io.BytesIO(archive.read("policy.pth")), weights_only=True)
+
+
+DIAG = ["diagnostics.freq=20", "diagnostics.batch_size=32"]
+
+
+@pytest.mark.parametrize(("agent", "method", "groups"), [("sac", "rigl", ("actor", "critic")), ("dqn", "set", ("q",))])
+def test_runs_log_diagnostics_and_leave_training_unchanged(tmp_path, agent, method, groups):
+    on = _train(agent, method, tmp_path / "on", *DIAG)
+    off = _train(agent, method, tmp_path / "off", "diagnostics.freq=0")
+    columns = _columns(tmp_path / "on")
+    for group in groups:
+        for metric in ("dormant_0", "dormant_0.025", "dormant_0.1", "grad_snr", "srank", "churn_initial", "churn_last"):
+            assert f"diagnostics/{group}/{metric}" in columns
+        values = on["diagnostics"][group]
+        assert 0.0 <= values["dormant_0"] <= values["dormant_0.025"] <= values["dormant_0.1"] <= 1.0
+        assert 1 <= values["srank"] <= 32 and values["grad_snr"] > 0 and values["weight_norm"] > 0
+        assert 0.0 < values["churn_initial"] <= 1.0  # a dynamic method has grown connections since the start
+    assert json.loads((tmp_path / "on" / "summary.json").read_text())["diagnostics"] == on["diagnostics"]
+    assert _columns(tmp_path / "off") == [] and "diagnostics" not in off
+    same, other = _policy(tmp_path / "on"), _policy(tmp_path / "off")
+    assert same.keys() == other.keys()
+    for name in same:
+        assert torch.equal(same[name], other[name]), name
+    assert on["score"] == off["score"]
+
+
+def test_ppo_diagnostics_leave_training_unchanged(tmp_path):
+    on = _train("ppo", "rigl", tmp_path / "on", "diagnostics.freq=4", "diagnostics.batch_size=32")
+    _train("ppo", "rigl", tmp_path / "off", "diagnostics.freq=0")
+    assert "diagnostics/actor/grad_snr" in _columns(tmp_path / "on")
+    assert set(on["diagnostics"]) == {"actor", "critic"}
+    same, other = _policy(tmp_path / "on"), _policy(tmp_path / "off")
+    assert all(torch.equal(same[name], other[name]) for name in same)
+
+
+def test_dense_run_has_no_churn_and_bad_settings_are_one_line_errors(tmp_path):
+    from sparse_rl.run import UsageError, plan_run
+
+    summary = _train("dqn", "dense", tmp_path / "dense", *DIAG)
+    assert summary["diagnostics"]["q"]["churn_initial"] == 0.0
+    for bad, message in [
+        ("diagnostics.freq=-1", "diagnostics.freq must be >= 0"),
+        ("diagnostics.batch_size=1", "diagnostics.batch_size must be >= 2"),
+        ("diagnostics.taus=[0.0,1.5]", r"diagnostics.taus must be"),
+        ("diagnostics.srank_delta=0", r"diagnostics.srank_delta must be in \(0, 1\)"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            plan_run(tiny_run("dqn", "dense", tmp_path / "bad", bad))
+    with pytest.raises(Exception, match="frq"):
+        tiny_run("dqn", "dense", tmp_path / "bad", "diagnostics.frq=3")
+
+
+def test_td3_model_works_with_the_actor_critic_adapter():
+    from stable_baselines3 import TD3
+
+    from agents.diagnostics import DiagnosticsSettings, group_losses, isolated_rng, measure_group
+    from sparse_rl.controller import SparseGroup
+
+    model = TD3("MlpPolicy", "Pendulum-v1", learning_starts=50, policy_kwargs={"net_arch": [16, 16]}, seed=0)
+    model.learn(80)
+    groups = [SparseGroup("actor", model.actor), SparseGroup("critic", model.critic)]
+    settings = DiagnosticsSettings(freq=1, batch_size=16, taus=(0.0, 0.1), srank_delta=0.01)
+    state = torch.get_rng_state()
+    with isolated_rng(1, model.device):
+        losses = group_losses(model, settings.batch_size, np.random.default_rng(0))
+        values = {g.name: measure_group(g, *losses[g.name], settings) for g in groups}
+    assert torch.equal(torch.get_rng_state(), state)
+    for group in ("actor", "critic"):
+        assert values[group]["grad_snr"] > 0 and 1 <= values[group]["srank"] <= 16
+    # TD3's actor loss is -Q1(s, mu(s)): the mean of the per-sample losses is SB3's actor loss
+    inputs, loss = losses["actor"]
+    expected = -model.critic.q1_forward(inputs[0], model.actor(inputs[0])).mean()
+    torch.testing.assert_close(loss(inputs).mean(), expected)
+
+
+# ------------------------------------------------------------------------------------------ analysis
+
+
+def test_analysis_plots_diagnostics_and_skips_quietly_without(tmp_path):
+    from sparse_rl.analysis.diagnostics import diagnostics_frame, plot_diagnostics
+    from sparse_rl.analysis.loading import load_runs
+
+    _train("dqn", "set", tmp_path / "runs" / "a", *DIAG)
+    _train("dqn", "set", tmp_path / "runs" / "b", "diagnostics.freq=0", "seed=1")
+    frame = diagnostics_frame(load_runs(tmp_path / "runs"))
+    assert set(frame["group"]) == {"q"} and set(frame["seed"]) == {0}
+    assert {"grad_snr", "srank", "dormant_0.025"} <= set(frame["metric"])
+    assert (frame["step"] % 20 == 0).all()  # measured at multiples of diagnostics.freq gradient steps
+    written = plot_diagnostics(frame, tmp_path / "out", reps=50)
+    assert [p.name for p in written] == ["diagnostics_dqn_CartPole.png", "diagnostics_dqn_CartPole.pdf"]
+    assert plot_diagnostics(frame.iloc[0:0], tmp_path / "none") == []
