@@ -89,21 +89,42 @@ def per_sample_grads(
     return {name.removeprefix("net."): value for name, value in grads.items()}
 
 
+def _mean_std(g: torch.Tensor, consume: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and sample std over dim 0 of ``g`` (batch, *shape), as two matrix-vector products (``Tensor.std(dim=0)``
+    is ~5x slower on CPU); ``consume`` overwrites ``g`` instead of copying it."""
+    batch = g.shape[0]
+    flat = g.reshape(batch, -1)
+    ones = g.new_ones(1, batch)
+    mean = (ones @ flat) / batch
+    if batch < 2:
+        return mean.view(g.shape[1:]), torch.zeros_like(mean).view(g.shape[1:])
+    centred = flat if consume else flat.clone()
+    centred.sub_(mean).square_()
+    std = ((ones @ centred) / (batch - 1)).sqrt_()
+    return mean.view(g.shape[1:]), std.view(g.shape[1:])
+
+
+def _snr_and_means(
+    grads: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor | None], consume: bool
+) -> tuple[float, dict[str, torch.Tensor]]:
+    ratios, means = [], {}
+    for name, g in grads.items():
+        mean, std = _mean_std(g, consume)
+        ratio = torch.where(std > 0, mean.abs() / std.clamp_min(torch.finfo(std.dtype).tiny), torch.zeros_like(mean))
+        mask = masks.get(name)
+        ratios.append(ratio[mask] if mask is not None else ratio.reshape(-1))
+        means[name] = mean * mask if mask is not None else mean
+    values = torch.cat([r.reshape(-1) for r in ratios])
+    return (float(values.mean()) if values.numel() else 0.0), means
+
+
 def snr_from_grads(grads: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor | None]) -> float:
     """Mean over active parameters of ``|mean| / std`` of per-sample gradients (Graesser et al. 2022 §5.3).
 
     ``grads[name]`` is (batch, *shape); ``masks[name]`` a boolean mask of the shape (``None``: all active). The std
     is the sample std over the batch; a parameter with std 0 has SNR 0 (its gradient carries no signal).
     """
-    ratios = []
-    for name, g in grads.items():
-        mean = g.mean(dim=0)
-        std = g.std(dim=0, correction=1) if g.shape[0] > 1 else torch.zeros_like(mean)
-        ratio = torch.where(std > 0, mean.abs() / std.clamp_min(torch.finfo(std.dtype).tiny), torch.zeros_like(mean))
-        mask = masks.get(name)
-        ratios.append(ratio[mask] if mask is not None else ratio.reshape(-1))
-    values = torch.cat([r.reshape(-1) for r in ratios])
-    return float(values.mean()) if values.numel() else 0.0
+    return _snr_and_means(grads, masks, consume=False)[0]
 
 
 def gradient_snr(
@@ -113,11 +134,10 @@ def gradient_snr(
     batch: Any,
     masks: Mapping[str, torch.Tensor | None],
 ) -> tuple[float, float]:
-    """Gradient SNR over the active parameters (Graesser et al. 2022 §5.3) and the norm of the batch-mean gradient
-    restricted to them, from :func:`per_sample_grads`."""
-    grads = per_sample_grads(module, params, loss_fn, batch)
-    mean_grads = [g.mean(dim=0) * masks[n] if masks.get(n) is not None else g.mean(dim=0) for n, g in grads.items()]
-    return snr_from_grads(grads, masks), norm(mean_grads)
+    """Gradient SNR over the active parameters (:func:`snr_from_grads` of :func:`per_sample_grads`) and the norm of
+    the batch-mean gradient restricted to them."""
+    snr, means = _snr_and_means(per_sample_grads(module, params, loss_fn, batch), masks, consume=True)
+    return snr, norm(list(means.values()))
 
 
 def norm(tensors: Sequence[torch.Tensor]) -> float:
