@@ -6,7 +6,7 @@ inside measurements, and the projected overhead at the configured ``diagnostics.
 over ``freq`` gradient steps of training). The short run measures more often than the default (``--freq``) so that
 a few measurements fall inside it. Default: SAC on Pendulum, < 60 s on one core.
 
-    python benchmarks/diagnostics_overhead.py [--agent sac|dqn|ppo] [--steps 400] [--freq 200] [--repeats 2]
+    python benchmarks/diagnostics_overhead.py [--agent sac|dqn] [--steps 400] [--freq 200] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from envs import EnvSpec, make_vec_env
 from sparse_rl.run_config import core_sparsity_config
 from tests.agent_helpers import CONFIGS
 
-ENVS = {"sac": "Pendulum", "dqn": "CartPole", "ppo": "CartPole"}  # fast envs: the networks are the paper's
-WARMUP = 300  # env steps before learning starts (SAC, DQN)
+ENVS = {"sac": "Pendulum", "dqn": "CartPole"}  # fast envs: the networks are the paper's
+WARMUP = 300  # env steps before learning starts
 
 
 @dataclass
@@ -41,8 +41,7 @@ class Setup:
 
 def build(agent: str, on: bool, freq: int) -> Setup:
     overrides = [f"agent={agent}", f"env={ENVS[agent]}", "sparsity=rigl", "sparsity.sparsity=0.9", f"diagnostics.freq={freq}"]
-    if agent != "ppo":
-        overrides.append(f"agent.sb3.learning_starts={WARMUP}")
+    overrides.append(f"agent.sb3.learning_starts={WARMUP}")
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     spec = AGENTS.get(agent)
@@ -68,7 +67,7 @@ def build(agent: str, on: bool, freq: int) -> Setup:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--agent", choices=sorted(ENVS), default="sac")
+    parser.add_argument("--agent", choices=("sac", "dqn"), default="sac")
     parser.add_argument("--steps", type=int, default=400, help="env steps per timed chunk")
     parser.add_argument("--freq", type=int, default=200, help="gradient steps between measurements in this run")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved chunks per configuration")
@@ -79,7 +78,7 @@ def main() -> None:
         default_freq = int(compose(config_name="config").diagnostics.freq)
     off, on = build(args.agent, False, args.freq), build(args.agent, True, args.freq)
     for setup in (off, on):  # past the warm-up: every timed step trains
-        setup.model.learn(WARMUP if args.agent != "ppo" else 1, callback=setup.callback)
+        setup.model.learn(WARMUP, callback=setup.callback)
         setup.measure_s.clear()
     clock = off.controller.clock
     for _ in range(args.repeats):
