@@ -200,7 +200,7 @@ def isolated_rng(seed: int, device: torch.device) -> Iterator[None]:
     """Seed numpy's and torch's global generators with ``seed`` and restore their states afterwards: a measurement
     draws nothing the run would have drawn (same training with diagnostics on or off)."""
     np_state = np.random.get_state()
-    devices = [device] if device.type == "cuda" else []
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     validate = torch.distributions.Distribution._validate_args
     torch.distributions.Distribution.set_default_validate_args(False)  # argument checks branch on data: not vmap-able
     try:
