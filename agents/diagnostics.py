@@ -268,8 +268,9 @@ def group_masks(group: SparseGroup) -> list[torch.Tensor] | None:
 
 class DiagnosticsCallback(BaseCallback):
     """Every ``settings.freq`` gradient steps of the topology clock, at a rollout's end (off-policy: before the next
-    ``train``; PPO: the fresh rollout, returns computed), records :func:`metric_keys` through SB3's logger (written at
-    its next dump: TensorBoard and ``progress.csv``). ``last`` holds the latest values per group, measured once more
+    ``train``; PPO: the fresh rollout, returns computed), records :func:`metric_keys` through SB3's logger and dumps it
+    (a row of ``progress.csv`` and TensorBoard scalars per measurement; values other callbacks recorded since the
+    last dump go into that row). ``last`` holds the latest values per group, measured once more
     at the end of training (for ``summary.json``). Mask churn compares with the masks at the training start (the
     initial masks; after a resume, the resumed ones) and with the masks before the last topology update."""
 
@@ -305,11 +306,13 @@ class DiagnosticsCallback(BaseCallback):
         self._track_masks()
         if self.controller.clock >= self._next:
             self._next = (self.controller.clock // self.settings.freq + 1) * self.settings.freq
-            if self._measure():
+            if self._measure():  # a row of its own: a later measurement would overwrite values SB3 has not dumped yet
                 self.logger.record(STEP_KEY, self._measured_at)
                 for group, values in self.last.items():
                     for name, value in values.items():
                         self.logger.record(f"{PREFIX}/{group}/{name}", value)
+                self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
+                self.logger.dump(step=self.num_timesteps)
 
     def _on_training_end(self) -> None:
         self._track_masks()

@@ -136,6 +136,9 @@ def test_runs_log_diagnostics_and_leave_training_unchanged(tmp_path, agent, meth
     on = _train(agent, method, tmp_path / "on", *DIAG)
     off = _train(agent, method, tmp_path / "off", "diagnostics.freq=0")
     columns = _columns(tmp_path / "on")
+    with open(tmp_path / "on" / "progress.csv") as f:
+        steps = [float(row["diagnostics/gradient_step"]) for row in csv.DictReader(f) if row["diagnostics/gradient_step"]]
+    assert len(steps) >= 5 and steps == [20.0 * (i + 1) for i in range(len(steps))]  # every measurement has its row
     for group in groups:
         for metric in ("dormant_0", "dormant_0.025", "dormant_0.1", "grad_snr", "srank", "churn_initial", "churn_last"):
             assert f"diagnostics/{group}/{metric}" in columns
