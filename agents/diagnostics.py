@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -279,7 +280,8 @@ class DiagnosticsCallback(BaseCallback):
         self.controller = controller
         self.settings = settings
         self.seed = seed
-        self.last: dict[str, dict[str, float]] = {}
+        self.last: dict[str, Any] = {}  # group -> metric -> value; "error" if a measurement failed
+        self.error: str | None = None
         self._next = settings.freq
         self._measured_at = -1
         self._initial: dict[str, list[torch.Tensor] | None] = {}
@@ -306,7 +308,7 @@ class DiagnosticsCallback(BaseCallback):
         self._track_masks()
         if self.controller.clock >= self._next:
             self._next = (self.controller.clock // self.settings.freq + 1) * self.settings.freq
-            if self._measure():  # a row of its own: a later measurement would overwrite values SB3 has not dumped yet
+            if self._try_measure():  # a row of its own: a later measurement would overwrite values SB3 has not dumped yet
                 self.logger.record(STEP_KEY, self._measured_at)
                 for group, values in self.last.items():
                     for name, value in values.items():
@@ -317,10 +319,22 @@ class DiagnosticsCallback(BaseCallback):
     def _on_training_end(self) -> None:
         self._track_masks()
         if self.controller.clock > self._measured_at:
-            self._measure()
+            self._try_measure()
 
     def _on_step(self) -> bool:
         return True
+
+    def _try_measure(self) -> bool:
+        """:meth:`_measure`, but a failure is one warning and ends the diagnostics, not the training run."""
+        if self.error is not None:
+            return False
+        try:
+            return self._measure()
+        except Exception as error:  # any failure of a diagnostic must leave training alone
+            self.error = f"{type(error).__name__}: {error}".splitlines()[0]
+            self.last = {"error": f"at gradient step {self.controller.clock}: {self.error}"}
+            print(f"warning: diagnostics stopped {self.last['error']}", file=sys.stderr)
+            return False
 
     def _measure(self) -> bool:
         """Measure every group now; False when the buffer has no batch yet."""

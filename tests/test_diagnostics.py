@@ -102,9 +102,11 @@ def test_gradient_snr_matches_a_python_loop_over_samples_on_active_parameters():
     vmapped = per_sample_grads(net, params, loss, (x, y))
     for name in params:
         torch.testing.assert_close(vmapped[name], torch.stack(per_sample[name]))
-    snr, grad_norm = gradient_snr(net, params, loss, (x, y), masks)
-    assert snr == pytest.approx(expected_snr, rel=1e-5)
-    assert grad_norm == pytest.approx(expected_norm, rel=1e-5)
+    for chunk in (64, 5):  # one chunk, and several of unequal size: the same moments
+        snr, grad_norm = gradient_snr(net, params, loss, (x, y), masks, chunk_size=chunk)
+        assert snr == pytest.approx(expected_snr, rel=1e-5)
+        assert grad_norm == pytest.approx(expected_norm, rel=1e-5)
+    assert snr_from_grads(vmapped, masks) == pytest.approx(expected_snr, rel=1e-5)
     # the restriction matters: the inactive weights' (zero-std or not) ratios are left out
     assert snr != pytest.approx(snr_from_grads(vmapped, dict.fromkeys(params)), rel=1e-3)
 
@@ -179,6 +181,19 @@ def test_dense_run_has_no_churn_and_bad_settings_are_one_line_errors(tmp_path):
             plan_run(tiny_run("dqn", "dense", tmp_path / "bad", bad))
     with pytest.raises(Exception, match="frq"):
         tiny_run("dqn", "dense", tmp_path / "bad", "diagnostics.frq=3")
+
+
+def test_a_failing_measurement_warns_and_training_goes_on(tmp_path, monkeypatch, capsys):
+    import agents.diagnostics
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(agents.diagnostics, "measure_group", broken)
+    summary = _train("dqn", "set", tmp_path / "run", *DIAG)
+    assert summary["status"] == "completed"
+    assert summary["diagnostics"] == {"error": "at gradient step 20: RuntimeError: boom"}
+    assert "warning: diagnostics stopped at gradient step 20: RuntimeError: boom\n" in capsys.readouterr().err
 
 
 def test_td3_model_works_with_the_actor_critic_adapter():
