@@ -246,3 +246,67 @@ def test_population_engine_says_it_computes_no_diagnostics(tmp_path, monkeypatch
     assert note in capsys.readouterr().out
     population_run.run_jobs([tiny_run("dqn", "set", tmp_path / "off", "diagnostics.freq=0")], "cpu", False, 4)
     assert note not in capsys.readouterr().out
+
+
+def test_sac_and_dqn_per_sample_losses_average_to_sb3s_losses():
+    from stable_baselines3 import DQN, SAC
+    from torch.nn import functional as F
+
+    from agents.diagnostics import _actor_critic_losses, _dqn_losses
+
+    sac = SAC("MlpPolicy", "Pendulum-v1", learning_starts=50, policy_kwargs={"net_arch": [16, 16]}, seed=0)
+    sac.learn(80)
+    data = sac.replay_buffer.sample(16)
+    torch.manual_seed(1)
+    losses = _actor_critic_losses(sac, data)
+    torch.manual_seed(1)  # SB3's target, drawing the same next actions
+    with torch.no_grad():
+        ent_coef = torch.exp(sac.log_ent_coef.detach())
+        next_actions, next_log_prob = sac.actor.action_log_prob(data.next_observations)
+        next_q, _ = torch.min(torch.cat(sac.critic_target(data.next_observations, next_actions), dim=1), 1, True)
+        target = data.rewards + (1 - data.dones) * sac.gamma * (next_q - ent_coef * next_log_prob.reshape(-1, 1))
+        critic_loss = 0.5 * sum(F.mse_loss(q, target) for q in sac.critic(data.observations, data.actions))
+        inputs, loss = losses["critic"]
+        torch.testing.assert_close(loss(inputs).mean(), critic_loss)
+        torch.manual_seed(2)
+        noise = torch.randn_like(data.actions)
+        torch.manual_seed(2)  # SB3's actor loss with the same reparameterisation noise
+        actions_pi, log_prob = sac.actor.action_log_prob(data.observations)
+        min_q, _ = torch.min(torch.cat(sac.critic(data.observations, actions_pi), dim=1), dim=1, keepdim=True)
+        actor_loss = (ent_coef * log_prob.reshape(-1, 1) - min_q).mean()
+        _, loss = losses["actor"]
+        torch.testing.assert_close(loss((data.observations, noise)).mean(), actor_loss)
+
+    dqn = DQN("MlpPolicy", "CartPole-v1", learning_starts=50, policy_kwargs={"net_arch": [16]}, seed=0)
+    dqn.learn(80)
+    data = dqn.replay_buffer.sample(16)
+    with torch.no_grad():
+        next_q, _ = dqn.q_net_target(data.next_observations).max(dim=1)
+        target = data.rewards + (1 - data.dones) * dqn.gamma * next_q.reshape(-1, 1)
+        current = torch.gather(dqn.q_net(data.observations), dim=1, index=data.actions.long())
+        inputs, loss = _dqn_losses(dqn, data)["q"]
+        torch.testing.assert_close(loss(inputs).mean(), F.smooth_l1_loss(current, target))  # SB3's DQN: Huber
+        dqn.loss = "mse"  # agents.dqn.LossDQN's attribute
+        inputs, loss = _dqn_losses(dqn, data)["q"]
+        torch.testing.assert_close(loss(inputs).mean(), F.mse_loss(current, target))
+
+
+def test_ppo_per_sample_loss_averages_to_sb3s_loss():
+    from stable_baselines3 import PPO
+    from torch.nn import functional as F
+
+    from agents.diagnostics import _ppo_losses, _rollout_batch
+
+    ppo = PPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=1, policy_kwargs={"net_arch": [16]}, seed=0)
+    ppo.learn(64)
+    batch = _rollout_batch(ppo, 32, np.random.default_rng(0))
+    obs, actions, _, old_log_prob, advantages, returns = batch
+    with torch.no_grad():
+        values, log_prob, entropy = ppo.policy.evaluate_actions(obs, actions.long().flatten())
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        ratio = torch.exp(log_prob - old_log_prob)
+        clip = ppo.clip_range(ppo._current_progress_remaining)
+        policy_loss = -torch.min(advantages * ratio, advantages * torch.clamp(ratio, 1 - clip, 1 + clip)).mean()
+        expected = policy_loss - ppo.ent_coef * entropy.mean() + ppo.vf_coef * F.mse_loss(returns, values.flatten())
+        inputs, loss = _ppo_losses(ppo, batch)["actor"]
+        torch.testing.assert_close(loss(inputs).mean(), expected)
