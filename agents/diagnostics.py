@@ -273,9 +273,13 @@ class DiagnosticsCallback(BaseCallback):
     (a row of ``progress.csv`` and TensorBoard scalars per measurement; values other callbacks recorded since the
     last dump go into that row). ``last`` holds the latest values per group, measured once more
     at the end of training (for ``summary.json``). Mask churn compares with the masks at the training start (the
-    initial masks; after a resume, the resumed ones) and with the masks before the last topology update."""
+    initial masks; after a resume, the resumed ones) and with the masks before the last topology update. ``state``:
+    :meth:`state` saved with the checkpoint a run resumes from (its measurement points stay the uninterrupted run's).
+    """
 
-    def __init__(self, controller: TopologyController, settings: DiagnosticsSettings, seed: int) -> None:
+    def __init__(
+        self, controller: TopologyController, settings: DiagnosticsSettings, seed: int, state: dict | None = None
+    ) -> None:
         super().__init__()
         self.controller = controller
         self.settings = settings
@@ -288,6 +292,11 @@ class DiagnosticsCallback(BaseCallback):
         self._before: dict[str, list[torch.Tensor] | None] = {}  # the masks before the last topology update
         self._seen: dict[str, list[torch.Tensor] | None] = {}  # the masks at the last check
         self._updates = 0
+        self._resumed_next = None if state is None else int(state["next"])
+
+    def state(self) -> dict[str, int]:
+        """What a resumed run needs to measure where the uninterrupted one does (saved with a checkpoint)."""
+        return {"next": self._next}
 
     def _snapshot(self) -> dict[str, list[torch.Tensor] | None]:
         return {g.name: group_masks(g) for g in self.controller.groups}
@@ -297,7 +306,10 @@ class DiagnosticsCallback(BaseCallback):
         self._seen = self._initial
         self._before = {name: None for name in self._initial}
         self._updates = self.controller.num_updates
-        self._next = (self.controller.clock // self.settings.freq + 1) * self.settings.freq
+        if self._resumed_next is not None:  # a checkpoint is taken before this rollout's measurement
+            self._next = self._resumed_next
+        else:
+            self._next = (self.controller.clock // self.settings.freq + 1) * self.settings.freq
 
     def _track_masks(self) -> None:
         if self.controller.sparse and self.controller.num_updates != self._updates:

@@ -202,12 +202,19 @@ def _make_envs(plan: Plan) -> tuple[VecEnv, VecEnv]:
 
 
 def _save_checkpoint(
-    plan: Plan, model: Any, controller: Any, num_timesteps: int, eval_env: VecEnv | None = None, topology: Any = None
+    plan: Plan,
+    model: Any,
+    controller: Any,
+    num_timesteps: int,
+    eval_env: VecEnv | None = None,
+    topology: Any = None,
+    states: dict[str, Any] | None = None,
 ) -> None:
     """Check the run is sound (finite weights, sparsity invariants), then replace the checkpoint atomically."""
     controller.check_finite(f" at env step {num_timesteps}; the last good checkpoint is kept")
     controller.check_invariants()
     callbacks = {} if topology is None else {"topology_logged_updates": topology.logged_updates}
+    callbacks.update(states or {})  # other callbacks' small JSON states (diagnostics: its next measurement)
 
     def write_files(folder: Path) -> None:
         model.save(folder / "model.zip")
@@ -263,10 +270,11 @@ def _summary(plan: Plan, status: str, controller: Any, eval_cb: Any, wall: float
     }
 
 
-def _diagnostics_callbacks(cfg: DictConfig, controller: Any) -> list[DiagnosticsCallback]:
+def _diagnostics_callbacks(cfg: DictConfig, controller: Any, checkpoint: Path | None) -> list[DiagnosticsCallback]:
     """The diagnostics callback if ``diagnostics.freq`` > 0 (agents/diagnostics.py, design decision 28)."""
     settings = diagnostics_settings(cfg.diagnostics)
-    return [DiagnosticsCallback(controller, settings, cfg.seed)] if settings.enabled else []
+    state = callback_state(checkpoint).get("diagnostics") if checkpoint is not None else None
+    return [DiagnosticsCallback(controller, settings, cfg.seed, state)] if settings.enabled else []
 
 
 def train(plan: Plan) -> dict:
@@ -330,12 +338,14 @@ def train(plan: Plan) -> dict:
     if plan.agent.nominal_clock is not None:  # first: a checkpoint at a rollout start sees the synced clock
         callbacks.insert(0, ClockSyncCallback(controller, plan.agent.nominal_clock))
 
+    diagnostics = _diagnostics_callbacks(cfg, controller, plan.checkpoint)
+
     def save(t: int) -> None:
-        _save_checkpoint(plan, model, controller, t, eval_env, topology)
+        states = {"diagnostics": diagnostics[0].state()} if diagnostics else {}
+        _save_checkpoint(plan, model, controller, t, eval_env, topology, states)
 
     if cfg.checkpoint_freq > 0:
         callbacks.append(CheckpointCallback(cfg.checkpoint_freq, save))
-    diagnostics = _diagnostics_callbacks(cfg, controller)
     callbacks += diagnostics
     start = time.perf_counter()
     steps_before = model.num_timesteps

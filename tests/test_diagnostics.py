@@ -310,3 +310,33 @@ def test_ppo_per_sample_loss_averages_to_sb3s_loss():
         expected = policy_loss - ppo.ent_coef * entropy.mean() + ppo.vf_coef * F.mse_loss(returns, values.flatten())
         inputs, loss = _ppo_losses(ppo, batch)["actor"]
         torch.testing.assert_close(loss(inputs).mean(), expected)
+
+
+def _diagnostic_rows(run_dir: Path, group: str) -> list[tuple[str, ...]]:
+    keys = ["diagnostics/gradient_step", *(f"diagnostics/{group}/{m}" for m in ("grad_snr", "srank", "dormant_0.1"))]
+    with open(run_dir / "progress.csv") as f:
+        return [tuple(row[k] for k in keys) for row in csv.DictReader(f) if row["diagnostics/gradient_step"]]
+
+
+def test_a_resumed_run_measures_where_and_what_the_uninterrupted_run_does(tmp_path, monkeypatch):
+    import sparse_rl.run as run
+    from sparse_rl.run import plan_run, train
+
+    class Interrupted(Exception):
+        pass
+
+    extra = [*DIAG, "checkpoint_freq=140"]
+    train(plan_run(tiny_run("dqn", "set", tmp_path / "whole", *extra)))
+    save = run._save_checkpoint
+
+    def save_then_crash(*args, **kwargs):
+        save(*args, **kwargs)
+        raise Interrupted
+
+    monkeypatch.setattr(run, "_save_checkpoint", save_then_crash)
+    with pytest.raises(Interrupted):
+        train(plan_run(tiny_run("dqn", "set", tmp_path / "resumed", *extra)))
+    monkeypatch.setattr(run, "_save_checkpoint", save)
+    train(plan_run(tiny_run("dqn", "set", tmp_path / "resumed", *extra, "resume=true")))
+    whole = _diagnostic_rows(tmp_path / "whole", "q")
+    assert len(whole) >= 5 and _diagnostic_rows(tmp_path / "resumed", "q") == whole
