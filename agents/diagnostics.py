@@ -59,8 +59,8 @@ def diagnostics_settings(node: Any) -> DiagnosticsSettings:
         raise ValueError(f"diagnostics.freq must be >= 0 (0 turns diagnostics off), got {settings.freq}")
     if settings.batch_size < 2:
         raise ValueError(f"diagnostics.batch_size must be >= 2 (a std over samples), got {settings.batch_size}")
-    if not settings.taus or any(not 0.0 <= tau < 1.0 for tau in settings.taus):
-        raise ValueError(f"diagnostics.taus must be a non-empty list of values in [0, 1), got {list(settings.taus)}")
+    if not settings.taus or any(tau < 0.0 for tau in settings.taus):
+        raise ValueError(f"diagnostics.taus must be a non-empty list of values >= 0, got {list(settings.taus)}")
     if not 0.0 < settings.srank_delta < 1.0:
         raise ValueError(f"diagnostics.srank_delta must be in (0, 1), got {settings.srank_delta}")
     return settings
