@@ -229,18 +229,25 @@ def measure_group(
     loss: Loss,
     settings: DiagnosticsSettings,
 ) -> dict[str, float]:
-    """Dormant fractions and srank (activations of the batched loss forward), gradient SNR and norms of one group."""
+    """Dormant fractions and srank (activations of the batched loss forward), gradient SNR and norms of one group.
+
+    The hidden activations are the outputs of the group's activation modules that a layer of the group reads (an
+    output activation, e.g. TD3's tanh, is not a hidden layer); the last of them feeds srank.
+    """
     acts = activation_modules(group)
     outputs: dict[int, torch.Tensor] = {}
+    read: list[torch.Tensor] = []  # the layers' inputs (kept alive, so their storage is not reused meanwhile)
     handles = [m.register_forward_hook(lambda m, i, o, k=k: outputs.__setitem__(k, o)) for k, m in enumerate(acts)]
+    handles += [layer.module.register_forward_pre_hook(lambda m, i: read.append(i[0])) for layer in group.layers]
     try:
         with torch.no_grad():
             loss(inputs)
     finally:
         for handle in handles:
             handle.remove()
+    pointers = {x.data_ptr() for x in read if isinstance(x, torch.Tensor)}
     result: dict[str, float] = {}
-    layers = [outputs[k] for k in range(len(acts)) if k in outputs]
+    layers = [outputs[k] for k in range(len(acts)) if k in outputs and outputs[k].data_ptr() in pointers]
     units = sum(a.shape[1] for a in layers)
     for tau in settings.taus:
         dormant = sum(dormant_fraction(a, tau) * a.shape[1] for a in layers)

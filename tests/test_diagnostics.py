@@ -197,6 +197,24 @@ def test_a_failing_measurement_warns_and_training_goes_on(tmp_path, monkeypatch,
     assert "warning: diagnostics stopped at gradient step 20: RuntimeError: boom\n" in capsys.readouterr().err
 
 
+def test_group_metrics_count_hidden_units_only_and_the_last_hidden_layer_feeds_srank():
+    from agents.diagnostics import DiagnosticsSettings, measure_group
+    from sparse_rl.controller import SparseGroup
+
+    net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1), nn.Tanh())
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
+        net[0].bias.zero_()
+        net[2].weight.copy_(torch.eye(4, 3))  # unit 0 of the second layer copies the dead unit: dead too
+        net[2].bias.zero_()
+    x = torch.rand(8, 2) + 0.1  # positive inputs: unit 0 of the first layer is never active
+    settings = DiagnosticsSettings(freq=1, batch_size=8, taus=(0.0,), srank_delta=0.01)
+    values = measure_group(SparseGroup("q", net), (x,), lambda b: net(b[0]).reshape(-1), settings)
+    # hidden units: 3 + 4; dead: unit 0 of each layer and unit 3 of the second (no input): 3 of 7, tanh not counted
+    assert values["dormant_0"] == pytest.approx(3 / 7)
+    assert values["srank"] == 2  # the second hidden layer: two live units with independent inputs
+
+
 def test_td3_model_works_with_the_actor_critic_adapter():
     from stable_baselines3 import TD3
 
@@ -214,6 +232,7 @@ def test_td3_model_works_with_the_actor_critic_adapter():
     assert torch.equal(torch.get_rng_state(), state)
     for group in ("actor", "critic"):
         assert values[group]["grad_snr"] > 0 and 1 <= values[group]["srank"] <= 16
+    assert values["actor"]["srank"] > 1  # the last hidden layer's, not the 1-unit tanh output's
     # TD3's actor loss is -Q1(s, mu(s)): the mean of the per-sample losses is SB3's actor loss
     inputs, loss = losses["actor"]
     expected = -model.critic.q1_forward(inputs[0], model.actor(inputs[0])).mean()
