@@ -34,14 +34,14 @@ def find_maskable_layers(
     """
     layers: dict[str, nn.Module] = {}
     for name, sub in module.named_modules():
-        if not isinstance(sub, MASKABLE_TYPES):
-            continue
-        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in include):
-            continue
-        if any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude):
-            continue
-        layers[name] = sub
+        if isinstance(sub, MASKABLE_TYPES) and name_matches(name, include, exclude):
+            layers[name] = sub
     return layers
+
+
+def name_matches(name: str, include: Sequence[str] = ("*",), exclude: Sequence[str] = ()) -> bool:
+    """Whether the qualified module ``name`` matches an ``include`` glob and no ``exclude`` glob."""
+    return any(fnmatch.fnmatchcase(name, p) for p in include) and not any(fnmatch.fnmatchcase(name, p) for p in exclude)
 
 
 def attach_mask(layer: nn.Module) -> torch.Tensor:

@@ -177,6 +177,8 @@ def run_jobs(
             print(f"{job.cfg.run_dir}: SKIPPED: {error}", file=sys.stderr)
     groups = group_jobs(jobs, max_members)
     print(f"population engine: {sum(len(g) for g in groups)} runs in {len(groups)} population(s) on {device}")
+    if any(int(job.cfg.diagnostics.freq) > 0 for group in groups for job in group):
+        print("note: the population engine computes no training diagnostics (diagnostics.*): use sparse_rl.run")
     for members in groups:
         train_population(members, device, cuda_graph, env_workers_for(env_workers, device, len(members)))
     return jobs

@@ -37,6 +37,7 @@ from agents.callbacks import (
     TopologyLoggerCallback,
 )
 from agents.decay import kernel_decay
+from agents.diagnostics import DiagnosticsCallback, diagnostics_settings
 from agents.initialization import check_init_node
 from agents.matching import HIDDEN_KEYS, equal_parameter_net_arch
 from agents.replay_io import REPLAY_FILE, load_replay_buffer, save_replay_buffer
@@ -146,6 +147,10 @@ def plan_run(cfg: DictConfig, check_run_dir: bool = True) -> Plan:
     if cfg.agent.lr_schedule not in LR_SCHEDULES:
         raise UsageError(f"unknown agent.lr_schedule '{cfg.agent.lr_schedule}'; valid choices: {', '.join(LR_SCHEDULES)}")
     _check_fidelity_keys(cfg, agent.name)
+    try:
+        diagnostics_settings(cfg.diagnostics)
+    except ValueError as error:
+        raise UsageError(error.args[0]) from error
     run_dir = Path(cfg.run_dir)
     warnings = [dense_note] if dense_note else []
     warnings += budget_warnings(cfg)
@@ -219,12 +224,19 @@ def _make_envs(plan: Plan) -> tuple[VecEnv, VecEnv]:
 
 
 def _save_checkpoint(
-    plan: Plan, model: Any, controller: Any, num_timesteps: int, eval_env: VecEnv | None = None, topology: Any = None
+    plan: Plan,
+    model: Any,
+    controller: Any,
+    num_timesteps: int,
+    eval_env: VecEnv | None = None,
+    topology: Any = None,
+    states: dict[str, Any] | None = None,
 ) -> None:
     """Check the run is sound (finite weights, sparsity invariants), then replace the checkpoint atomically."""
     controller.check_finite(f" at env step {num_timesteps}; the last good checkpoint is kept")
     controller.check_invariants()
     callbacks = {} if topology is None else {"topology_logged_updates": topology.logged_updates}
+    callbacks.update(states or {})  # other callbacks' small JSON states (diagnostics: its next measurement)
 
     def write_files(folder: Path) -> None:
         model.save(folder / "model.zip")
@@ -310,6 +322,13 @@ def build_plan_model(plan: Plan, env: VecEnv, device: str | None = None, **sb3_o
     return model, extra
 
 
+def _diagnostics_callbacks(cfg: DictConfig, controller: Any, checkpoint: Path | None) -> list[DiagnosticsCallback]:
+    """The diagnostics callback if ``diagnostics.freq`` > 0 (agents/diagnostics.py, design decision 28)."""
+    settings = diagnostics_settings(cfg.diagnostics)
+    state = callback_state(checkpoint).get("diagnostics") if checkpoint is not None else None
+    return [DiagnosticsCallback(controller, settings, cfg.seed, state)] if settings.enabled else []
+
+
 def train(plan: Plan) -> dict:
     """Build everything from a validated plan, train, and write the run directory. Returns the summary."""
     cfg = plan.cfg
@@ -355,11 +374,15 @@ def train(plan: Plan) -> dict:
     if plan.agent.nominal_clock is not None:  # first: a checkpoint at a rollout start sees the synced clock
         callbacks.insert(0, ClockSyncCallback(controller, plan.agent.nominal_clock))
 
+    diagnostics = _diagnostics_callbacks(cfg, controller, plan.checkpoint)
+
     def save(t: int) -> None:
-        _save_checkpoint(plan, model, controller, t, eval_env, topology)
+        states = {"diagnostics": diagnostics[0].state()} if diagnostics else {}
+        _save_checkpoint(plan, model, controller, t, eval_env, topology, states)
 
     if cfg.checkpoint_freq > 0:
         callbacks.append(CheckpointCallback(cfg.checkpoint_freq, save))
+    callbacks += diagnostics
     start = time.perf_counter()
     steps_before = model.num_timesteps
     atomic_write_json(plan.run_dir / "summary.json", _summary(plan, "running", controller, None, 0.0, steps_before, **extra))
@@ -382,6 +405,7 @@ def train(plan: Plan) -> dict:
     wall = time.perf_counter() - start
     save(model.num_timesteps)
     model.save(plan.run_dir / "model.zip")
+    extra.update({"diagnostics": diagnostics[0].last} if diagnostics else {})  # per group, the values at the end
     summary = _summary(plan, "completed", controller, eval_cb, wall, model.num_timesteps - steps_before, **extra)
     summary["num_timesteps"] = model.num_timesteps
     problem = controller.final_allocation_problem()

@@ -113,6 +113,14 @@ class SparsitySchema:
 
 
 @dataclass
+class DiagnosticsSchema:
+    freq: int = MISSING  # gradient steps between measurements; 0 turns diagnostics off
+    batch_size: int = MISSING  # samples per measurement
+    taus: list[float] = MISSING  # dormant-neuron thresholds (ReDo)
+    srank_delta: float = MISSING  # effective-rank threshold (Kumar et al. 2021)
+
+
+@dataclass
 class RunSchema:
     agent: AgentSchema = field(default_factory=AgentSchema)
     env: EnvSchema = field(default_factory=EnvSchema)
@@ -129,6 +137,7 @@ class RunSchema:
     progress_bar: bool = MISSING
     nan_check_freq: int = MISSING  # env steps between checks that every weight is finite
     tensorboard: bool = MISSING
+    diagnostics: DiagnosticsSchema = field(default_factory=DiagnosticsSchema)
 
 
 def core_sparsity_config(sparsity: Any) -> SparsityConfig:

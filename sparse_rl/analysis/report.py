@@ -11,6 +11,7 @@ import pandas as pd
 from sparse_rl.analysis import aggregate as agg
 from sparse_rl.analysis import plots
 from sparse_rl.analysis.curves import curve_frame
+from sparse_rl.analysis.diagnostics import diagnostics_frame, plot_diagnostics
 from sparse_rl.analysis.frame import ordered_labels, scores_frame
 from sparse_rl.analysis.loading import PROGRESS_MIN_RUNS, load_runs
 from sparse_rl.analysis.normalize import REFERENCE_METHOD, normalize
@@ -80,6 +81,7 @@ def results_markdown(result: AnalysisResult, reps: int, seed: int) -> str:
 def _plot(result: AnalysisResult, reps: int, seed: int) -> list[Path]:
     out, unit = result.out, score_unit(result.normalization)
     written = plots.plot_learning_curves(curve_frame(result.runs), out, reps, seed)
+    written += plot_diagnostics(diagnostics_frame(result.runs), out, reps, seed)
     if result.scores.empty:
         return written
     written += plots.plot_score_vs_params(result.per_env, out, unit, result.scores)

@@ -1,0 +1,377 @@
+"""Training diagnostics of SB3 agents (issue 14): per group, every ``diagnostics.freq`` gradient steps, on a batch
+drawn from the replay or rollout buffer with the run's RNG states untouched.
+
+The metrics are :mod:`sparse_rl.diagnostics`'s; here are the per-sample losses of each group, written to match
+SB3's updates (2.9): SAC critic ``0.5 * sum_k (Q_k(s, a) - y)^2`` with SB3's soft target, SAC actor
+``alpha * log pi(a|s) - min_k Q_k(s, a)``; TD3 (``actor_target`` present) critic ``sum_k (Q_k - y)^2`` with the
+smoothed target, actor ``-Q_1(s, mu(s))``; DQN the configured TD loss (``mse``/``huber``) per sample; PPO the
+per-sample ``clipped surrogate + ent_coef * entropy loss + vf_coef * value loss`` (each group's parameters get only
+their own terms' gradient).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.buffers import ReplayBuffer, RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from torch import nn
+from torch.nn import functional as F
+
+from sparse_rl.controller import SparseGroup, TopologyController
+from sparse_rl.diagnostics import dormant_fraction, gradient_snr, mask_churn, norm, srank
+from sparse_rl.masks import MASK_BUFFER, name_matches
+
+PREFIX = "diagnostics"
+STEP_KEY = f"{PREFIX}/gradient_step"  # the topology clock at the measurement (the x axis of the analysis plots)
+Loss = Callable[[tuple[torch.Tensor, ...]], torch.Tensor]  # a batch (tuple of tensors, dim 0 = samples) -> (batch,)
+
+
+@dataclass(frozen=True)
+class DiagnosticsSettings:
+    """The ``diagnostics`` config node (``configs/config.yaml``)."""
+
+    freq: int  # gradient steps between two measurements; 0 turns diagnostics off
+    batch_size: int
+    taus: tuple[float, ...]
+    srank_delta: float
+
+    @property
+    def enabled(self) -> bool:
+        return self.freq > 0
+
+
+def diagnostics_settings(node: Any) -> DiagnosticsSettings:
+    """Validated settings from the ``diagnostics`` config node; a ``ValueError`` names the bad key."""
+    settings = DiagnosticsSettings(
+        int(node.freq), int(node.batch_size), tuple(float(t) for t in node.taus), float(node.srank_delta)
+    )
+    if settings.freq < 0:
+        raise ValueError(f"diagnostics.freq must be >= 0 (0 turns diagnostics off), got {settings.freq}")
+    if settings.batch_size < 2:
+        raise ValueError(f"diagnostics.batch_size must be >= 2 (a std over samples), got {settings.batch_size}")
+    if not settings.taus or any(tau < 0.0 for tau in settings.taus):
+        raise ValueError(f"diagnostics.taus must be a non-empty list of values >= 0, got {list(settings.taus)}")
+    if not 0.0 < settings.srank_delta < 1.0:
+        raise ValueError(f"diagnostics.srank_delta must be in (0, 1), got {settings.srank_delta}")
+    return settings
+
+
+def metric_keys(group: str, taus: tuple[float, ...]) -> list[str]:
+    """The logger keys of one group, ``diagnostics/<group>/<metric>``."""
+    names = [f"dormant_{tau:g}" for tau in taus]
+    names += ["grad_snr", "srank", "churn_initial", "churn_last", "weight_norm", "grad_norm"]
+    return [f"{PREFIX}/{group}/{name}" for name in names]
+
+
+# ---------------------------------------------------------------------------------------------- batches
+def _replay_batch(model: BaseAlgorithm, batch_size: int) -> Any:
+    """A replay minibatch (SB3's own ``sample``; the caller isolates the RNG it draws from)."""
+    buffer: ReplayBuffer = model.replay_buffer
+    if buffer.size() < 2:
+        return None
+    return buffer.sample(min(batch_size, buffer.size()), env=model._vec_normalize_env)
+
+
+def _rollout_batch(model: BaseAlgorithm, batch_size: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...] | None:
+    """Samples of the full rollout buffer (at a rollout's end: returns and advantages computed), not reordering it."""
+    buffer: RolloutBuffer = model.rollout_buffer
+    if not buffer.full or isinstance(buffer.observations, dict):
+        return None
+    flat = buffer.generator_ready  # already flattened by PPO's get(): (steps*envs, ...); else (steps, envs, ...)
+    arrays = [buffer.observations, buffer.actions, buffer.values, buffer.log_probs, buffer.advantages, buffer.returns]
+    arrays = [a if flat else buffer.swap_and_flatten(a) for a in arrays]
+    n = arrays[0].shape[0]
+    index = rng.choice(n, size=min(batch_size, n), replace=False)
+    obs, actions, values, log_probs, advantages, returns = (buffer.to_torch(a[index]) for a in arrays)
+    return obs, actions, values.flatten(), log_probs.flatten(), advantages.flatten(), returns.flatten()
+
+
+# ---------------------------------------------------------------------------------------------- per-sample losses
+def _ent_coef(model: BaseAlgorithm) -> torch.Tensor:
+    log_ent_coef = getattr(model, "log_ent_coef", None)
+    if getattr(model, "ent_coef_optimizer", None) is not None and log_ent_coef is not None:
+        return torch.exp(log_ent_coef.detach())
+    return model.ent_coef_tensor
+
+
+def _actor_critic_losses(model: BaseAlgorithm, data: Any) -> dict[str, tuple[tuple[torch.Tensor, ...], Loss]]:
+    """SAC's (or TD3's, when the model has ``actor_target``) critic and actor per-sample losses and their inputs."""
+    discounts = data.discounts if getattr(data, "discounts", None) is not None else model.gamma
+    td3 = getattr(model, "actor_target", None) is not None
+    with torch.no_grad():
+        if td3:
+            noise = data.actions.clone().normal_(0, model.target_policy_noise)
+            noise = noise.clamp(-model.target_noise_clip, model.target_noise_clip)
+            next_actions = (model.actor_target(data.next_observations) + noise).clamp(-1, 1)
+            next_q, _ = torch.min(torch.cat(model.critic_target(data.next_observations, next_actions), dim=1), 1, True)
+        else:
+            ent_coef = _ent_coef(model)
+            next_actions, next_log_prob = model.actor.action_log_prob(data.next_observations)
+            next_q, _ = torch.min(torch.cat(model.critic_target(data.next_observations, next_actions), dim=1), 1, True)
+            next_q = next_q - ent_coef * next_log_prob.reshape(-1, 1)
+        target = data.rewards + (1 - data.dones) * discounts * next_q
+    scale = 1.0 if td3 else 0.5  # SB3: TD3 sum(mse), SAC 0.5 * sum(mse)
+
+    def critic_loss(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        obs, actions, y = batch
+        return scale * sum((q - y).pow(2).reshape(-1) for q in model.critic(obs, actions))
+
+    def actor_loss(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        obs, noise = batch
+        if td3:
+            return -model.critic.q1_forward(obs, model.actor(obs)).reshape(-1)
+        # SB3's action_log_prob with the reparameterisation noise drawn outside vmap (a draw inside it is refused)
+        mean, log_std, _ = model.actor.get_action_dist_params(obs)
+        dist = copy.copy(model.actor.action_dist).proba_distribution(mean, log_std)  # SB3's squashed Gaussian
+        gaussian = mean + log_std.exp() * noise
+        actions_pi = torch.tanh(gaussian)
+        log_prob = dist.log_prob(actions_pi, gaussian)
+        min_q, _ = torch.min(torch.cat(model.critic(obs, actions_pi), dim=1), dim=1, keepdim=True)
+        return (ent_coef * log_prob.reshape(-1, 1) - min_q).reshape(-1)
+
+    return {
+        "critic": ((data.observations, data.actions, target), critic_loss),
+        "actor": ((data.observations, torch.randn_like(data.actions)), actor_loss),
+    }
+
+
+def _dqn_losses(model: BaseAlgorithm, data: Any) -> dict[str, tuple[tuple[torch.Tensor, ...], Loss]]:
+    discounts = data.discounts if getattr(data, "discounts", None) is not None else model.gamma
+    with torch.no_grad():
+        next_q, _ = model.q_net_target(data.next_observations).max(dim=1)
+        target = data.rewards + (1 - data.dones) * discounts * next_q.reshape(-1, 1)
+    huber = getattr(model, "loss", "huber") == "huber"  # SB3's DQN: Huber; agents.dqn.LossDQN: agent.loss
+
+    def q_loss(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        obs, actions, y = batch
+        q = torch.gather(model.q_net(obs), dim=1, index=actions.long())
+        return (F.smooth_l1_loss(q, y, reduction="none") if huber else (q - y).pow(2)).reshape(-1)
+
+    return {"q": ((data.observations, data.actions, target), q_loss)}
+
+
+def _ppo_losses(model: BaseAlgorithm, batch: tuple[torch.Tensor, ...]) -> dict[str, tuple[tuple[torch.Tensor, ...], Loss]]:
+    obs, actions, old_values, old_log_prob, advantages, returns = batch
+    if isinstance(model.action_space, spaces.Discrete):
+        actions = actions.long().flatten()
+    if model.normalize_advantage and len(advantages) > 1:  # over the batch, as SB3 does over a minibatch
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    clip = model.clip_range(model._current_progress_remaining)
+    clip_vf = model.clip_range_vf(model._current_progress_remaining) if model.clip_range_vf is not None else None
+
+    def loss(sample: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        obs, actions, old_values, old_log_prob, advantages, returns = sample
+        values, log_prob, entropy = model.policy.evaluate_actions(obs, actions)
+        values = values.flatten()
+        ratio = torch.exp(log_prob - old_log_prob)
+        policy_loss = -torch.min(advantages * ratio, advantages * torch.clamp(ratio, 1 - clip, 1 + clip))
+        if clip_vf is not None:
+            values = old_values + torch.clamp(values - old_values, -clip_vf, clip_vf)
+        entropy_loss = log_prob if entropy is None else -entropy
+        return policy_loss + model.ent_coef * entropy_loss + model.vf_coef * (returns - values).pow(2)
+
+    inputs = (obs, actions, old_values, old_log_prob, advantages, returns)
+    return {"actor": (inputs, loss), "critic": (inputs, loss)}
+
+
+def group_losses(model: BaseAlgorithm, batch_size: int, rng: np.random.Generator) -> dict[str, tuple[Any, Loss]] | None:
+    """Per group: (batch inputs, per-sample loss); ``None`` when the buffer cannot give a batch yet."""
+    if getattr(model, "rollout_buffer", None) is not None and getattr(model, "replay_buffer", None) is None:
+        batch = _rollout_batch(model, batch_size, rng)
+        return None if batch is None else _ppo_losses(model, batch)
+    data = _replay_batch(model, batch_size)
+    if data is None:
+        return None
+    return _dqn_losses(model, data) if hasattr(model, "q_net") else _actor_critic_losses(model, data)
+
+
+# ---------------------------------------------------------------------------------------------- measurement
+@contextlib.contextmanager
+def isolated_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed numpy's and torch's global generators with ``seed`` and restore their states afterwards: a measurement
+    draws nothing the run would have drawn (same training with diagnostics on or off)."""
+    np_state = np.random.get_state()
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    validate = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)  # argument checks branch on data: not vmap-able
+    try:
+        with torch.random.fork_rng(devices=devices, device_type=device.type):
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+            yield
+    finally:
+        np.random.set_state(np_state)
+        torch.distributions.Distribution.set_default_validate_args(validate)
+
+
+def activation_modules(group: SparseGroup) -> list[nn.Module]:
+    """The group's activation modules (``torch.nn`` activations under its include globs), in forward order."""
+    return [
+        module
+        for name, module in group.module.named_modules()
+        if type(module).__module__ == "torch.nn.modules.activation" and name_matches(name, group.include, group.exclude)
+    ]
+
+
+def measure_group(
+    group: SparseGroup,
+    inputs: tuple[torch.Tensor, ...],
+    loss: Loss,
+    settings: DiagnosticsSettings,
+) -> dict[str, float]:
+    """Dormant fractions and srank (activations of the batched loss forward), gradient SNR and norms of one group.
+
+    The hidden activations are the outputs of the group's activation modules that a layer of the group reads (an
+    output activation, e.g. TD3's tanh, is not a hidden layer); the last of them feeds srank.
+    """
+    acts = activation_modules(group)
+    outputs: dict[int, torch.Tensor] = {}
+    read: list[torch.Tensor] = []  # the layers' inputs (kept alive, so their storage is not reused meanwhile)
+    handles = [m.register_forward_hook(lambda m, i, o, k=k: outputs.__setitem__(k, o)) for k, m in enumerate(acts)]
+    handles += [layer.module.register_forward_pre_hook(lambda m, i: read.append(i[0])) for layer in group.layers]
+    try:
+        with torch.no_grad():
+            loss(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    pointers = {x.data_ptr() for x in read if isinstance(x, torch.Tensor)}
+    result: dict[str, float] = {}
+    layers = [outputs[k] for k in range(len(acts)) if k in outputs and outputs[k].data_ptr() in pointers]
+    units = sum(a.shape[1] for a in layers)
+    for tau in settings.taus:
+        dormant = sum(dormant_fraction(a, tau) * a.shape[1] for a in layers)
+        result[f"dormant_{tau:g}"] = dormant / units if units else float("nan")
+    result["srank"] = float(srank(layers[-1], settings.srank_delta)) if layers else float("nan")
+    params, masks = {}, {}
+    for layer in group.layers:
+        for kind in ("weight", "bias"):
+            value = getattr(layer.module, kind, None)
+            if isinstance(value, torch.Tensor):
+                key = f"{layer.name}.{kind}"
+                params[key] = value
+                masks[key] = getattr(layer.module, MASK_BUFFER, None) if kind == "weight" else None
+    snr, grad_norm = gradient_snr(group.module, params, loss, inputs, masks)
+    result["grad_snr"] = snr
+    result["grad_norm"] = grad_norm
+    result["weight_norm"] = norm(list(params.values()))
+    return result
+
+
+def group_masks(group: SparseGroup) -> list[torch.Tensor] | None:
+    """Copies of the group's masks (``None`` for a dense model, which carries none)."""
+    masks = [getattr(layer.module, MASK_BUFFER, None) for layer in group.layers]
+    return None if any(m is None for m in masks) else [m.detach().clone() for m in masks]
+
+
+class DiagnosticsCallback(BaseCallback):
+    """Every ``settings.freq`` gradient steps of the topology clock, at a rollout's end (off-policy: before the next
+    ``train``; PPO: the fresh rollout, returns computed), records :func:`metric_keys` through SB3's logger and dumps it
+    (a row of ``progress.csv`` and TensorBoard scalars per measurement; values other callbacks recorded since the
+    last dump go into that row). ``last`` holds the latest values per group, measured once more
+    at the end of training (for ``summary.json``). Mask churn compares with the masks at the training start (the
+    initial masks; after a resume, the resumed ones) and with the masks before the last topology update. ``state``:
+    :meth:`state` saved with the checkpoint a run resumes from (its measurement points stay the uninterrupted run's).
+    """
+
+    def __init__(
+        self, controller: TopologyController, settings: DiagnosticsSettings, seed: int, state: dict | None = None
+    ) -> None:
+        super().__init__()
+        self.controller = controller
+        self.settings = settings
+        self.seed = seed
+        self.last: dict[str, Any] = {}  # group -> metric -> value; "error" if a measurement failed
+        self.error: str | None = None
+        self._next = settings.freq
+        self._measured_at = -1
+        self._initial: dict[str, list[torch.Tensor] | None] = {}
+        self._before: dict[str, list[torch.Tensor] | None] = {}  # the masks before the last topology update
+        self._seen: dict[str, list[torch.Tensor] | None] = {}  # the masks at the last check
+        self._updates = 0
+        self._resumed_next = None if state is None else int(state["next"])
+
+    def state(self) -> dict[str, int]:
+        """What a resumed run needs to measure where the uninterrupted one does (saved with a checkpoint)."""
+        return {"next": self._next}
+
+    def _snapshot(self) -> dict[str, list[torch.Tensor] | None]:
+        return {g.name: group_masks(g) for g in self.controller.groups}
+
+    def _on_training_start(self) -> None:
+        self._initial = self._snapshot()
+        self._seen = self._initial
+        self._before = {name: None for name in self._initial}
+        self._updates = self.controller.num_updates
+        if self._resumed_next is not None:  # a checkpoint is taken before this rollout's measurement
+            self._next = self._resumed_next
+        else:
+            self._next = (self.controller.clock // self.settings.freq + 1) * self.settings.freq
+
+    def _track_masks(self) -> None:
+        if self.controller.sparse and self.controller.num_updates != self._updates:
+            self._updates = self.controller.num_updates
+            self._before, self._seen = self._seen, self._snapshot()
+
+    def _on_rollout_end(self) -> None:
+        self._track_masks()
+        if self.controller.clock >= self._next:
+            self._next = (self.controller.clock // self.settings.freq + 1) * self.settings.freq
+            if self._try_measure():  # a row of its own: a later measurement would overwrite values SB3 has not dumped yet
+                self.logger.record(STEP_KEY, self._measured_at)
+                for group, values in self.last.items():
+                    for name, value in values.items():
+                        self.logger.record(f"{PREFIX}/{group}/{name}", value)
+                self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
+                self.logger.dump(step=self.num_timesteps)
+
+    def _on_training_end(self) -> None:
+        self._track_masks()
+        if self.controller.clock > self._measured_at:
+            self._try_measure()
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _try_measure(self) -> bool:
+        """:meth:`_measure`, but a failure is one warning and ends the diagnostics, not the training run."""
+        if self.error is not None:
+            return False
+        try:
+            return self._measure()
+        except Exception as error:  # any failure of a diagnostic must leave training alone
+            self.error = f"{type(error).__name__}: {error}".splitlines()[0]
+            self.last = {"error": f"at gradient step {self.controller.clock}: {self.error}"}
+            print(f"warning: diagnostics stopped {self.last['error']}", file=sys.stderr)
+            return False
+
+    def _measure(self) -> bool:
+        """Measure every group now; False when the buffer has no batch yet."""
+        rng = np.random.default_rng([self.seed, self.controller.clock])  # the same batch after a resume
+        with isolated_rng(int(rng.integers(2**31 - 1)), self.model.device):
+            losses = group_losses(self.model, self.settings.batch_size, rng)
+            if losses is None:
+                return False
+            for group in self.controller.groups:
+                inputs, loss = losses[group.name]
+                values = measure_group(group, inputs, loss, self.settings)
+                current = group_masks(group)
+                if current is not None:
+                    values["churn_initial"], values["churn_last"] = mask_churn(
+                        self._initial[group.name], current, self._before.get(group.name)
+                    )
+                else:
+                    values["churn_initial"], values["churn_last"] = 0.0, 0.0
+                self.last[group.name] = values
+        self._measured_at = self.controller.clock
+        return True
