@@ -46,6 +46,7 @@ from sparse_rl.atomic import atomic_write, atomic_write_text
 from sparse_rl.checkpoint import latest_checkpoint
 from sparse_rl.cli import CONFIGS_DIR
 from sparse_rl.run import EVAL_SEED_OFFSET, Plan, UsageError, build_plan_model, plan_run
+from sparse_rl.run_config import RunSchema
 
 DEFAULTS_FILE = CONFIGS_DIR / "robustness.yaml"
 # key, how to write its value, what it does (its default comes from configs/robustness.yaml)
@@ -210,9 +211,19 @@ class SavedRun:
         return int(self.plan.cfg.seed) + EVAL_SEED_OFFSET
 
 
+def on_current_schema(saved: Any) -> Any:
+    """A run's saved config on the current schema: keys added after the run was trained take the values that
+    reproduce it (no ``sparsity.structure``; diagnostics off, with the configured settings)."""
+    layers = [OmegaConf.structured(RunSchema)]
+    if "diagnostics" not in saved:
+        configured = OmegaConf.load(CONFIGS_DIR / "config.yaml").diagnostics
+        layers.append({"diagnostics": OmegaConf.merge(configured, {"freq": 0})})
+    return OmegaConf.merge(*layers, saved)
+
+
 def load_saved_run(record: RunRecord, device: str, episodes: int | None) -> SavedRun:
     """Rebuild ``record``'s model from ``.hydra/config.yaml`` and load its ``model.zip`` policy (read only)."""
-    cfg = OmegaConf.load(record.path / HYDRA_CONFIG)
+    cfg = on_current_schema(OmegaConf.load(record.path / HYDRA_CONFIG))
     plan = plan_run(cfg, check_run_dir=False)
     checkpoint = latest_checkpoint(record.path)
     if cfg.agent.normalize and (checkpoint is None or not (checkpoint / VEC_NORMALIZE_FILE).is_file()):

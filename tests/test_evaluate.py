@@ -11,11 +11,13 @@ import gymnasium as gym
 import numpy as np
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 from stable_baselines3 import DQN
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from envs import make_vec_env
 from envs.noise import ObservationNoise
+from sparse_rl.analysis.discovery import HYDRA_CONFIG
 from sparse_rl.analysis.loading import load_run
 from sparse_rl.evaluate import evaluate_run, load_saved_run, main, parse_args
 from sparse_rl.run import EVAL_SEED_OFFSET, plan_run, train
@@ -235,3 +237,15 @@ def test_a_run_whose_model_does_not_load_is_left_out_with_its_reason(runs_dir: P
     err = capsys.readouterr().err
     assert "left out:" in err and "SavedModelError" in err and "cannot read policy.pth" in err
     assert "cannot read policy.pth" in (tmp_path / "out" / "table.md").read_text()
+
+
+def test_a_run_saved_before_newer_config_keys_still_evaluates(tmp_path):
+    """A run trained before ``sparsity.structure`` and ``diagnostics`` existed has neither in its saved config."""
+    run_dir = tmp_path / "runs" / "rigl" / "seed_0"
+    train(plan_run(tiny_run("dqn", "rigl", run_dir)))
+    saved = OmegaConf.load(run_dir / HYDRA_CONFIG)
+    del saved.sparsity["structure"]
+    del saved["diagnostics"]
+    OmegaConf.save(saved, run_dir / HYDRA_CONFIG)
+    returns = evaluate(tmp_path / "runs", tmp_path / "out", "noise=0,1")
+    assert sorted(returns["sigma"].unique()) == [0, 1]
