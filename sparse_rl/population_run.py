@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sparse_rl.lock import cleanup_stale_staging, hold_run_dir
 from sparse_rl.run import Plan, UsageError, plan_run
+from sparse_rl.summary import record_failure
 
 POPULATIONS_DIR = ".populations"  # under run_root: one folder per population (its checkpoint)
 MEMBERS_PER_ENV_WORKER = 8  # env_workers=auto on CUDA: 8 beat 4 at K = 64 (docs/performance.md)
@@ -117,10 +118,8 @@ def train_population(members: Sequence[Job], device: str, cuda_graph: bool, env_
                 cleanup_stale_staging(member.plan.run_dir)
             _train_held(members, plans, device, cuda_graph, env_workers, label)
     except Exception as error:  # the whole population failed: every member says so
-        from sparse_rl.run import _record_failure
-
         for member in members:
-            _record_failure(member.plan, error)
+            record_failure(member.plan, error)
             print(f"{member.plan.run_dir}: FAILED ({error!r}); recorded in summary.json", file=sys.stderr)
 
 

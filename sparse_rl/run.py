@@ -10,8 +10,6 @@ One process writes a run directory at a time (:mod:`sparse_rl.lock`); a second o
 
 from __future__ import annotations
 
-import importlib.metadata
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
 import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
@@ -61,12 +58,11 @@ from sparse_rl.lock import LOCK_FILE, LocksUnsupported, RunDirLocked, cleanup_st
 from sparse_rl.preflight import budget_warnings
 from sparse_rl.run_config import EQUAL_PARAMETER_METHOD, RunSchema, core_sparsity_config, normalize_dense
 from sparse_rl.run_dir import RunDirProblem, clear_run_outputs, resume_point
-from sparse_rl.scores import last_fraction_mean
+from sparse_rl.summary import record_failure, run_summary
 
 ConfigStore.instance().store(name="run_schema", node=RunSchema)
 
 EVAL_SEED_OFFSET = 10_000  # evaluation env seeds differ from training env seeds
-VERSIONED_PACKAGES = ("torch", "stable-baselines3", "gymnasium", "numpy", "hydra-core", "sparse_rl")
 
 
 class UsageError(Exception):
@@ -248,51 +244,6 @@ def _save_checkpoint(
     write_checkpoint(plan.run_dir, write_files, num_timesteps)
 
 
-def _score(eval_results: list) -> float | None:
-    """The paper's per-run score (:func:`sparse_rl.scores.last_fraction_mean`), episodes averaged first."""
-    if len(eval_results) == 0:
-        return None
-    return last_fraction_mean(np.asarray(eval_results, dtype=float).mean(axis=1))
-
-
-def _versions() -> dict[str, str]:
-    versions = {}
-    for package in VERSIONED_PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = "unknown"
-    return versions
-
-
-def _summary(plan: Plan, status: str, controller: Any, eval_cb: Any, wall: float, steps: int, **extra: Any) -> dict:
-    """``sparsity`` is the requested sparsity; ``sparsity_reached`` the one the networks hold (kernels only)."""
-    stats = controller.stats()
-    return {
-        "status": status,
-        "agent": plan.agent.name,
-        "env": plan.env.name,
-        "method": plan.method,
-        "wide": bool(plan.cfg.sparsity.wide),
-        "structure": plan.sparsity.structure,
-        "sparsity": plan.sparsity.sparsity,
-        "group_sparsity": plan.sparsity.group_sparsity,
-        "sparsity_reached": stats["sparsity"],
-        "seed": int(plan.cfg.seed),
-        "score": _score(eval_cb.evaluations_results) if eval_cb is not None else None,
-        "score_protocol": "mean of the last 10% of evaluations (deterministic policy)",
-        "num_timesteps": steps,
-        "params": {k: stats[k] for k in ("active", "total", "active_with_bias", "total_with_bias")},
-        "param_convention": "active = non-masked kernel weights; *_with_bias adds all biases (the paper's logging)",
-        "groups": stats["groups"],
-        "topology": {"num_updates": stats["num_updates"], "gradient_steps": controller.clock},
-        "wall_time_s": wall,
-        "env_steps_per_s": steps / wall if wall > 0 else None,
-        "versions": _versions(),
-        **extra,
-    }
-
-
 def build_plan_model(plan: Plan, env: VecEnv, device: str | None = None, **sb3_overrides: Any) -> tuple[Any, dict]:
     """The plan's fresh SB3 model on ``env`` (equal-parameter widths solved), and the summary's extra keys.
 
@@ -385,7 +336,8 @@ def train(plan: Plan) -> dict:
     callbacks += diagnostics
     start = time.perf_counter()
     steps_before = model.num_timesteps
-    atomic_write_json(plan.run_dir / "summary.json", _summary(plan, "running", controller, None, 0.0, steps_before, **extra))
+    running = run_summary(plan, "running", controller, None, 0.0, steps_before, **extra)
+    atomic_write_json(plan.run_dir / "summary.json", running)
     try:
         model.learn(
             total_timesteps=cfg.agent.total_timesteps - steps_before,
@@ -399,14 +351,14 @@ def train(plan: Plan) -> dict:
             controller.check_finite(f" at env step {model.num_timesteps} (gradient step {controller.clock})")
         except NonFiniteError as non_finite:
             error = NonFiniteError(f"{non_finite}; the last good checkpoint is kept; first seen as {error!r}")
-        summary = _summary(plan, "failed", controller, eval_cb, wall, model.num_timesteps, error=str(error), **extra)
+        summary = run_summary(plan, "failed", controller, eval_cb, wall, model.num_timesteps, error=str(error), **extra)
         atomic_write_json(plan.run_dir / "summary.json", summary)
         raise error
     wall = time.perf_counter() - start
     save(model.num_timesteps)
     model.save(plan.run_dir / "model.zip")
     extra.update({"diagnostics": diagnostics[0].last} if diagnostics else {})  # per group, the values at the end
-    summary = _summary(plan, "completed", controller, eval_cb, wall, model.num_timesteps - steps_before, **extra)
+    summary = run_summary(plan, "completed", controller, eval_cb, wall, model.num_timesteps - steps_before, **extra)
     summary["num_timesteps"] = model.num_timesteps
     problem = controller.final_allocation_problem()
     summary["checks"] = {"final_allocation": "failed" if problem else "passed"}
@@ -417,19 +369,6 @@ def train(plan: Plan) -> dict:
     train_env.close()
     eval_env.close()
     return summary
-
-
-def _record_failure(plan: Plan, error: BaseException) -> None:
-    """Make sure the run directory says it failed (train() writes a detailed summary when it got that far)."""
-    path = plan.run_dir / "summary.json"
-    try:
-        if json.loads(path.read_text()).get("status") == "failed":
-            return
-    except (OSError, ValueError):
-        pass
-    identity = {"agent": plan.agent.name, "env": plan.env.name, "method": plan.method, "sparsity": plan.sparsity.sparsity}
-    identity["structure"] = plan.sparsity.structure
-    atomic_write_json(path, {"status": "failed", "error": repr(error), "seed": int(plan.cfg.seed), **identity})
 
 
 def _holder_of(run_dir: Path) -> RunDirLocked | None:
@@ -487,7 +426,7 @@ def _train_held(plan: Plan, multirun: bool) -> float | None:
     try:
         summary = train(plan)
     except Exception as error:
-        _record_failure(plan, error)
+        record_failure(plan, error)
         if multirun:
             print(f"{plan.run_dir}: FAILED ({error!r}); recorded in summary.json", file=sys.stderr)
             return None

@@ -40,6 +40,7 @@ from envs import make_vec_env
 from sparse_rl.atomic import atomic_write, atomic_write_json
 from sparse_rl.checkpoint import latest_checkpoint, write_checkpoint
 from sparse_rl.controller import NonFiniteError, SparsityInvariantError, TopologyController
+from sparse_rl.summary import run_summary
 
 EVAL_SEED_OFFSET = 10_000  # as sparse_rl.run: evaluation env seeds differ from training env seeds
 LOG_INTERVAL = 4  # episodes between rollout logs: SB3's off-policy learn() default
@@ -74,7 +75,7 @@ class MemberRun:
 
 
 class _Evaluations:
-    """What :func:`sparse_rl.run._summary` reads from SB3's EvalCallback."""
+    """What :func:`sparse_rl.summary.run_summary` reads from SB3's EvalCallback."""
 
     def __init__(self, results: list[list[float]]) -> None:
         self.evaluations_results = results
@@ -341,8 +342,6 @@ class PopulationTrainer:
 
     # ----------------------------------------------------------------- outputs
     def _write_summary(self, member: MemberRun, status: str) -> dict:
-        from sparse_rl.run import _summary
-
         wall = time.perf_counter() - self.wall_start
         extra = {
             "engine": "population",
@@ -352,7 +351,7 @@ class PopulationTrainer:
         }  # fmt: skip
         if member.error:
             extra["error"] = member.error
-        summary = _summary(
+        summary = run_summary(
             member.plan, status, member.controller, _Evaluations(member.eval_results), wall,
             self.num_timesteps - self.steps_at_start, **extra,
         )  # fmt: skip

@@ -1,0 +1,73 @@
+"""A run's ``summary.json``: what both training paths (SB3 and the population engine) write at its start, end or
+failure. Imports neither SB3 nor gymnasium: a plan, a controller and an eval callback are read duck-typed."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from typing import Any
+
+import numpy as np
+
+from sparse_rl.atomic import atomic_write_json
+from sparse_rl.scores import last_fraction_mean
+
+VERSIONED_PACKAGES = ("torch", "stable-baselines3", "gymnasium", "numpy", "hydra-core", "sparse_rl")
+
+
+def _score(eval_results: list) -> float | None:
+    """The paper's per-run score (:func:`sparse_rl.scores.last_fraction_mean`), episodes averaged first."""
+    if len(eval_results) == 0:
+        return None
+    return last_fraction_mean(np.asarray(eval_results, dtype=float).mean(axis=1))
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "unknown"
+    return versions
+
+
+def run_summary(plan: Any, status: str, controller: Any, eval_cb: Any, wall: float, steps: int, **extra: Any) -> dict:
+    """``sparsity`` is the requested sparsity; ``sparsity_reached`` the one the networks hold (kernels only)."""
+    stats = controller.stats()
+    return {
+        "status": status,
+        "agent": plan.agent.name,
+        "env": plan.env.name,
+        "method": plan.method,
+        "wide": bool(plan.cfg.sparsity.wide),
+        "structure": plan.sparsity.structure,
+        "sparsity": plan.sparsity.sparsity,
+        "group_sparsity": plan.sparsity.group_sparsity,
+        "sparsity_reached": stats["sparsity"],
+        "seed": int(plan.cfg.seed),
+        "score": _score(eval_cb.evaluations_results) if eval_cb is not None else None,
+        "score_protocol": "mean of the last 10% of evaluations (deterministic policy)",
+        "num_timesteps": steps,
+        "params": {k: stats[k] for k in ("active", "total", "active_with_bias", "total_with_bias")},
+        "param_convention": "active = non-masked kernel weights; *_with_bias adds all biases (the paper's logging)",
+        "groups": stats["groups"],
+        "topology": {"num_updates": stats["num_updates"], "gradient_steps": controller.clock},
+        "wall_time_s": wall,
+        "env_steps_per_s": steps / wall if wall > 0 else None,
+        "versions": _versions(),
+        **extra,
+    }
+
+
+def record_failure(plan: Any, error: BaseException) -> None:
+    """Make sure the run directory says it failed (train() writes a detailed summary when it got that far)."""
+    path = plan.run_dir / "summary.json"
+    try:
+        if json.loads(path.read_text()).get("status") == "failed":
+            return
+    except (OSError, ValueError):
+        pass
+    identity = {"agent": plan.agent.name, "env": plan.env.name, "method": plan.method, "sparsity": plan.sparsity.sparsity}
+    identity["structure"] = plan.sparsity.structure
+    atomic_write_json(path, {"status": "failed", "error": repr(error), "seed": int(plan.cfg.seed), **identity})
