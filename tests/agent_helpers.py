@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 
-import sparse_rl.run  # noqa: F401  (registers the structured schema)
+import sparse_rl.run
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 
@@ -36,3 +39,25 @@ def tiny_run(agent: str, method: str, run_dir: Path, *extra: str):
     if method != "dense":
         overrides += ["sparsity.update_interval=5"]
     return compose_run(overrides)
+
+
+class Interrupted(Exception):
+    """Stands for a crash right after a checkpoint (:func:`crash_after_checkpoint`)."""
+
+
+@contextlib.contextmanager
+def crash_after_checkpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Within the block the SB3 path's first checkpoint is written, then the run stops (``Interrupted``, expected)."""
+    run = sparse_rl.run
+    save = run._save_checkpoint
+
+    def save_then_crash(*args, **kwargs):
+        save(*args, **kwargs)
+        raise Interrupted
+
+    monkeypatch.setattr(run, "_save_checkpoint", save_then_crash)
+    try:
+        with pytest.raises(Interrupted):
+            yield
+    finally:
+        monkeypatch.setattr(run, "_save_checkpoint", save)

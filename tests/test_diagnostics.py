@@ -15,7 +15,7 @@ from torch import nn
 
 from agents.diagnostics import metric_keys
 from sparse_rl.diagnostics import dormant_fraction, gradient_snr, mask_churn, per_sample_grads, snr_from_grads, srank
-from tests.agent_helpers import tiny_run
+from tests.agent_helpers import crash_after_checkpoint, tiny_run
 
 # ------------------------------------------------------------------------------------------ hand computations
 
@@ -339,24 +339,12 @@ def _diagnostic_rows(run_dir: Path, group: str) -> list[tuple[str, ...]]:
 
 
 def test_a_resumed_run_measures_where_and_what_the_uninterrupted_run_does(tmp_path, monkeypatch):
-    import sparse_rl.run as run
     from sparse_rl.run import plan_run, train
-
-    class Interrupted(Exception):
-        pass
 
     extra = [*DIAG, "checkpoint_freq=140"]
     train(plan_run(tiny_run("dqn", "set", tmp_path / "whole", *extra)))
-    save = run._save_checkpoint
-
-    def save_then_crash(*args, **kwargs):
-        save(*args, **kwargs)
-        raise Interrupted
-
-    monkeypatch.setattr(run, "_save_checkpoint", save_then_crash)
-    with pytest.raises(Interrupted):
+    with crash_after_checkpoint(monkeypatch):
         train(plan_run(tiny_run("dqn", "set", tmp_path / "resumed", *extra)))
-    monkeypatch.setattr(run, "_save_checkpoint", save)
     train(plan_run(tiny_run("dqn", "set", tmp_path / "resumed", *extra, "resume=true")))
     whole = _diagnostic_rows(tmp_path / "whole", "q")
     assert len(whole) >= 5 and _diagnostic_rows(tmp_path / "resumed", "q") == whole

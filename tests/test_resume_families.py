@@ -7,9 +7,8 @@ import json
 
 import pytest
 
-import sparse_rl.run as run
 from sparse_rl.run import plan_run, train
-from tests.agent_helpers import compose_run
+from tests.agent_helpers import compose_run, crash_after_checkpoint
 
 FAMILIES = [  # (agent, env, modules it needs, whether its state is captured exactly, extra overrides)
     ("dqn", "CartPole", (), True, []),
@@ -33,10 +32,6 @@ TINY = [
 ]  # fmt: skip  (evaluation after the budget: an Atari episode is thousands of steps)
 
 
-class Interrupted(Exception):
-    """Stands for a crash right after the first checkpoint."""
-
-
 @pytest.mark.parametrize("agent, env, modules, exact, extra", FAMILIES, ids=[f[1] for f in FAMILIES])
 def test_each_env_family_resumes_past_a_checkpoint(agent, env, modules, exact, extra, tmp_path, monkeypatch):
     for module in modules:
@@ -44,17 +39,9 @@ def test_each_env_family_resumes_past_a_checkpoint(agent, env, modules, exact, e
             pytest.skip(f"{module} is not installed")
     monkeypatch.setenv("MUJOCO_GL", "egl")
     overrides = [f"agent={agent}", f"env={env}", *TINY, *extra, f"run_dir={tmp_path / 'run'}"]
-    save = run._save_checkpoint
-
-    def save_then_crash(*args, **kwargs):
-        save(*args, **kwargs)
-        raise Interrupted
-
-    monkeypatch.setattr(run, "_save_checkpoint", save_then_crash)
-    with pytest.raises(Interrupted):
+    with crash_after_checkpoint(monkeypatch):
         train(plan_run(compose_run(overrides)))
     assert json.loads((tmp_path / "run" / "checkpoint" / "meta.json").read_text())["num_timesteps"] == 100
-    monkeypatch.setattr(run, "_save_checkpoint", save)
     summary = train(plan_run(compose_run([*overrides, "resume=true"])))
     assert summary["status"] == "completed" and summary["num_timesteps"] == 240
     assert summary["exact_resume"] is exact

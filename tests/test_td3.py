@@ -13,7 +13,6 @@ import torch
 from omegaconf import OmegaConf
 from stable_baselines3.common.noise import NormalActionNoise
 
-import sparse_rl.run as run
 from agents import AGENTS, attach_controller, build_model
 from agents.population.build import PopulationConfigError, check_supported
 from envs import make_vec_env
@@ -21,7 +20,7 @@ from sparse_rl.analyze import main as analyze_main
 from sparse_rl.population_run import plan_member
 from sparse_rl.run import UsageError, plan_run, train
 from sparse_rl.schedules import UpdateWindow
-from tests.agent_helpers import compose_run, tiny_run
+from tests.agent_helpers import compose_run, crash_after_checkpoint, tiny_run
 from tests.test_agents import check_saved_model
 from tests.test_controller import assert_invariants
 
@@ -194,10 +193,6 @@ def test_sweep_then_analysis(tmp_path):
     assert {(row["agent"], row["label"]) for row in rows} == {("td3", "dense_s0.0"), ("td3", "rigl_s0.9")}
 
 
-class Interrupted(Exception):
-    """Stands for a crash right after the first checkpoint."""
-
-
 def saved_masks(run_dir) -> dict[str, torch.Tensor]:
     state = AGENTS.get("td3").algo.load(run_dir / "model.zip").policy.state_dict()
     return {key: value for key, value in state.items() if key.endswith("weight_mask")}
@@ -210,19 +205,11 @@ def test_resume_round_trip_and_refused_policy_delay_change(tmp_path, monkeypatch
         "agent.eval_episodes=1", "progress_bar=false", "tensorboard=false", "sparsity.update_interval=5",
     ]  # fmt: skip
     resumed = [*overrides, f"run_dir={tmp_path / 'run'}"]
-    save = run._save_checkpoint
-
-    def save_then_crash(*args, **kwargs):
-        save(*args, **kwargs)
-        raise Interrupted
-
-    monkeypatch.setattr(run, "_save_checkpoint", save_then_crash)
-    with pytest.raises(Interrupted):
+    with crash_after_checkpoint(monkeypatch):
         train(plan_run(compose_run(resumed)))
     assert json.loads((tmp_path / "run" / "checkpoint" / "meta.json").read_text())["num_timesteps"] == 200
     with pytest.raises(UsageError, match=r"agent\.sb3\.policy_delay"):
         plan_run(compose_run([*resumed, "resume=true", "agent.sb3.policy_delay=3"]))
-    monkeypatch.setattr(run, "_save_checkpoint", save)
     summary = train(plan_run(compose_run([*resumed, "resume=true"])))
     assert summary["status"] == "completed" and summary["num_timesteps"] == 300
     straight = train(plan_run(compose_run([*overrides, f"run_dir={tmp_path / 'straight'}"])))
