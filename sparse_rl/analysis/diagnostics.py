@@ -15,7 +15,7 @@ from sparse_rl.analysis.aggregate import BOOTSTRAP_REPS
 from sparse_rl.analysis.atomic import atomic_savefig
 from sparse_rl.analysis.curves import BAND_DESCRIPTION, mean_curves
 from sparse_rl.analysis.frame import method_rank
-from sparse_rl.analysis.plots import BAND_ALPHA, PANEL_SIZE, method_color, slug
+from sparse_rl.analysis.plots import PANEL_SIZE, draw_mean_with_band, method_color, slug
 from sparse_rl.analysis.records import RunRecord
 
 PROGRESS = "progress.csv"
@@ -63,9 +63,7 @@ def diagnostics_figure(data: pd.DataFrame, title: str, reps: int = BOOTSTRAP_REP
                 c = stats[stats["label"] == row.label]
                 if c.empty:
                     continue
-                color = method_color(row.method)
-                ax.plot(c["step"], c["mean"], color=color, marker="o", markersize=3, label=row.label)
-                ax.fill_between(c["step"], c["low"], c["high"], color=color, alpha=BAND_ALPHA, linewidth=0)
+                draw_mean_with_band(ax, c, method_color(row.method), row.label, markersize=3)
             ax.set(title=f"{group}: {metric}", xlabel="gradient steps", ylabel=metric)
             ax.legend(fontsize="x-small")
     fig.suptitle(f"{title}: training diagnostics, mean over seeds, band = {BAND_DESCRIPTION}", fontsize="medium")

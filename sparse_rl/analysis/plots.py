@@ -92,6 +92,18 @@ def _reference_line(ax: Axes, value: float, low: float, high: float, vertical: b
         span(low, high, color="black", alpha=BAND_ALPHA / 2, linewidth=0)
 
 
+def draw_mean_with_band(
+    ax: Axes, curve: pd.DataFrame, color: str | tuple, label: str, linestyle: str = "-", markersize: float = 4
+) -> None:
+    """A mean curve (``step``, ``mean``) with markers and its ``low``-``high`` band; one point gets an error bar
+    (a band over one step has no width)."""
+    ax.plot(curve["step"], curve["mean"], color=color, linestyle=linestyle, marker="o", markersize=markersize, label=label)
+    ax.fill_between(curve["step"], curve["low"], curve["high"], color=color, alpha=BAND_ALPHA, linewidth=0)
+    if len(curve) == 1:
+        yerr = np.nan_to_num(np.abs(curve[["low", "high"]].to_numpy(dtype=float).T - curve["mean"].to_numpy()))
+        ax.errorbar(curve["step"], curve["mean"], yerr=yerr, color=color, capsize=4, linestyle="none")
+
+
 def learning_curve_figure(data: pd.DataFrame, title: str, reps: int = BOOTSTRAP_REPS, seed: int = 0) -> Figure:
     """One agent/env's curves, a panel per sparsity: every seed's evaluations (thin), their mean (markers) and a
     bootstrap band (:data:`~sparse_rl.analysis.curves.BAND_DESCRIPTION`); y scaled to what is drawn."""
@@ -108,12 +120,7 @@ def learning_curve_figure(data: pd.DataFrame, title: str, reps: int = BOOTSTRAP_
             color = "black" if ref else method_color(row.method)
             for _, run in data[data["label"] == row.label].groupby("seed"):
                 ax.plot(run["step"], run["return"], color=color, alpha=SEED_ALPHA, linewidth=0.8, marker="o", markersize=2.5)
-            ax.plot(c["step"], c["mean"], color=color, linestyle="--" if ref else "-", marker="o", markersize=4,
-                    label=f"{row.label} (n={int(c['count'].max())})")  # fmt: skip
-            ax.fill_between(c["step"], c["low"], c["high"], color=color, alpha=BAND_ALPHA, linewidth=0)
-            if len(c) == 1:  # a band over one step has no width: draw the interval as an error bar
-                yerr = np.nan_to_num(np.abs(c[["low", "high"]].to_numpy(dtype=float).T - c["mean"].to_numpy()))
-                ax.errorbar(c["step"], c["mean"], yerr=yerr, color=color, capsize=4, linestyle="none")
+            draw_mean_with_band(ax, c, color, f"{row.label} (n={int(c['count'].max())})", "--" if ref else "-")
             drawn += [data.loc[data["label"] == row.label, "return"], c["low"], c["high"]]
         _fit_limits(ax, pd.concat(drawn))
         ax.set(title=f"sparsity {level:g}", xlabel="env steps", ylabel="return")
