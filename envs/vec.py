@@ -16,6 +16,9 @@ from envs.spec import EnvSpec
 FRAME_STACK = {"atari": 4}  # DQN's 4-frame history (Mnih et al. 2015), stacked on the last (channel) axis
 
 
+EVAL_SEED_OFFSET = 10_000  # a run's evaluation env is seeded seed + this: its episodes differ from training's
+
+
 def make_vec_env(
     spec: EnvSpec,
     n_envs: int,

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from agents.resume import VEC_NORMALIZE_FILE, load_vec_normalize
 from agents.saved import MODEL_FILE, load_policy
-from envs import make_vec_env
+from envs import EVAL_SEED_OFFSET, make_vec_env
 from envs.noise import ObservationNoise, noise_kind
 from sparse_rl.analysis.aggregate import CI_LEVEL
 from sparse_rl.analysis.discovery import HYDRA_CONFIG
@@ -45,7 +45,7 @@ from sparse_rl.analysis.tables import markdown_table
 from sparse_rl.atomic import atomic_write, atomic_write_text
 from sparse_rl.checkpoint import latest_checkpoint
 from sparse_rl.cli import CONFIGS_DIR
-from sparse_rl.run import EVAL_SEED_OFFSET, Plan, UsageError, build_plan_model, plan_run
+from sparse_rl.run import Plan, UsageError, build_plan_model, plan_run
 from sparse_rl.run_config import RunSchema
 
 DEFAULTS_FILE = CONFIGS_DIR / "robustness.yaml"
@@ -207,7 +207,7 @@ class SavedRun:
 
     @property
     def eval_seed(self) -> int:
-        """The seed of the run's evaluation env in training (:data:`sparse_rl.run.EVAL_SEED_OFFSET`)."""
+        """The seed of the run's evaluation env in training (:data:`envs.EVAL_SEED_OFFSET`)."""
         return int(self.plan.cfg.seed) + EVAL_SEED_OFFSET
 
 

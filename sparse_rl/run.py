@@ -48,7 +48,7 @@ from agents.resume import (
     run_logger,
     save_training_state,
 )
-from envs import EnvSpec, check_action_space, make_vec_env
+from envs import EVAL_SEED_OFFSET, EnvSpec, check_action_space, make_vec_env
 from sparse_rl.atomic import atomic_write, atomic_write_json
 from sparse_rl.checkpoint import schedule_change, write_checkpoint
 from sparse_rl.cli import argv_problem
@@ -61,8 +61,6 @@ from sparse_rl.run_dir import RunDirProblem, clear_run_outputs, resume_point
 from sparse_rl.summary import record_failure, run_summary
 
 ConfigStore.instance().store(name="run_schema", node=RunSchema)
-
-EVAL_SEED_OFFSET = 10_000  # evaluation env seeds differ from training env seeds
 
 
 class UsageError(Exception):

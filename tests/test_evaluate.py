@@ -15,12 +15,12 @@ from omegaconf import OmegaConf
 from stable_baselines3 import DQN
 from stable_baselines3.common.evaluation import evaluate_policy
 
-from envs import make_vec_env
+from envs import EVAL_SEED_OFFSET, make_vec_env
 from envs.noise import ObservationNoise
 from sparse_rl.analysis.discovery import HYDRA_CONFIG
 from sparse_rl.analysis.loading import load_run
 from sparse_rl.evaluate import evaluate_run, load_saved_run, main, parse_args
-from sparse_rl.run import EVAL_SEED_OFFSET, plan_run, train
+from sparse_rl.run import plan_run, train
 from tests.agent_helpers import tiny_run
 
 METHODS = ("dense", "rigl")

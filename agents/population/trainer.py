@@ -36,13 +36,12 @@ from agents.population.replay import PopulationReplay
 from agents.population.sac import PopulationSAC
 from agents.registry import off_policy_gradient_steps
 from agents.resume import run_logger
-from envs import make_vec_env
+from envs import EVAL_SEED_OFFSET, make_vec_env
 from sparse_rl.atomic import atomic_write, atomic_write_json
 from sparse_rl.checkpoint import latest_checkpoint, write_checkpoint
 from sparse_rl.controller import NonFiniteError, SparsityInvariantError, TopologyController
 from sparse_rl.summary import run_summary
 
-EVAL_SEED_OFFSET = 10_000  # as sparse_rl.run: evaluation env seeds differ from training env seeds
 LOG_INTERVAL = 4  # episodes between rollout logs: SB3's off-policy learn() default
 CUDA_GRAPH_WARMUP = 3  # eager updates before capture (PyTorch's CUDA-graph recipe)
 
