@@ -113,11 +113,11 @@ def _actor_critic_losses(model: BaseAlgorithm, data: Any) -> dict[str, tuple[tup
             noise = data.actions.clone().normal_(0, model.target_policy_noise)
             noise = noise.clamp(-model.target_noise_clip, model.target_noise_clip)
             next_actions = (model.actor_target(data.next_observations) + noise).clamp(-1, 1)
-            next_q, _ = torch.min(torch.cat(model.critic_target(data.next_observations, next_actions), dim=1), 1, True)
         else:
             ent_coef = _ent_coef(model)
             next_actions, next_log_prob = model.actor.action_log_prob(data.next_observations)
-            next_q, _ = torch.min(torch.cat(model.critic_target(data.next_observations, next_actions), dim=1), 1, True)
+        next_q, _ = torch.min(torch.cat(model.critic_target(data.next_observations, next_actions), dim=1), 1, True)
+        if not td3:
             next_q = next_q - ent_coef * next_log_prob.reshape(-1, 1)
         target = data.rewards + (1 - data.dones) * discounts * next_q
     scale = 1.0 if td3 else 0.5  # SB3: TD3 sum(mse), SAC 0.5 * sum(mse)
