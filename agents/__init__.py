@@ -10,8 +10,8 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "AGENTS": "agents.registry",
-    "AgentSpec": "agents.registry",
+    "AGENTS": "agents.spec",
+    "AgentSpec": "agents.spec",
     "attach_controller": "agents.build",
     "build_model": "agents.build",
     "observation_kind": "agents.build",

@@ -14,7 +14,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
 from agents.decay import kernel_decay
-from agents.registry import AgentSpec
+from agents.spec import AgentSpec
 from sparse_rl.config import SparsityConfig
 from sparse_rl.controller import TopologyController
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
 
-from sparse_rl.atomic import atomic_write
+from experiment.layout import atomic_write
 
 REPLAY_FILE = "replay_buffer.npz"
 FIELDS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")

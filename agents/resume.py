@@ -26,7 +26,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from torch.utils.tensorboard import SummaryWriter
 
 from envs.state import innermost_vec_env, restore_vec_env_states, vec_env_states
-from sparse_rl.atomic import atomic_write, atomic_write_json
+from experiment.layout import atomic_write, atomic_write_json
 
 STEP_COLUMN = "time/total_timesteps"
 LAST_OBS_KEYS = ("_last_obs", "_last_episode_starts", "_last_original_obs")

@@ -1,4 +1,4 @@
-"""Cost of the training diagnostics (agents/diagnostics.py): the same short training with diagnostics on and off.
+"""Cost of the training diagnostics (agents/diagnostics_callback.py): the same short training with diagnostics on and off.
 
 Builds two identical agents (paper-sized networks, RigL at 90%, past their warm-up), then trains them in
 interleaved chunks, one with the diagnostics callback, one without. Prints both walls, their ratio, the time spent
@@ -21,9 +21,9 @@ from omegaconf import OmegaConf
 
 import sparse_rl.run  # noqa: F401  (registers the config schema)
 from agents import AGENTS, attach_controller, build_model
-from agents.diagnostics import DiagnosticsCallback, diagnostics_settings
+from agents.diagnostics_callback import DiagnosticsCallback, diagnostics_settings
 from envs import EnvSpec, make_vec_env
-from sparse_rl.run_config import core_sparsity_config
+from experiment.schema import core_sparsity_config
 from tests.agent_helpers import CONFIGS
 
 ENVS = {"sac": "Pendulum", "dqn": "CartPole"}  # fast envs: the networks are the paper's

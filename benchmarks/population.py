@@ -79,8 +79,8 @@ def bench_population(
     agent: str, method: str, k: int, device: str, cuda_graph: bool, seconds: float, scratch: Path, env_workers: str
 ) -> dict:
     from agents.population.trainer import PopulationTrainer
-    from sparse_rl.population_run import env_workers_for
-    from sparse_rl.run import plan_run
+    from experiment.plan import plan_run
+    from experiment.population import env_workers_for
 
     plans = [plan_run(compose(agent, method, seed, scratch / f"{agent}_{method}_{k}_{seed}")) for seed in range(k)]
     net_arch = list(plans[0].cfg.agent.net_arch)
@@ -138,7 +138,7 @@ def bench_sb3(agent: str, method: str, seconds: float, scratch: Path) -> dict:
 
     from agents import AGENTS, attach_controller, build_model
     from envs import make_vec_env
-    from sparse_rl.run import plan_run
+    from experiment.plan import plan_run
 
     plan = plan_run(compose(agent, method, 0, scratch / f"sb3_{agent}_{method}"))
     env = make_vec_env(plan.env, 1, 0)

@@ -31,8 +31,8 @@ from agents import AGENTS, attach_controller, build_model
 from agents.build import sb3_kwargs
 from agents.callbacks import FiniteWeightsCallback, TopologyLoggerCallback
 from envs import EnvSpec, make_vec_env
+from experiment.schema import core_sparsity_config
 from sparse_rl.controller import TopologyController
-from sparse_rl.run_config import core_sparsity_config
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 SETTINGS = {  # agent -> (env, warm-up env steps, default chunk of env steps per measurement)

@@ -28,8 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sparse_rl.analysis.aggregate import mean_ci  # noqa: E402
-from sparse_rl.analysis.loading import load_runs  # noqa: E402
+from analysis.aggregate import mean_ci  # noqa: E402
+from analysis.loading import load_runs  # noqa: E402
 from tests.test_learning import CASES  # noqa: E402  (one source for the small-budget settings)
 
 CASE_AGENTS = {"dqn_cartpole": "dqn", "sac_pendulum": "sac"}  # the paper's two clean algorithms (issue 11)

@@ -13,10 +13,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sparse_rl.analysis.aggregate import BOOTSTRAP_REPS
-from sparse_rl.analysis.normalize import NORMALIZATIONS, NormalizationError
-from sparse_rl.analysis.report import DEFAULT_OUT, NoUsableRunsError, analyze
-from sparse_rl.analysis.tables import markdown_table
+from analysis.aggregate import BOOTSTRAP_REPS
+from analysis.normalize import NORMALIZATIONS, NormalizationError
+from analysis.report import DEFAULT_OUT, NoUsableRunsError, analyze
+from analysis.tables import markdown_table
 
 EXIT_NO_RUNS = 2
 EXIT_BAD_NORMALIZATION = 3

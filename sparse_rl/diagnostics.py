@@ -1,7 +1,7 @@
 """Training diagnostics of a network group, torch only: dormant units, effective rank, gradient SNR, mask churn.
 
 Pure functions on tensors and modules; the SB3 adapter that feeds them batches and per-sample losses is
-``agents/diagnostics.py``. Sources: dormant neurons (Sokar et al. 2023, ReDo), srank (Kumar et al. 2021),
+``agents/diagnostics_callback.py``. Sources: dormant neurons (Sokar et al. 2023, ReDo), srank (Kumar et al. 2021),
 gradient signal-to-noise ratio (Graesser et al. 2022 §5.3: |mean| / std of per-sample gradients, averaged over
 parameters).
 """

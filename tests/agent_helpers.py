@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-import sparse_rl.run
+import experiment.sb3
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 
@@ -48,7 +48,7 @@ class Interrupted(Exception):
 @contextlib.contextmanager
 def crash_after_checkpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Within the block the SB3 path's first checkpoint is written, then the run stops (``Interrupted``, expected)."""
-    run = sparse_rl.run
+    run = experiment.sb3
     save = run._save_checkpoint
 
     def save_then_crash(*args, **kwargs):

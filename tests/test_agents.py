@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from agents import AGENTS, attach_controller
+from experiment.plan import plan_run
+from experiment.sb3 import train
+from experiment.schema import core_sparsity_config
 from sparse_rl.distributions import allocate_joint
 from sparse_rl.masks import find_maskable_layers
-from sparse_rl.run import plan_run, train
-from sparse_rl.run_config import core_sparsity_config
 from tests.agent_helpers import tiny_run
 
 METHODS = ["dense", "static", "set", "rigl", "prune"]

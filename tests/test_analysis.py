@@ -13,7 +13,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from sparse_rl.analysis import (
+from analysis import (
     MATCHED_METHOD,
     NormalizationError,
     aggregate_table,
@@ -31,9 +31,9 @@ from sparse_rl.analysis import (
     score_matrix,
     scores_frame,
 )
-from sparse_rl.analysis.aggregate import ScoreMatrix
-from sparse_rl.analysis.curves import CURVE_COLUMNS, mean_curves
-from sparse_rl.analysis.plots import interval_estimates_figure, learning_curve_figure
+from analysis.aggregate import ScoreMatrix
+from analysis.curves import CURVE_COLUMNS, mean_curves
+from analysis.plots import interval_estimates_figure, learning_curve_figure
 
 REPS = 200  # bootstrap replications in tests (the CLI default is larger)
 
@@ -324,7 +324,7 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
 
 def test_analysis_imports_neither_sb3_nor_gymnasium() -> None:
     code = (
-        "import sys, sparse_rl.analyze, sparse_rl.analysis, sparse_rl.width\n"
+        "import sys, sparse_rl.analyze, analysis, sparse_rl.width\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('stable_baselines3', 'gymnasium')))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

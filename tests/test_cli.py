@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import sparse_rl.run  # noqa: F401  (registers the schema and the resolvers)
-from sparse_rl.cli import CONFIGS_DIR, USER_GROUPS, argv_problem, group_options, help_groups, override_problem
+from experiment.cli import CONFIGS_DIR, USER_GROUPS, argv_problem, group_options, help_groups, override_problem
 
 
 def run_cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:

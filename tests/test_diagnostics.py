@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from agents.diagnostics import metric_keys
+from agents.diagnostics_callback import metric_keys
 from sparse_rl.diagnostics import dormant_fraction, gradient_snr, mask_churn, per_sample_grads, snr_from_grads, srank
 from tests.agent_helpers import crash_after_checkpoint, tiny_run
 
@@ -116,7 +116,8 @@ def test_gradient_snr_matches_a_python_loop_over_samples_on_active_parameters():
 
 
 def _train(agent: str, method: str, run_dir: Path, *extra: str) -> dict:
-    from sparse_rl.run import plan_run, train
+    from experiment.plan import plan_run
+    from experiment.sb3 import train
 
     return train(plan_run(tiny_run(agent, method, run_dir, "checkpoint_freq=0", *extra)))
 
@@ -168,7 +169,7 @@ def test_ppo_diagnostics_leave_training_unchanged(tmp_path):
 
 
 def test_dense_run_has_no_churn_and_bad_settings_are_one_line_errors(tmp_path):
-    from sparse_rl.run import UsageError, plan_run
+    from experiment.plan import UsageError, plan_run
 
     summary = _train("dqn", "dense", tmp_path / "dense", *DIAG)
     assert summary["diagnostics"]["q"]["churn_initial"] == 0.0
@@ -185,12 +186,12 @@ def test_dense_run_has_no_churn_and_bad_settings_are_one_line_errors(tmp_path):
 
 
 def test_a_failing_measurement_warns_and_training_goes_on(tmp_path, monkeypatch, capsys):
-    import agents.diagnostics
+    import agents.diagnostics_callback
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom\nsecond line")
 
-    monkeypatch.setattr(agents.diagnostics, "measure_group", broken)
+    monkeypatch.setattr(agents.diagnostics_callback, "measure_group", broken)
     summary = _train("dqn", "set", tmp_path / "run", *DIAG)
     assert summary["status"] == "completed"
     assert summary["diagnostics"] == {"error": "at gradient step 20: RuntimeError: boom"}
@@ -198,7 +199,7 @@ def test_a_failing_measurement_warns_and_training_goes_on(tmp_path, monkeypatch,
 
 
 def test_group_metrics_count_hidden_units_only_and_the_last_hidden_layer_feeds_srank():
-    from agents.diagnostics import DiagnosticsSettings, measure_group
+    from agents.diagnostics_callback import DiagnosticsSettings, measure_group
     from sparse_rl.controller import SparseGroup
 
     net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1), nn.Tanh())
@@ -218,7 +219,7 @@ def test_group_metrics_count_hidden_units_only_and_the_last_hidden_layer_feeds_s
 def test_td3_model_works_with_the_actor_critic_adapter():
     from stable_baselines3 import TD3
 
-    from agents.diagnostics import DiagnosticsSettings, group_losses, isolated_rng, measure_group
+    from agents.diagnostics_callback import DiagnosticsSettings, group_losses, isolated_rng, measure_group
     from sparse_rl.controller import SparseGroup
 
     model = TD3("MlpPolicy", "Pendulum-v1", learning_starts=50, policy_kwargs={"net_arch": [16, 16]}, seed=0)
@@ -243,8 +244,8 @@ def test_td3_model_works_with_the_actor_critic_adapter():
 
 
 def test_analysis_plots_diagnostics_and_skips_quietly_without(tmp_path):
-    from sparse_rl.analysis.diagnostics import diagnostics_frame, plot_diagnostics
-    from sparse_rl.analysis.loading import load_runs
+    from analysis.diagnostics_plots import diagnostics_frame, plot_diagnostics
+    from analysis.loading import load_runs
 
     _train("dqn", "set", tmp_path / "runs" / "a", *DIAG)
     _train("dqn", "set", tmp_path / "runs" / "b", "diagnostics.freq=0", "seed=1")
@@ -258,7 +259,7 @@ def test_analysis_plots_diagnostics_and_skips_quietly_without(tmp_path):
 
 
 def test_population_engine_says_it_computes_no_diagnostics(tmp_path, monkeypatch, capsys):
-    import sparse_rl.population_run as population_run
+    import experiment.population as population_run
 
     monkeypatch.setattr(population_run, "train_population", lambda *args: None)  # grouping and messages only
     note = "note: the population engine computes no training diagnostics"
@@ -272,7 +273,7 @@ def test_sac_and_dqn_per_sample_losses_average_to_sb3s_losses():
     from stable_baselines3 import DQN, SAC
     from torch.nn import functional as F
 
-    from agents.diagnostics import _actor_critic_losses, _dqn_losses
+    from agents.diagnostics_callback import _actor_critic_losses, _dqn_losses
 
     sac = SAC("MlpPolicy", "Pendulum-v1", learning_starts=50, policy_kwargs={"net_arch": [16, 16]}, seed=0)
     sac.learn(80)
@@ -315,7 +316,7 @@ def test_ppo_per_sample_loss_averages_to_sb3s_loss():
     from stable_baselines3 import PPO
     from torch.nn import functional as F
 
-    from agents.diagnostics import _ppo_losses, _rollout_batch
+    from agents.diagnostics_callback import _ppo_losses, _rollout_batch
 
     ppo = PPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=1, policy_kwargs={"net_arch": [16]}, seed=0)
     ppo.learn(64)
@@ -339,7 +340,8 @@ def _diagnostic_rows(run_dir: Path, group: str) -> list[tuple[str, ...]]:
 
 
 def test_a_resumed_run_measures_where_and_what_the_uninterrupted_run_does(tmp_path, monkeypatch):
-    from sparse_rl.run import plan_run, train
+    from experiment.plan import plan_run
+    from experiment.sb3 import train
 
     extra = [*DIAG, "checkpoint_freq=140"]
     train(plan_run(tiny_run("dqn", "set", tmp_path / "whole", *extra)))

@@ -15,12 +15,13 @@ from omegaconf import OmegaConf
 from stable_baselines3 import DQN
 from stable_baselines3.common.evaluation import evaluate_policy
 
+from analysis.loading import load_run
 from envs import EVAL_SEED_OFFSET, make_vec_env
 from envs.noise import ObservationNoise
-from sparse_rl.analysis.discovery import HYDRA_CONFIG
-from sparse_rl.analysis.loading import load_run
-from sparse_rl.evaluate import evaluate_run, load_saved_run, main, parse_args
-from sparse_rl.run import plan_run, train
+from experiment.layout import HYDRA_CONFIG
+from experiment.noise_robustness import evaluate_run, load_saved_run, main, parse_args
+from experiment.plan import plan_run
+from experiment.sb3 import train
 from tests.agent_helpers import tiny_run
 
 METHODS = ("dense", "rigl")
@@ -210,7 +211,7 @@ def test_atari_noise_goes_on_each_frame_below_the_frame_stack() -> None:
 
 
 def test_table_is_mean_over_seeds_of_per_run_means_with_a_bracketing_ci(tmp_path: Path) -> None:
-    from sparse_rl.analysis.robustness import RETURN_COLUMNS, plot_robustness, robustness_table
+    from analysis.robustness import RETURN_COLUMNS, plot_robustness, robustness_table
 
     rows = []
     for seed, offset in enumerate((0.0, 10.0, 20.0)):

@@ -21,9 +21,10 @@ from agents.decay import kernel_decay
 from agents.dqn import LossDQN
 from agents.initialization import TRUNCATED_NORMAL_STD, init_linear_
 from envs import EnvSpec, make_vec_env
+from experiment.plan import UsageError, plan_run
+from experiment.sb3 import train
+from experiment.schema import core_sparsity_config
 from sparse_rl.distributions import allocate, allocate_joint
-from sparse_rl.run import UsageError, plan_run, train
-from sparse_rl.run_config import core_sparsity_config
 from tests.agent_helpers import compose_run, tiny_run
 
 
@@ -329,7 +330,7 @@ def test_a_run_that_misses_its_final_allocation_says_so(tmp_path, monkeypatch, c
 
     spec = AGENTS.get("dqn")
     slow = dataclasses.replace(spec, gradient_steps=lambda model, total: 10 * spec.gradient_steps(model, total))
-    monkeypatch.setattr("sparse_rl.run.AGENTS.get", lambda name: slow)
+    monkeypatch.setattr("experiment.plan.AGENTS.get", lambda name: slow)
     summary = train(plan_run(tiny_run("dqn", "prune", tmp_path / "run")))
     assert summary["status"] == "completed"
     assert summary["checks"]["final_allocation"] == "failed"
@@ -338,7 +339,7 @@ def test_a_run_that_misses_its_final_allocation_says_so(tmp_path, monkeypatch, c
 
 
 def test_analysis_scores_no_run_that_missed_its_final_allocation(tmp_path):
-    from sparse_rl.analysis import load_run
+    from analysis import load_run
     from tests.test_analysis import make_run
 
     run_dir = make_run(tmp_path, method="prune", sparsity=0.9)

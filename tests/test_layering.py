@@ -7,11 +7,11 @@ import pytest
 
 CORE_AND_ANALYSIS = [
     "sparse_rl", "sparse_rl.masks", "sparse_rl.distributions", "sparse_rl.schedules", "sparse_rl.updaters",
-    "sparse_rl.controller", "sparse_rl.accounting", "sparse_rl.sparse_init", "sparse_rl.width", "sparse_rl.scores",
-    "sparse_rl.atomic", "sparse_rl.checkpoint", "sparse_rl.run_config", "sparse_rl.analysis", "sparse_rl.analyze",
-    "sparse_rl.batched", "sparse_rl.analysis.robustness", "sparse_rl.summary", "sparse_rl.structure", "sparse_rl.diagnostics",
+    "sparse_rl.controller", "sparse_rl.accounting", "sparse_rl.sparse_init", "sparse_rl.width", "experiment.layout",
+    "experiment.layout", "experiment.checkpoint", "experiment.schema", "analysis", "sparse_rl.analyze",
+    "sparse_rl.batched", "analysis.robustness", "experiment.summary", "sparse_rl.structure", "sparse_rl.diagnostics",
     "agents.initialization", "agents.decay",  # torch-only parts of agents/, shared with the population engine
-    "sparse_rl.lock", "sparse_rl.run_dir",
+    "experiment.lock", "experiment.run_dir",
 ]  # fmt: skip
 
 

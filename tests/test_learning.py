@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from sparse_rl.run import plan_run, train
+from experiment.plan import plan_run
+from experiment.sb3 import train
 from tests.agent_helpers import compose_run
 
 COMMON = ["progress_bar=false", "tensorboard=false", "checkpoint_freq=0", "seed=0"]

@@ -14,8 +14,8 @@ import torch
 from stable_baselines3 import DQN, SAC
 
 from agents.population.trainer import PopulationTrainer
-from sparse_rl.population_run import plan_member
-from sparse_rl.scores import last_fraction_mean
+from experiment.layout import last_fraction_mean
+from experiment.population import plan_member
 from tests.agent_helpers import compose_run
 
 ENVS = {"sac": "Pendulum", "dqn": "CartPole"}
@@ -221,7 +221,7 @@ def test_launcher_resumes_a_killed_population(tmp_path):
 def test_population_trains_with_the_configs_torch_threads(tmp_path, monkeypatch):
     """Like the SB3 path (``torch_threads``, default 1): parallel runs with more threads each slow down badly."""
     from agents.population import trainer as trainer_module
-    from sparse_rl.population_run import run_jobs
+    from experiment.population import run_jobs
 
     seen = []
     learn = trainer_module.PopulationTrainer.learn

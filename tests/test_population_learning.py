@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from agents.population.trainer import PopulationTrainer
-from sparse_rl.population_run import plan_member
+from experiment.population import plan_member
 from tests.agent_helpers import compose_run
 from tests.test_learning import CASES, COMMON
 

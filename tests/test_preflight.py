@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from sparse_rl.preflight import budget_warnings
-from sparse_rl.run import plan_run, train
+from experiment.plan import plan_run
+from experiment.preflight import budget_warnings
+from experiment.sb3 import train
 from tests.agent_helpers import compose_run, tiny_run
 
 

@@ -16,8 +16,9 @@ import torch
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from sparse_rl.atomic import atomic_write, atomic_write_json
-from sparse_rl.run import UsageError, plan_run, train
+from experiment.layout import atomic_write, atomic_write_json
+from experiment.plan import UsageError, plan_run
+from experiment.sb3 import train
 from tests.agent_helpers import compose_run, tiny_run
 
 RESUMABLE = [

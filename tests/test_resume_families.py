@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from sparse_rl.run import plan_run, train
+from experiment.plan import plan_run
+from experiment.sb3 import train
 from tests.agent_helpers import compose_run, crash_after_checkpoint
 
 FAMILIES = [  # (agent, env, modules it needs, whether its state is captured exactly, extra overrides)

@@ -14,15 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sparse_rl.lock import RunDirLocked, cleanup_stale_staging, hold_run_dir, is_held
-from sparse_rl.run import UsageError, _train_held, plan_run, train
+from experiment.lock import RunDirLocked, cleanup_stale_staging, hold_run_dir, is_held
+from experiment.plan import UsageError, plan_run
+from experiment.sb3 import _train_held, train
 from tests.agent_helpers import tiny_run
 from tests.test_reliability import interrupted
 
 HOLDER = """
 import sys, time
 from pathlib import Path
-from sparse_rl.lock import hold_run_dir
+from experiment.lock import hold_run_dir
 with hold_run_dir(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(120)

@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
+from experiment.plan import UsageError, plan_run
+from experiment.sb3 import train
 from sparse_rl import SparseGroup, TopologyController
 from sparse_rl.controller import SparsityInvariantError
 from sparse_rl.masks import MaskedLayer
-from sparse_rl.run import UsageError, plan_run, train
 from sparse_rl.structure import NMStructure
 from sparse_rl.updaters import RigLUpdater
 from tests.agent_helpers import COMMON, TINY, compose_run
@@ -234,8 +235,8 @@ def test_tiny_sb3_run_keeps_the_structure_and_records_it(agent, env, method, str
 
 
 def test_analysis_labels_structured_runs_as_their_own_method(tmp_path) -> None:
-    from sparse_rl.analysis.loading import _identify, _read_config
-    from sparse_rl.analysis.records import RunRecord
+    from analysis.loading import _identify, _read_config
+    from analysis.records import RunRecord
 
     run_dir = tmp_path / "run"
     (run_dir / ".hydra").mkdir(parents=True)

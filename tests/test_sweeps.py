@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sparse_rl.run import plan_run, train
+from experiment.plan import plan_run
+from experiment.sb3 import train
 from tests.agent_helpers import tiny_run
 
 TINY_DQN = [

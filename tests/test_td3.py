@@ -14,11 +14,12 @@ from omegaconf import OmegaConf
 from stable_baselines3.common.noise import NormalActionNoise
 
 from agents import AGENTS, attach_controller, build_model
-from agents.population.build import PopulationConfigError, check_supported
+from agents.population.compose import PopulationConfigError, check_supported
 from envs import make_vec_env
+from experiment.plan import UsageError, plan_run
+from experiment.population import plan_member
+from experiment.sb3 import train
 from sparse_rl.analyze import main as analyze_main
-from sparse_rl.population_run import plan_member
-from sparse_rl.run import UsageError, plan_run, train
 from sparse_rl.schedules import UpdateWindow
 from tests.agent_helpers import compose_run, crash_after_checkpoint, tiny_run
 from tests.test_agents import check_saved_model

@@ -28,19 +28,19 @@ from stable_baselines3.common.utils import LinearSchedule
 from agents.build import build_model
 from agents.callbacks import record_topology
 from agents.population.base import PopulationAgent, polyak_
-from agents.population.build import build_agent, init_cfg_of, initialise_member, member_decay
+from agents.population.compose import build_agent, init_cfg_of, initialise_member, member_decay
 from agents.population.dqn import PopulationDQN
 from agents.population.export import copy_member
 from agents.population.member_envs import MemberEnvs
 from agents.population.replay import PopulationReplay
 from agents.population.sac import PopulationSAC
-from agents.registry import off_policy_gradient_steps
 from agents.resume import run_logger
+from agents.spec import off_policy_gradient_steps
 from envs import EVAL_SEED_OFFSET, make_vec_env
-from sparse_rl.atomic import atomic_write, atomic_write_json
-from sparse_rl.checkpoint import latest_checkpoint, write_checkpoint
+from experiment.checkpoint import latest_checkpoint, write_checkpoint
+from experiment.layout import atomic_write, atomic_write_json
+from experiment.summary import run_summary
 from sparse_rl.controller import NonFiniteError, SparsityInvariantError, TopologyController
-from sparse_rl.summary import run_summary
 
 LOG_INTERVAL = 4  # episodes between rollout logs: SB3's off-policy learn() default
 CUDA_GRAPH_WARMUP = 3  # eager updates before capture (PyTorch's CUDA-graph recipe)
@@ -50,7 +50,7 @@ CUDA_GRAPH_WARMUP = 3  # eager updates before capture (PyTorch's CUDA-graph reci
 class MemberRun:
     """One member: its run, its controller, its logs and statistics."""
 
-    plan: Any  # sparse_rl.run.Plan
+    plan: Any  # experiment.plan.Plan
     index: int
     controller: TopologyController
     rng: np.random.Generator
@@ -74,7 +74,7 @@ class MemberRun:
 
 
 class _Evaluations:
-    """What :func:`sparse_rl.summary.run_summary` reads from SB3's EvalCallback."""
+    """What :func:`experiment.summary.run_summary` reads from SB3's EvalCallback."""
 
     def __init__(self, results: list[list[float]]) -> None:
         self.evaluations_results = results

@@ -4,7 +4,7 @@
         sparsity=static,set,rigl,prune sparsity.sparsity=0.8,0.9 "seed=range(10)" hydra.launcher.device=cuda
 
 Hydra's sweeper expands the overrides into jobs as usual; instead of running them one by one this launcher composes
-every job's config and hands them all to :func:`sparse_rl.population_run.run_jobs`.
+every job's config and hands them all to :func:`experiment.population.run_jobs`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class PopulationLauncher(Launcher):
         self.config, self.hydra_context = config, hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from sparse_rl.population_run import run_jobs
+        from experiment.population import run_jobs
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None

@@ -1,7 +1,7 @@
 """Tables and the figure of ``python -m sparse_rl.evaluate``: return vs observation-noise sigma (paper Fig 6).
 
 Per run and sigma the score is the mean return over its evaluation episodes; per agent, env, method, sparsity
-and sigma the table gives the mean over seeds with a percentile bootstrap CI (:func:`~sparse_rl.analysis.
+and sigma the table gives the mean over seeds with a percentile bootstrap CI (:func:`~analysis.
 aggregate.mean_ci`, as the analysis' per-env table).
 """
 
@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from sparse_rl.analysis import aggregate as agg
-from sparse_rl.analysis.atomic import atomic_savefig
-from sparse_rl.analysis.frame import method_rank
-from sparse_rl.analysis.plots import BAND_ALPHA, _fit_limits, _panels, method_color
+from analysis import aggregate as agg
+from analysis.frame import method_rank
+from analysis.plots import BAND_ALPHA, _fit_limits, _panels, method_color
+from analysis.savefig import atomic_savefig
 
 RETURN_COLUMNS = ["path", "agent", "env", "method", "sparsity", "seed", "sigma", "episode", "return"]
 TABLE_COLUMNS = ["agent", "env", "method", "sparsity", "sigma", "n_seeds", "mean", "ci_low", "ci_high"]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from sparse_rl.analysis.records import RunRecord
+from analysis.records import RunRecord
 
 SCORE_COLUMNS = ["agent", "env", "method", "sparsity", "label", "seed", "raw_score", "score", "active_params", "path"]
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from rliable import library, metrics
 
-from sparse_rl.analysis.records import run_label
+from analysis.records import run_label
 
 CI_LEVEL = 0.95  # paper §1: "All plots show 95% confidence intervals"
 BOOTSTRAP_REPS = 2000  # stratified bootstrap replications (rliable's default for performance profiles)

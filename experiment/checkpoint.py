@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from sparse_rl.atomic import atomic_write_json
+from experiment.layout import atomic_write_json
 
 CHECKPOINT_DIR = "checkpoint"
 

@@ -11,16 +11,16 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from sparse_rl.analysis.aggregate import BOOTSTRAP_REPS
-from sparse_rl.analysis.atomic import atomic_savefig
-from sparse_rl.analysis.curves import BAND_DESCRIPTION, mean_curves
-from sparse_rl.analysis.frame import method_rank
-from sparse_rl.analysis.plots import PANEL_SIZE, draw_mean_with_band, method_color, slug
-from sparse_rl.analysis.records import RunRecord
+from analysis.aggregate import BOOTSTRAP_REPS
+from analysis.curves import BAND_DESCRIPTION, mean_curves
+from analysis.frame import method_rank
+from analysis.plots import PANEL_SIZE, draw_mean_with_band, method_color, slug
+from analysis.records import RunRecord
+from analysis.savefig import atomic_savefig
 
 PROGRESS = "progress.csv"
 PREFIX = "diagnostics/"
-STEP_COLUMN = "diagnostics/gradient_step"  # agents/diagnostics.py STEP_KEY
+STEP_COLUMN = "diagnostics/gradient_step"  # agents/diagnostics_callback.py STEP_KEY
 COLUMNS = ["agent", "env", "method", "sparsity", "label", "seed", "step", "group", "metric", "value"]
 
 

@@ -24,12 +24,12 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from sparse_rl.analysis.aggregate import BOOTSTRAP_REPS, CI_LEVEL
-from sparse_rl.analysis.atomic import atomic_savefig
-from sparse_rl.analysis.curves import BAND_DESCRIPTION, mean_curves
-from sparse_rl.analysis.frame import METHOD_ORDER, method_rank
-from sparse_rl.analysis.normalize import REFERENCE_METHOD, REFERENCE_SPARSITY
-from sparse_rl.analysis.records import run_label
+from analysis.aggregate import BOOTSTRAP_REPS, CI_LEVEL
+from analysis.curves import BAND_DESCRIPTION, mean_curves
+from analysis.frame import METHOD_ORDER, method_rank
+from analysis.normalize import REFERENCE_METHOD, REFERENCE_SPARSITY
+from analysis.records import run_label
+from analysis.savefig import atomic_savefig
 
 REFERENCE_LABEL = run_label(REFERENCE_METHOD, REFERENCE_SPARSITY)
 PANEL_COLUMNS = 3
@@ -106,7 +106,7 @@ def draw_mean_with_band(
 
 def learning_curve_figure(data: pd.DataFrame, title: str, reps: int = BOOTSTRAP_REPS, seed: int = 0) -> Figure:
     """One agent/env's curves, a panel per sparsity: every seed's evaluations (thin), their mean (markers) and a
-    bootstrap band (:data:`~sparse_rl.analysis.curves.BAND_DESCRIPTION`); y scaled to what is drawn."""
+    bootstrap band (:data:`~analysis.curves.BAND_DESCRIPTION`); y scaled to what is drawn."""
     labels = data[["label", "method", "sparsity"]].drop_duplicates()
     stats = mean_curves(data, reps, seed)
     levels = _sparsity_panels(labels)

@@ -15,10 +15,9 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from sparse_rl.analysis.discovery import HYDRA_CONFIG, find_run_dirs
-from sparse_rl.analysis.records import RunRecord
-from sparse_rl.run_config import DENSE_METHOD, DENSE_SPARSITY, structure_tag
-from sparse_rl.scores import last_fraction_mean
+from analysis.discovery import find_run_dirs
+from analysis.records import RunRecord
+from experiment.layout import DENSE_METHOD, DENSE_SPARSITY, HYDRA_CONFIG, last_fraction_mean, structure_tag
 
 EVALUATIONS = "evaluations.npz"
 SUMMARY = "summary.json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-HYDRA_CONFIG = Path(".hydra") / "config.yaml"
+from experiment.layout import HYDRA_CONFIG
 
 
 def find_run_dirs(root: str | os.PathLike[str], skip: tuple[str | os.PathLike[str], ...] = ()) -> list[Path]:

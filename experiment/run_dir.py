@@ -6,7 +6,7 @@
 - **interrupted before its first checkpoint**: ``resume=true`` starts it again from scratch (its earlier
   logs are removed first); a fresh start is refused and the message says so.
 
-Decide only while holding the directory (:func:`sparse_rl.lock.hold_run_dir`): otherwise a live writer
+Decide only while holding the directory (:func:`experiment.lock.hold_run_dir`): otherwise a live writer
 may change it between the decision and the start.
 """
 
@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sparse_rl.checkpoint import CHECKPOINT_DIR, checkpoint_problem, latest_checkpoint
+from experiment.checkpoint import CHECKPOINT_DIR, checkpoint_problem, latest_checkpoint
 
 SUMMARY = "summary.json"
 # What a run writes besides its checkpoint; the marks of a started run, and what a restart replaces.

@@ -33,8 +33,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 LOCK_FILE = ".lock"
-STAGING_PREFIX = ".checkpoint."  # checkpoint staging folders (sparse_rl.checkpoint.write_checkpoint)
-TMP_SUFFIX = ".tmp"  # atomic-write temporaries (sparse_rl.atomic)
+STAGING_PREFIX = ".checkpoint."  # checkpoint staging folders (experiment.checkpoint.write_checkpoint)
+TMP_SUFFIX = ".tmp"  # atomic-write temporaries (experiment.layout)
 _BUSY = (errno.EACCES, errno.EAGAIN)
 
 _held: dict[Path, int] = {}  # run directories this process holds -> lock file descriptor

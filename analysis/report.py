@@ -8,17 +8,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from sparse_rl.analysis import aggregate as agg
-from sparse_rl.analysis import plots
-from sparse_rl.analysis.curves import curve_frame
-from sparse_rl.analysis.diagnostics import diagnostics_frame, plot_diagnostics
-from sparse_rl.analysis.frame import ordered_labels, scores_frame
-from sparse_rl.analysis.loading import PROGRESS_MIN_RUNS, load_runs
-from sparse_rl.analysis.normalize import REFERENCE_METHOD, normalize
-from sparse_rl.analysis.records import RunRecord
-from sparse_rl.analysis.tables import aggregate_table, markdown_table, per_env_table, runs_table
-from sparse_rl.atomic import atomic_write, atomic_write_text
-from sparse_rl.scores import LAST_FRACTION
+from analysis import aggregate as agg
+from analysis import plots
+from analysis.curves import curve_frame
+from analysis.diagnostics_plots import diagnostics_frame, plot_diagnostics
+from analysis.frame import ordered_labels, scores_frame
+from analysis.loading import PROGRESS_MIN_RUNS, load_runs
+from analysis.normalize import REFERENCE_METHOD, normalize
+from analysis.records import RunRecord
+from analysis.tables import aggregate_table, markdown_table, per_env_table, runs_table
+from experiment.layout import LAST_FRACTION, atomic_write, atomic_write_text
 
 DEFAULT_OUT = "analysis"  # under the runs directory
 

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from sparse_rl.analysis.aggregate import BOOTSTRAP_REPS, CI_LEVEL
-from sparse_rl.analysis.records import RunRecord
+from analysis.aggregate import BOOTSTRAP_REPS, CI_LEVEL
+from analysis.records import RunRecord
 
 CURVE_COLUMNS = ["agent", "env", "method", "sparsity", "label", "seed", "step", "return"]
 BAND_DESCRIPTION = f"{CI_LEVEL:.0%} percentile bootstrap CI of the mean over seeds"

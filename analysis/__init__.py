@@ -3,7 +3,7 @@
 Entry point: ``python -m sparse_rl.analyze RUNS_DIR``. Imports neither stable-baselines3 nor gymnasium.
 """
 
-from sparse_rl.analysis.aggregate import (
+from analysis.aggregate import (
     BOOTSTRAP_REPS,
     CI_LEVEL,
     MATCHED_METHOD,
@@ -17,15 +17,15 @@ from sparse_rl.analysis.aggregate import (
     score_matrix,
     seeded_numpy,
 )
-from sparse_rl.analysis.curves import curve_frame, mean_curves
-from sparse_rl.analysis.discovery import find_run_dirs
-from sparse_rl.analysis.frame import ordered_labels, scores_frame
-from sparse_rl.analysis.loading import check_runs, load_run, load_runs
-from sparse_rl.analysis.normalize import NORMALIZATIONS, NormalizationError, normalize
-from sparse_rl.analysis.records import Issue, RunRecord, run_label
-from sparse_rl.analysis.report import AnalysisResult, NoUsableRunsError, analyze
-from sparse_rl.analysis.tables import aggregate_table, markdown_table, per_env_table, runs_table
-from sparse_rl.scores import LAST_FRACTION, last_fraction_mean, n_last
+from analysis.curves import curve_frame, mean_curves
+from analysis.discovery import find_run_dirs
+from analysis.frame import ordered_labels, scores_frame
+from analysis.loading import check_runs, load_run, load_runs
+from analysis.normalize import NORMALIZATIONS, NormalizationError, normalize
+from analysis.records import Issue, RunRecord, run_label
+from analysis.report import AnalysisResult, NoUsableRunsError, analyze
+from analysis.tables import aggregate_table, markdown_table, per_env_table, runs_table
+from experiment.layout import LAST_FRACTION, last_fraction_mean, n_last
 
 __all__ = [
     "BOOTSTRAP_REPS",

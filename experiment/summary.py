@@ -9,14 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from sparse_rl.atomic import atomic_write_json
-from sparse_rl.scores import last_fraction_mean
+from experiment.layout import atomic_write_json, last_fraction_mean
 
 VERSIONED_PACKAGES = ("torch", "stable-baselines3", "gymnasium", "numpy", "hydra-core", "sparse_rl")
 
 
 def _score(eval_results: list) -> float | None:
-    """The paper's per-run score (:func:`sparse_rl.scores.last_fraction_mean`), episodes averaged first."""
+    """The paper's per-run score (:func:`experiment.layout.last_fraction_mean`), episodes averaged first."""
     if len(eval_results) == 0:
         return None
     return last_fraction_mean(np.asarray(eval_results, dtype=float).mean(axis=1))

@@ -8,43 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from experiment.layout import DENSE_METHOD, DENSE_SPARSITY, EQUAL_PARAMETER_METHOD, method_label
 from sparse_rl.config import SparsityConfig
-from sparse_rl.structure import NMStructure
-
-EQUAL_PARAMETER_METHOD = "dense_matched"  # trains a dense network whose widths match a sparse one's active count
-DENSE_METHOD = "dense"  # the standard dense network: it has no sparsity, whatever sparsity.sparsity says
-DENSE_SPARSITY = 0.0
-
-
-def structure_tag(structure: str | None) -> str:
-    """``_2of4`` for ``sparsity.structure=2:4`` (so N:M runs are their own method in directories and tables), else ``""``.
-
-    An unparsable value is left for validation to report; it gets a plain tag here.
-    """
-    if structure is None:
-        return ""
-    try:
-        return f"_{NMStructure.parse(structure).tag}"
-    except ValueError:
-        return f"_{structure}"
-
-
-def method_label(method: str, sparsity: float, wide: bool = False, structure: str | None = None) -> str:
-    """The method part of a run directory: ``rigl_s0.9``, ``rigl_wide_s0.9``, ``rigl_2of4_s0.5``; ``dense`` is
-    always ``dense_s0.0``.
-
-    Registered as the OmegaConf resolver ``method_label`` used by ``run_dir`` in ``configs/config.yaml``, so every
-    path built from that pattern (a run, a sweep job) labels a dense network with the sparsity it has.
-    """
-    sparsity_label = DENSE_SPARSITY if method == DENSE_METHOD else sparsity
-    return f"{method}{'_wide' if wide else ''}{structure_tag(structure)}_s{sparsity_label}"
-
 
 OmegaConf.register_new_resolver("method_label", method_label, replace=True)
-# run_dir tag for Sparse Wide runs (the run_dir pattern before method_label; kept for configs that still use it)
-OmegaConf.register_new_resolver("wide_tag", lambda wide: "_wide" if wide else "", replace=True)
 
 
 def normalize_dense(cfg: Any) -> str | None:
@@ -157,3 +127,6 @@ def core_sparsity_config(sparsity: Any) -> SparsityConfig:
         group_sparsity={k: float(v) for k, v in overrides.items()},
         structure=None if sparsity.structure is None else str(sparsity.structure),
     )
+
+
+ConfigStore.instance().store(name="run_schema", node=RunSchema)  # configs/config.yaml's defaults list names it

@@ -24,9 +24,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sparse_rl.lock import cleanup_stale_staging, hold_run_dir
-from sparse_rl.run import Plan, UsageError, plan_run
-from sparse_rl.summary import record_failure
+from experiment.lock import cleanup_stale_staging, hold_run_dir
+from experiment.plan import Plan, UsageError, plan_run
+from experiment.summary import record_failure
 
 POPULATIONS_DIR = ".populations"  # under run_root: one folder per population (its checkpoint)
 MEMBERS_PER_ENV_WORKER = 8  # env_workers=auto on CUDA: 8 beat 4 at K = 64 (docs/performance.md)
@@ -46,7 +46,7 @@ class Job:
 
 def plan_member(cfg: DictConfig) -> Plan:
     """Validate one job as the SB3 path does, plus what the population engine supports; raises :class:`UsageError`."""
-    from agents.population.build import PopulationConfigError, check_supported
+    from agents.population.compose import PopulationConfigError, check_supported
 
     try:
         check_supported(cfg)
@@ -86,7 +86,7 @@ def _net_arch(plan: Plan) -> Any:
 
 def group_jobs(jobs: Sequence[Job], max_members: int) -> list[list[Job]]:
     """Compatible jobs in order of first appearance, split into populations of at most ``max_members``."""
-    from agents.population.build import compatibility_key
+    from agents.population.compose import compatibility_key
 
     groups: dict[str, list[Job]] = {}
     for job in jobs:
@@ -111,7 +111,7 @@ def train_population(members: Sequence[Job], device: str, cuda_graph: bool, env_
     label = f"population {cfg.agent.name}/{cfg.env.name} × {len(members)}"
     plans = [m.plan for m in members]
     try:
-        with contextlib.ExitStack() as held:  # one writer per run directory (sparse_rl.lock), for the whole population
+        with contextlib.ExitStack() as held:  # one writer per run directory (experiment.lock), for the whole population
             for member in members:
                 member.plan.run_dir.mkdir(parents=True, exist_ok=True)
                 held.enter_context(hold_run_dir(member.plan.run_dir))
@@ -133,7 +133,7 @@ def _train_held(
     from agents.population.trainer import PopulationTrainer
 
     cfg = members[0].cfg
-    torch.set_num_threads(int(cfg.torch_threads))  # as the SB3 path (sparse_rl.run.train); part of the population key
+    torch.set_num_threads(int(cfg.torch_threads))  # as the SB3 path (experiment.sb3.train); part of the population key
     trainer = PopulationTrainer(plans, members[0].net_arch, population_dir(members), device, cuda_graph, env_workers)
     if cfg.resume:
         trainer.load_checkpoint()

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from sparse_rl.analysis import aggregate as agg
-from sparse_rl.analysis.frame import ordered_labels
-from sparse_rl.analysis.records import RunRecord
+from analysis import aggregate as agg
+from analysis.frame import ordered_labels
+from analysis.records import RunRecord
 
 PER_ENV_COLUMNS = [
     "agent",

@@ -1,4 +1,4 @@
-"""Atomic plot writes (file writes themselves live in :mod:`sparse_rl.atomic`)."""
+"""Atomic plot writes (file writes themselves live in :mod:`experiment.layout`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from sparse_rl.atomic import atomic_write
+from experiment.layout import atomic_write
 
 
 def atomic_savefig(fig: Figure, stem: str | os.PathLike[str], formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:

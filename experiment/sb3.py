@@ -1,0 +1,277 @@
+"""The SB3 training path: build a validated :class:`~experiment.plan.Plan` (envs, model, controller, callbacks),
+train it, and write its run directory.
+
+Writes to ``run_dir``: ``.hydra/config.yaml``, ``progress.csv``, TensorBoard events, ``evaluations.npz``,
+``checkpoint/`` (model with optimizers, controller, replay buffer), ``model.zip`` and ``summary.json``.
+One process writes a run directory at a time (:mod:`experiment.lock`); a second one is refused with one line.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+
+from agents import attach_controller, build_model
+from agents.callbacks import (
+    CheckpointCallback,
+    ClockSyncCallback,
+    FiniteWeightsCallback,
+    ResumableEvalCallback,
+    TopologyLoggerCallback,
+)
+from agents.diagnostics_callback import DiagnosticsCallback, diagnostics_settings
+from agents.matching import equal_parameter_net_arch
+from agents.replay_io import REPLAY_FILE, load_replay_buffer, save_replay_buffer
+from agents.resume import (
+    VEC_NORMALIZE_FILE,
+    callback_state,
+    load_checkpoint_model,
+    load_vec_normalize,
+    restore_pending_logs,
+    restore_training_state,
+    run_logger,
+    save_training_state,
+)
+from envs import EVAL_SEED_OFFSET, make_vec_env
+from experiment.checkpoint import write_checkpoint
+from experiment.layout import atomic_write, atomic_write_json
+from experiment.lock import LOCK_FILE, LocksUnsupported, RunDirLocked, cleanup_stale_staging, hold_run_dir
+from experiment.plan import Plan, RunDirUsageError, UsageError, plan_run, resume_checkpoint
+from experiment.run_dir import clear_run_outputs
+from experiment.summary import record_failure, run_summary
+from sparse_rl.controller import NonFiniteError
+
+
+def _make_envs(plan: Plan) -> tuple[VecEnv, VecEnv]:
+    cfg = plan.cfg
+    train_env = make_vec_env(plan.env, cfg.agent.n_envs, cfg.seed)
+    eval_env = make_vec_env(plan.env, 1, cfg.seed + EVAL_SEED_OFFSET)
+    if cfg.agent.normalize:
+        train_env = VecNormalize(train_env)
+        eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
+        if plan.checkpoint is not None:
+            load_vec_normalize(plan.checkpoint / VEC_NORMALIZE_FILE, train_env)
+    return train_env, eval_env
+
+
+def _save_checkpoint(
+    plan: Plan,
+    model: Any,
+    controller: Any,
+    num_timesteps: int,
+    eval_env: VecEnv | None = None,
+    topology: Any = None,
+    states: dict[str, Any] | None = None,
+) -> None:
+    """Check the run is sound (finite weights, sparsity invariants), then replace the checkpoint atomically."""
+    controller.check_finite(f" at env step {num_timesteps}; the last good checkpoint is kept")
+    controller.check_invariants()
+    callbacks = {} if topology is None else {"topology_logged_updates": topology.logged_updates}
+    callbacks.update(states or {})  # other callbacks' small JSON states (diagnostics: its next measurement)
+
+    def write_files(folder: Path) -> None:
+        model.save(folder / "model.zip")
+        torch.save(controller.state_dict(), folder / "controller.pt")
+        if plan.cfg.save_replay_buffer and getattr(model, "replay_buffer", None) is not None:
+            save_replay_buffer(model.replay_buffer, folder / REPLAY_FILE)
+        save_training_state(folder, model, eval_env, callbacks)
+
+    write_checkpoint(plan.run_dir, write_files, num_timesteps)
+
+
+def build_plan_model(plan: Plan, env: VecEnv, device: str | None = None, **sb3_overrides: Any) -> tuple[Any, dict]:
+    """The plan's fresh SB3 model on ``env`` (equal-parameter widths solved), and the summary's extra keys.
+
+    ``device`` replaces the config's; ``sb3_overrides`` replace ``agent.sb3`` keys (e.g. a small replay buffer
+    for a model that is only evaluated).
+    """
+    cfg = plan.cfg
+    net_arch = OmegaConf.to_container(cfg.agent.net_arch)
+    agent_cfg = OmegaConf.to_container(cfg.agent, resolve=True)
+    if sb3_overrides:
+        agent_cfg["sb3"] = {**agent_cfg["sb3"], **sb3_overrides}
+    extra: dict[str, Any] = {}
+    if plan.variant is not None:
+        net_arch, extra["equal_parameters"] = equal_parameter_net_arch(
+            plan.agent.name, env.observation_space, env.action_space, net_arch, plan.group_sparsity, plan.variant
+        )
+        extra["net_arch"] = net_arch
+    model = build_model(
+        plan.agent,
+        agent_cfg,
+        env,
+        net_arch=net_arch,
+        sparse=plan.sparsity.method != "dense",
+        seed=cfg.seed,
+        device=cfg.device if device is None else device,
+    )
+    return model, extra
+
+
+def _diagnostics_callbacks(cfg: DictConfig, controller: Any, checkpoint: Path | None) -> list[DiagnosticsCallback]:
+    """The diagnostics callback if ``diagnostics.freq`` > 0 (agents/diagnostics_callback.py, design decision 28)."""
+    settings = diagnostics_settings(cfg.diagnostics)
+    state = callback_state(checkpoint).get("diagnostics") if checkpoint is not None else None
+    return [DiagnosticsCallback(controller, settings, cfg.seed, state)] if settings.enabled else []
+
+
+def train(plan: Plan) -> dict:
+    """Build everything from a validated plan, train, and write the run directory. Returns the summary."""
+    cfg = plan.cfg
+    for warning in plan.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    torch.set_num_threads(cfg.torch_threads)
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.resume and plan.checkpoint is None and clear_run_outputs(plan.run_dir):
+        print(f"note: {plan.run_dir} stopped before its first checkpoint; starting it again from scratch")
+    atomic_write(plan.run_dir / ".hydra" / "config.yaml", lambda tmp: OmegaConf.save(cfg, tmp, resolve=True))
+    train_env, eval_env = _make_envs(plan)
+    model, extra = build_plan_model(plan, train_env)
+    resumed_at = None
+    if plan.checkpoint is not None:  # the model is rebuilt from the config: nothing in model.zip is unpickled
+        load_checkpoint_model(model, plan.checkpoint / "model.zip")
+        if (plan.checkpoint / REPLAY_FILE).exists():
+            load_replay_buffer(model.replay_buffer, plan.checkpoint / REPLAY_FILE)
+        resumed_at = model.num_timesteps
+    controller = attach_controller(
+        model, plan.agent, plan.sparsity, cfg.agent.total_timesteps, cfg.seed, existing=plan.checkpoint is not None
+    )
+    if plan.checkpoint is not None:
+        controller.load_state_dict(torch.load(plan.checkpoint / "controller.pt", weights_only=True))
+        extra["exact_resume"] = restore_training_state(plan.checkpoint, model, eval_env)
+        if not extra["exact_resume"]:
+            print(f"note: {plan.env.name} state is not captured; its current episodes restart after the resume")
+    model.set_logger(run_logger(plan.run_dir, cfg.tensorboard, resumed_at))
+    if plan.checkpoint is not None:
+        restore_pending_logs(plan.checkpoint, model.logger)
+    eval_cb = ResumableEvalCallback(
+        eval_env,
+        n_eval_episodes=cfg.agent.eval_episodes,
+        eval_freq=max(cfg.agent.eval_freq // cfg.agent.n_envs, 1),
+        log_path=str(plan.run_dir),
+        deterministic=True,
+        verbose=0,
+        resume_from=resumed_at,
+        final_if_none=True,  # a budget shorter than eval_freq still gets one evaluation (experiment.preflight)
+    )
+    logged = callback_state(plan.checkpoint).get("topology_logged_updates") if plan.checkpoint is not None else None
+    topology = TopologyLoggerCallback(controller, logged)
+    callbacks = [topology, FiniteWeightsCallback(controller, cfg.nan_check_freq), eval_cb]
+    if plan.agent.nominal_clock is not None:  # first: a checkpoint at a rollout start sees the synced clock
+        callbacks.insert(0, ClockSyncCallback(controller, plan.agent.nominal_clock))
+
+    diagnostics = _diagnostics_callbacks(cfg, controller, plan.checkpoint)
+
+    def save(t: int) -> None:
+        states = {"diagnostics": diagnostics[0].state()} if diagnostics else {}
+        _save_checkpoint(plan, model, controller, t, eval_env, topology, states)
+
+    if cfg.checkpoint_freq > 0:
+        callbacks.append(CheckpointCallback(cfg.checkpoint_freq, save))
+    callbacks += diagnostics
+    start = time.perf_counter()
+    steps_before = model.num_timesteps
+    running = run_summary(plan, "running", controller, None, 0.0, steps_before, **extra)
+    atomic_write_json(plan.run_dir / "summary.json", running)
+    try:
+        model.learn(
+            total_timesteps=cfg.agent.total_timesteps - steps_before,
+            callback=callbacks,
+            progress_bar=cfg.progress_bar,
+            reset_num_timesteps=plan.checkpoint is None,
+        )
+    except BaseException as error:
+        wall = time.perf_counter() - start
+        try:  # a NaN often surfaces elsewhere first (e.g. a distribution's argument check): name the group and step
+            controller.check_finite(f" at env step {model.num_timesteps} (gradient step {controller.clock})")
+        except NonFiniteError as non_finite:
+            error = NonFiniteError(f"{non_finite}; the last good checkpoint is kept; first seen as {error!r}")
+        summary = run_summary(plan, "failed", controller, eval_cb, wall, model.num_timesteps, error=str(error), **extra)
+        atomic_write_json(plan.run_dir / "summary.json", summary)
+        raise error
+    wall = time.perf_counter() - start
+    save(model.num_timesteps)
+    model.save(plan.run_dir / "model.zip")
+    extra.update({"diagnostics": diagnostics[0].last} if diagnostics else {})  # per group, the values at the end
+    summary = run_summary(plan, "completed", controller, eval_cb, wall, model.num_timesteps - steps_before, **extra)
+    summary["num_timesteps"] = model.num_timesteps
+    problem = controller.final_allocation_problem()
+    summary["checks"] = {"final_allocation": "failed" if problem else "passed"}
+    if problem:
+        summary["checks"]["final_allocation_problem"] = problem
+        print(f"warning: {plan.run_dir}: the final sparsity allocation was not reached: {problem}", file=sys.stderr)
+    atomic_write_json(plan.run_dir / "summary.json", summary)
+    train_env.close()
+    eval_env.close()
+    return summary
+
+
+def _holder_of(run_dir: Path) -> RunDirLocked | None:
+    """The refusal naming the process that holds ``run_dir`` if one does (only probed where a run has started)."""
+    if not (run_dir / LOCK_FILE).exists():
+        return None
+    try:
+        with hold_run_dir(run_dir):
+            return None
+    except RunDirLocked as error:
+        return error
+    except LocksUnsupported:
+        return None
+
+
+def _remove_empty_dirs(path: Path) -> None:
+    """Remove ``path`` and its empty parents (Hydra creates the run directory before the config is validated)."""
+    cwd = Path.cwd().resolve()
+    path = path.resolve()
+    while path != cwd and path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        path = path.parent
+
+
+def run_job(cfg: DictConfig, multirun: bool) -> float | None:
+    """Plan, hold and train one job (``python -m sparse_rl.run``); returns its score, ``None`` for a skipped or failed
+    sweep job (one bad or failed job must not stop a sweep)."""
+    try:
+        plan = plan_run(cfg)
+    except UsageError as error:
+        if isinstance(error, RunDirUsageError):  # a live writer explains the run directory's state best
+            error = _holder_of(Path(cfg.run_dir)) or error
+        _remove_empty_dirs(Path(cfg.run_dir))
+        if multirun:
+            print(f"{cfg.run_dir}: SKIPPED: {error}", file=sys.stderr)
+            return None
+        sys.exit(f"error: {error}")
+    try:
+        with hold_run_dir(plan.run_dir):  # one writer per run directory (12.1); released even on kill -9
+            return _train_held(plan, multirun)
+    except (RunDirLocked, LocksUnsupported, UsageError) as error:
+        if multirun:
+            print(f"{plan.run_dir}: SKIPPED: {error}", file=sys.stderr)
+            return None
+        sys.exit(f"error: {error}")
+
+
+def _train_held(plan: Plan, multirun: bool) -> float | None:
+    """Train ``plan`` in the run directory this process holds: decide again how to start, now that no one else
+    writes there; clear stale staging folders; record a failure in ``summary.json``."""
+    plan.checkpoint = resume_checkpoint(plan.cfg, plan.run_dir)
+    for path in cleanup_stale_staging(plan.run_dir):
+        print(f"note: removed {path}, left by an interrupted write")
+    try:
+        summary = train(plan)
+    except Exception as error:
+        record_failure(plan, error)
+        if multirun:
+            print(f"{plan.run_dir}: FAILED ({error!r}); recorded in summary.json", file=sys.stderr)
+            return None
+        if isinstance(error, NonFiniteError):
+            sys.exit(f"error: {error}".splitlines()[0])
+        raise
+    print(f"{plan.run_dir}: score {summary['score']}, {summary['env_steps_per_s']:.0f} env-steps/s")
+    return summary["score"]
