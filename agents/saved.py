@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-MODEL_FILE = "model.zip"
 POLICY_ENTRY = "policy.pth"
 
 

@@ -26,8 +26,8 @@ from omegaconf import OmegaConf
 
 import sparse_rl.run  # noqa: F401  (registers the schema)
 from agents import AGENTS, build_model
-from agents.replay_io import load_replay_buffer, save_replay_buffer
 from envs import EnvSpec, make_vec_env
+from experiment.replay_io import load_replay_buffer, save_replay_buffer
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 

@@ -78,9 +78,9 @@ class Timers:
 def bench_population(
     agent: str, method: str, k: int, device: str, cuda_graph: bool, seconds: float, scratch: Path, env_workers: str
 ) -> dict:
-    from agents.population.trainer import PopulationTrainer
     from experiment.plan import plan_run
     from experiment.population import env_workers_for
+    from experiment.population_trainer import PopulationTrainer
 
     plans = [plan_run(compose(agent, method, seed, scratch / f"{agent}_{method}_{k}_{seed}")) for seed in range(k)]
     net_arch = list(plans[0].cfg.agent.net_arch)

@@ -55,7 +55,7 @@ RESUME_IDENTITY_KEYS = (
 )  # fmt: skip
 CHECKPOINT_FILES = ("meta.json", "model.zip", "controller.pt", "training_state.json", "torch_rng.pt")
 SB3_ARCHIVE_MEMBERS = ("data", "policy.pth")  # what stable-baselines3's save always writes
-REPLAY_FILE = "replay_buffer.npz"  # agents.replay_io
+REPLAY_FILE = "replay_buffer.npz"  # experiment.replay_io
 PICKLED_FILES = ("replay_buffer.pkl", "vecnormalize.pkl")  # written by earlier versions; never unpickled
 
 

@@ -105,3 +105,13 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike[str], data: Any) -> Path:
     """Write ``data`` as indented JSON atomically."""
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=float))
+
+
+def atomic_write_npz(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> Path:
+    """Write ``arrays`` as an uncompressed ``.npz`` atomically (evaluations, replay buffers, RNG and env states)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a path
+            np.savez(f, **arrays)
+
+    return atomic_write(path, write)

@@ -32,8 +32,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from tqdm import tqdm
 
-from agents.resume import VEC_NORMALIZE_FILE, load_vec_normalize
-from agents.saved import MODEL_FILE, load_policy
+from agents.saved import load_policy
 from analysis.aggregate import CI_LEVEL
 from analysis.loading import load_runs
 from analysis.records import RunRecord
@@ -43,9 +42,10 @@ from envs import EVAL_SEED_OFFSET, make_vec_env
 from envs.noise import ObservationNoise, noise_kind
 from experiment.checkpoint import latest_checkpoint
 from experiment.cli import CONFIGS_DIR
-from experiment.layout import HYDRA_CONFIG, atomic_write, atomic_write_text
+from experiment.layout import HYDRA_CONFIG, MODEL_FILE, atomic_write, atomic_write_text
 from experiment.plan import Plan, UsageError, plan_run
 from experiment.sb3 import build_plan_model
+from experiment.sb3_state import VEC_NORMALIZE_FILE, load_vec_normalize
 from experiment.schema import RunSchema
 
 DEFAULTS_FILE = CONFIGS_DIR / "robustness.yaml"

@@ -130,7 +130,7 @@ def _train_held(
     import torch
     from tqdm import tqdm
 
-    from agents.population.trainer import PopulationTrainer
+    from experiment.population_trainer import PopulationTrainer
 
     cfg = members[0].cfg
     torch.set_num_threads(int(cfg.torch_threads))  # as the SB3 path (experiment.sb3.train); part of the population key

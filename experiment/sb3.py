@@ -27,8 +27,14 @@ from agents.callbacks import (
 )
 from agents.diagnostics_callback import DiagnosticsCallback, diagnostics_settings
 from agents.matching import equal_parameter_net_arch
-from agents.replay_io import REPLAY_FILE, load_replay_buffer, save_replay_buffer
-from agents.resume import (
+from envs import EVAL_SEED_OFFSET, make_vec_env
+from experiment.checkpoint import write_checkpoint
+from experiment.layout import atomic_write, atomic_write_json
+from experiment.lock import LOCK_FILE, LocksUnsupported, RunDirLocked, cleanup_stale_staging, hold_run_dir
+from experiment.plan import Plan, RunDirUsageError, UsageError, plan_run, resume_checkpoint
+from experiment.replay_io import REPLAY_FILE, load_replay_buffer, save_replay_buffer
+from experiment.run_dir import clear_run_outputs
+from experiment.sb3_state import (
     VEC_NORMALIZE_FILE,
     callback_state,
     load_checkpoint_model,
@@ -38,12 +44,6 @@ from agents.resume import (
     run_logger,
     save_training_state,
 )
-from envs import EVAL_SEED_OFFSET, make_vec_env
-from experiment.checkpoint import write_checkpoint
-from experiment.layout import atomic_write, atomic_write_json
-from experiment.lock import LOCK_FILE, LocksUnsupported, RunDirLocked, cleanup_stale_staging, hold_run_dir
-from experiment.plan import Plan, RunDirUsageError, UsageError, plan_run, resume_checkpoint
-from experiment.run_dir import clear_run_outputs
 from experiment.summary import record_failure, run_summary
 from sparse_rl.controller import NonFiniteError
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 from stable_baselines3 import DQN, SAC
 
-from agents.population.trainer import PopulationTrainer
 from experiment.layout import last_fraction_mean
 from experiment.population import plan_member
+from experiment.population_trainer import PopulationTrainer
 from tests.agent_helpers import compose_run
 
 ENVS = {"sac": "Pendulum", "dqn": "CartPole"}

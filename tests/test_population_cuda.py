@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agents.population.trainer import PopulationTrainer
+from experiment.population_trainer import PopulationTrainer
 from tests.test_population import _assert_member_invariants, _plans
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

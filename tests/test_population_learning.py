@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from agents.population.trainer import PopulationTrainer
 from experiment.population import plan_member
+from experiment.population_trainer import PopulationTrainer
 from tests.agent_helpers import compose_run
 from tests.test_learning import CASES, COMMON
 

@@ -205,7 +205,7 @@ def test_a_pickled_replay_buffer_is_never_loaded(sac_checkpoint, tmp_path):
 def test_replay_buffer_round_trip_is_exact(algo, kwargs, steps, tmp_path):
     import stable_baselines3
 
-    from agents.replay_io import load_replay_buffer, save_replay_buffer
+    from experiment.replay_io import load_replay_buffer, save_replay_buffer
 
     env = "Pendulum-v1" if algo == "SAC" else "CartPole-v1"
     make = getattr(stable_baselines3, algo)

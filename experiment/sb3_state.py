@@ -26,7 +26,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from torch.utils.tensorboard import SummaryWriter
 
 from envs.state import innermost_vec_env, restore_vec_env_states, vec_env_states
-from experiment.layout import atomic_write, atomic_write_json
+from experiment.layout import atomic_write, atomic_write_json, atomic_write_npz
 
 STEP_COLUMN = "time/total_timesteps"
 LAST_OBS_KEYS = ("_last_obs", "_last_episode_starts", "_last_original_obs")
@@ -105,18 +105,10 @@ def save_training_state(
     }
     atomic_write_json(folder / "training_state.json", state)
     arrays = {key: getattr(model, key) for key in LAST_OBS_KEYS if isinstance(getattr(model, key, None), np.ndarray)}
-    _write_npz(folder / "last_obs.npz", arrays)
+    atomic_write_npz(folder / "last_obs.npz", arrays)
     atomic_write(folder / "torch_rng.pt", lambda tmp: torch.save(torch.get_rng_state(), tmp))
     if isinstance(model.get_env(), VecNormalize):
         save_vec_normalize(model.get_env(), folder / VEC_NORMALIZE_FILE)
-
-
-def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    def write_npz(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a path
-            np.savez(f, **arrays)
-
-    atomic_write(path, write_npz)
 
 
 def callback_state(folder: Path) -> dict[str, Any]:
@@ -163,7 +155,7 @@ def save_vec_normalize(venv: VecNormalize, path: Path) -> None:
             arrays[f"{key}/{field}"] = np.asarray(getattr(stats, field))
     if isinstance(getattr(venv, "old_obs", None), np.ndarray):
         arrays["old_obs"] = venv.old_obs
-    _write_npz(path, arrays)
+    atomic_write_npz(path, arrays)
 
 
 def load_vec_normalize(path: Path, venv: VecNormalize) -> None:

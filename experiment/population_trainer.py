@@ -34,11 +34,11 @@ from agents.population.export import copy_member
 from agents.population.member_envs import MemberEnvs
 from agents.population.replay import PopulationReplay
 from agents.population.sac import PopulationSAC
-from agents.resume import run_logger
 from agents.spec import off_policy_gradient_steps
 from envs import EVAL_SEED_OFFSET, make_vec_env
 from experiment.checkpoint import latest_checkpoint, write_checkpoint
-from experiment.layout import atomic_write, atomic_write_json
+from experiment.layout import EVALUATIONS_FILE, atomic_write, atomic_write_json, atomic_write_npz
+from experiment.sb3_state import run_logger
 from experiment.summary import run_summary
 from sparse_rl.controller import NonFiniteError, SparsityInvariantError, TopologyController
 
@@ -252,12 +252,7 @@ class PopulationTrainer:
             "results": np.asarray(member.eval_results),
             "ep_lengths": np.asarray(member.eval_lengths),
         }
-
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-
-        atomic_write(member.run_dir / "evaluations.npz", write)
+        atomic_write_npz(member.run_dir / EVALUATIONS_FILE, arrays)
 
     def _log_rollout(self, member: MemberRun) -> None:
         """SB3's ``dump_logs`` every LOG_INTERVAL episodes: rollout means, last training losses, topology."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
 
-from experiment.layout import atomic_write
+from experiment.layout import atomic_write_npz
 
 REPLAY_FILE = "replay_buffer.npz"
 FIELDS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
@@ -60,11 +60,7 @@ def save_replay_buffer(buffer: ReplayBuffer, path: Path) -> None:
     }
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a path
-            np.savez(f, **arrays)
-
-    atomic_write(path, write)
+    atomic_write_npz(path, arrays)
 
 
 def _meta(data: np.lib.npyio.NpzFile) -> dict:
