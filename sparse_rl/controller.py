@@ -222,7 +222,6 @@ class TopologyController:
         (its ``_version``). RigL's dense gradient is copied only when the next step of the clock is an update
         point. The per-layer work is kept to attribute reads: this runs on every gradient step.
         """
-        needs_gradients = self.updater.needs_gradients
         entries = [(layer.module.weight, layer) for layer in layers]
 
         def hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
@@ -235,7 +234,7 @@ class TopologyController:
                     layers_with_grad.append(layer)
             if not grads:
                 return
-            if needs_gradients and self.update_due(self.clock + self.tick_steps):
+            if self.wants_dense_grad(self.clock + self.tick_steps):
                 torch._foreach_copy_([layer.dense_grad for layer in layers_with_grad], grads)
             torch._foreach_mul_(grads, multipliers)
 
@@ -263,6 +262,16 @@ class TopologyController:
             return False
         point = self.updater.window.latest_point(t)
         return point is not None and (self.last_update_step is None or point > self.last_update_step)
+
+    def wants_dense_grad(self, step: int) -> bool:
+        """Whether the optimizer step about to run should snapshot the dense gradient (RigL's grow criterion).
+
+        ``step`` is the clock value this controller will be given for that optimizer step, i.e. the ``t`` of the
+        :meth:`step` call that follows it (``self.clock + self.tick_steps`` for :meth:`tick`; a trainer that counts
+        gradient steps from 1 and calls ``step(clock)`` after incrementing passes ``clock + 1`` before the optimizer
+        step). True iff the updater grows by gradient and ``step`` reaches an update point not yet applied.
+        """
+        return self.updater.needs_gradients and self.update_due(step)
 
     def tick(self) -> bool:
         """Advance the controller's own clock by ``tick_steps`` and :meth:`step` there (for optimizer-step clocks).
