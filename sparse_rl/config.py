@@ -1,8 +1,9 @@
 """The sparse core's configuration: one dataclass, validated, with the paper's defaults per method.
 
 ``SparsityConfig(method="rigl", sparsity=0.9)`` is RigL as the paper ran it; every field left out takes the
-method's default from :data:`METHOD_DEFAULTS`. Those defaults are the values of ``configs/sparsity/<method>.yaml``
-(which the command line uses, each value citing its source there); a test keeps the two equal. Agent-specific
+method's default from :data:`METHOD_DEFAULTS`, which each updater states (``Updater.defaults`` in
+:mod:`sparse_rl.updaters`, citing its sources). Those defaults are the values of ``configs/sparsity/<method>.yaml``
+(which the command line uses); a test keeps the two equal. Agent-specific
 values from the paper's tables (e.g. DQN's or PPO's update interval) live in ``configs/agent_sparsity/`` and are
 passed explicitly.
 """
@@ -12,28 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from sparse_rl.distributions import DISTRIBUTIONS
+from sparse_rl.schedules import DROP_FRACTION_SCHEDULES
 from sparse_rl.structure import NMStructure
+from sparse_rl.updaters import UPDATERS
 
-# Graesser et al. 2022 ("The State of Sparse Training in Deep RL"), paper_facts §3.1-§3.4; mirrors configs/sparsity/.
-_SPARSE_SCHEDULE: dict[str, Any] = {
-    "sparsity": 0.9,  # the paper's headline sparsity
-    "distribution": "erk",  # §3.4: ERK in every reported experiment
-    "update_interval": 1000,  # §3.2 Tables 1-2: 1,000 gradient steps (SAC, DQN)
-    "start_fraction": 0.0,  # §3.1: SET/RigL updates start at step 0
-    "end_fraction": 0.8,  # §3.2: last update at 80% of training (SAC)
-    "drop_fraction_schedule": "cosine",  # §3.1: cosine decay to 0 at the last update
-    "prune_power": 3,  # §3.1: cubic pruning schedule (Zhu & Gupta 2017)
-}
 OPTIONAL_FIELDS = {"structure"}  # None is a valid value, not a missing default
-STRUCTURED_METHODS = ("static", "set", "rigl", "prune")  # methods that accept sparsity.structure
 STRUCTURE_SPARSITY_TOLERANCE = 5e-4  # 1 - N/M stated to 3 decimals passes (1:3 as sparsity 0.667)
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "dense": {**_SPARSE_SCHEDULE, "sparsity": 0.0, "drop_fraction": 0.0, "sparse_init": False},  # schedule unused
-    "static": {**_SPARSE_SCHEDULE, "drop_fraction": 0.0, "sparse_init": True},  # §3.1: random ERK mask, fixed
-    "set": {**_SPARSE_SCHEDULE, "drop_fraction": 0.5, "sparse_init": True},  # §3.2 Table 2 (RigL row), §3.4
-    "rigl": {**_SPARSE_SCHEDULE, "drop_fraction": 0.5, "sparse_init": True},  # §3.2 Table 2, §3.4
-    "prune": {**_SPARSE_SCHEDULE, "start_fraction": 0.2, "drop_fraction": 0.0, "sparse_init": False},  # §3.2: 20%->80%
-}
+# Each method's paper defaults, as its updater states them (Updater.defaults, sources cited there); in registration
+# order. Mirrors configs/sparsity/<method>.yaml (tests/test_readme.py keeps the two equal).
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {name: dict(cls.defaults) for name, cls in UPDATERS.items()}
+# methods that accept sparsity.structure (Updater.accepts_structure), in registration order
+STRUCTURED_METHODS: tuple[str, ...] = tuple(name for name, cls in UPDATERS.items() if cls.accepts_structure)
 
 
 @dataclass
@@ -51,7 +42,7 @@ class SparsityConfig:
     end_fraction: float | None = None  # last update/pruning step, as a fraction of the run
     drop_fraction: float | None = None  # SET/RigL initial fraction of active weights dropped per update
     drop_fraction_schedule: str | None = None  # constant or cosine
-    sparse_init: bool | None = None  # unit-scaled sparsity-aware init of the active weights (paper §3.4)
+    sparse_init: bool | None = None  # sparsity-aware init of the active weights (sparse_rl.sparse_init)
     prune_power: int | None = None  # exponent of the Zhu–Gupta pruning schedule
     group_sparsity: dict[str, float] = field(default_factory=dict)  # per-group overrides, e.g. {"actor": 0.8}
     structure: str | None = None  # N:M structured sparsity, e.g. "2:4" (sparse_rl.structure); None: unstructured
@@ -73,10 +64,6 @@ class SparsityConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` with one clear line for an impossible configuration."""
-        from sparse_rl.distributions import DISTRIBUTIONS
-        from sparse_rl.schedules import DROP_FRACTION_SCHEDULES
-        from sparse_rl.updaters import UPDATERS
-
         UPDATERS.get(self.method)
         missing = [f.name for f in fields(self) if getattr(self, f.name) is None and f.name not in OPTIONAL_FIELDS]
         if missing:

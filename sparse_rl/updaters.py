@@ -1,22 +1,42 @@
 """Which connections change: ``dense``, ``static``, ``set``, ``rigl``, ``prune`` (registry ``UPDATERS``).
 
 An updater proposes a layer's next mask; the :class:`~sparse_rl.controller.TopologyController` applies it
-(zeroing weights, resetting optimizer state, syncing targets). Add a method by registering a subclass.
+(zeroing weights, resetting optimizer state, syncing targets). Add a method by registering a subclass with its
+paper defaults (:attr:`Updater.defaults`, from which :data:`sparse_rl.config.METHOD_DEFAULTS` is derived) and a
+``configs/sparsity/<method>.yaml`` holding the same values. A new drop or growth criterion is an override of
+:meth:`Updater.drop_scores` or :meth:`SETUpdater.grow_scores` (as in google-research/rigl's
+``rigl/rigl_tf2/mask_updaters.py``, whose updaters differ only in their drop and grow scores).
+
+Sources cited below: Graesser et al. 2022, "The State of Sparse Training in Deep Reinforcement Learning"
+(arXiv 2206.10369; its appendix hyper-parameter tables) and the google-research/rigl files named.
 """
 
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from sparse_rl.config import SparsityConfig
 from sparse_rl.masks import MaskedLayer
 from sparse_rl.registry import Registry
 from sparse_rl.schedules import DROP_FRACTION_SCHEDULES, UpdateWindow, polynomial_sparsity
 
+if TYPE_CHECKING:
+    from sparse_rl.config import SparsityConfig
+
 UPDATERS: Registry[type[Updater]] = Registry("sparsity method")
+
+# The schedule every method shares; mirrors configs/sparsity/ (a test keeps the two equal).
+_PAPER_SCHEDULE: dict[str, Any] = {
+    "sparsity": 0.9,  # Graesser et al. 2022, Fig 1: the headline sparsity
+    "distribution": "erk",  # Graesser et al. 2022, Fig 4a: ERK beats uniform; ERK in every other experiment
+    "update_interval": 1000,  # Graesser et al. 2022, appendix Tables 1-2: 1,000 gradient steps (DQN classic, SAC)
+    "start_fraction": 0.0,  # rigl/rigl_tf2/mask_updaters.py (UpdateSchedule.is_update_iter): updates from step 0
+    "end_fraction": 0.8,  # rigl/rl/tfagents/configs/sac_mujoco_sparse_config.gin: last update at 800k of 1M steps
+    "drop_fraction_schedule": "cosine",  # rigl/rigl_tf2/mask_updaters.py (CosineUpdateSchedule): decays to 0 at the end
+    "prune_power": 3,  # rigl/rl/tfagents/tf_sparse_utils.py: tfmot PolynomialDecay, default power 3 (Zhu & Gupta 2017)
+}
 
 
 class Updater:
@@ -26,6 +46,10 @@ class Updater:
     starts_dense: ClassVar[bool] = False  # masks start all-ones (pruning)
     updates: ClassVar[bool] = False  # changes topology during training
     needs_gradients: ClassVar[bool] = False  # wants the dense weight gradient of the group's last optimizer step
+    accepts_structure: ClassVar[bool] = True  # accepts an N:M ``structure`` (sparse_rl.config.STRUCTURED_METHODS)
+    # The paper's value of every SparsityConfig field the method leaves out (sparse_rl.config.METHOD_DEFAULTS);
+    # a subclass states its own (``{**Updater.defaults, ...}``), equal to configs/sparsity/<method>.yaml.
+    defaults: ClassVar[dict[str, Any]] = {**_PAPER_SCHEDULE, "drop_fraction": 0.0, "sparse_init": True}
 
     def __init__(self, config: SparsityConfig, total_steps: int) -> None:
         self.config = config
@@ -37,6 +61,10 @@ class Updater:
         """The scheduled quantity at step ``t`` (drop fraction or target-sparsity progress), for logging."""
         return 0.0
 
+    def drop_scores(self, layer: MaskedLayer) -> torch.Tensor:
+        """Lower score = dropped (or pruned) first among the active weights; shape ``layer.shape``. Default: |w|."""
+        return layer.weight.detach().abs()
+
     def next_mask(self, layer: MaskedLayer, t: int, generator: torch.Generator) -> torch.Tensor | None:
         """The layer's next mask at update step ``t``, or ``None`` to leave it unchanged."""
         return None
@@ -47,11 +75,15 @@ class DenseUpdater(Updater):
     """No masks at all: the standard dense network."""
 
     sparse = False
+    accepts_structure = False
+    defaults = {**Updater.defaults, "sparsity": 0.0, "sparse_init": False}  # the schedule is unused
 
 
 @UPDATERS.register("static")
 class StaticUpdater(Updater):
-    """A random mask drawn at initialisation and kept fixed (paper §3.1)."""
+    """A random mask drawn at initialisation and kept fixed (Graesser et al. 2022, "Static")."""
+
+    # the base defaults: sparsity-aware init on, as in Graesser et al. 2022 appendix Table 1 (Static row)
 
 
 def _top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -64,15 +96,18 @@ def _top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 @UPDATERS.register("set")
 class SETUpdater(Updater):
-    """SET (Mocanu et al. 2018): drop the smallest-|w| active weights, regrow as many at random positions.
+    """SET (Mocanu et al. 2018): drop the smallest-|w| active weights (:meth:`drop_scores`), regrow as many at random.
 
     Per layer ``k = floor(f_t · n_active)``; growth candidates are all positions not kept (the just-dropped
     included), so active counts are conserved exactly. ``f_t`` follows ``drop_fraction_schedule``.
-    With an N:M ``structure`` the drop is the same (the layer's ``k`` smallest |w|, wherever they are) and each
+    With an N:M ``structure`` the drop is the same (the layer's ``k`` lowest drop scores, wherever they are) and each
     group of M regrows as many as it lost, among its own positions not kept: every group keeps exactly N.
     """
 
     updates = True
+    # Graesser et al. 2022 appendix Table 2 (SAC), RigL row: drop fraction 0.5, sparsity-aware init; SET takes the
+    # same, as the shared rigl/rl/tfagents/configs/sac_mujoco_sparse_config.gin does
+    defaults = {**Updater.defaults, "drop_fraction": 0.5, "sparse_init": True}
 
     def schedule_value(self, t: int) -> float:
         schedule = DROP_FRACTION_SCHEDULES.get(self.config.drop_fraction_schedule)
@@ -89,7 +124,7 @@ class SETUpdater(Updater):
         if n_swap == 0:
             return None
         neg_inf = torch.tensor(float("-inf"), device=mask.device)
-        kept = _top_k_mask(torch.where(mask, layer.weight.detach().abs(), neg_inf), n_active - n_swap)
+        kept = _top_k_mask(torch.where(mask, self.drop_scores(layer), neg_inf), n_active - n_swap)
         nm = self.config.nm
         if nm is not None:  # regrow, in every group of M, as many as it lost: each group keeps its N
             dropped = nm.group_counts(mask) - nm.group_counts(kept)
@@ -123,6 +158,9 @@ class PruneUpdater(Updater):
 
     starts_dense = True
     updates = True
+    # Graesser et al. 2022 appendix Table 2 (SAC): prune from 20% to 80% of training (rigl/rl/tfagents/configs/
+    # sac_mujoco_pruning_config.gin: 200k to 800k); sparsity-aware init has no effect on a dense start
+    defaults = {**Updater.defaults, "start_fraction": 0.2, "sparse_init": False}
 
     def schedule_value(self, t: int) -> float:
         return polynomial_sparsity(self.config.sparsity, self.window.progress(t), self.config.prune_power)
@@ -139,7 +177,7 @@ class PruneUpdater(Updater):
         if keep >= n_active:
             return None
         neg_inf = torch.tensor(float("-inf"), device=layer.mask.device)
-        return _top_k_mask(torch.where(layer.mask, layer.weight.detach().abs(), neg_inf), keep)
+        return _top_k_mask(torch.where(layer.mask, self.drop_scores(layer), neg_inf), keep)
 
     def group_keep(self, t: int) -> int:
         """N:M pruning: weights kept per group of M at step ``t``, ``round(d_t · M)`` for the scheduled density
@@ -158,4 +196,4 @@ class PruneUpdater(Updater):
         keep = nm.group_counts(mask).clamp(max=self.group_keep(t))
         if torch.equal(keep, nm.group_counts(mask)):
             return None
-        return nm.top_k(layer.weight.detach().abs(), keep, candidates=mask)
+        return nm.top_k(self.drop_scores(layer), keep, candidates=mask)

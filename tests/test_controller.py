@@ -300,3 +300,23 @@ def test_tick_steps_clock_applies_points_between_ticks_at_the_next_tick():
     assert all(snapshots)  # RigL grew from the gradient of the very step that reached the point
     with pytest.raises(ValueError, match="tick_steps must be positive"):
         TopologyController([SparseGroup("g", nn.Linear(2, 2))], config, total_steps=30, seed=0, tick_steps=0)
+
+
+@pytest.mark.parametrize(("method", "expected"), [("rigl", [5, 10, 15]), ("set", []), ("prune", [])])
+def test_wants_dense_grad_names_the_steps_that_reach_an_update_point(method, expected):
+    """``wants_dense_grad(t)``: ``t`` is the step the controller will be given after the optimizer step."""
+    layer = nn.Linear(8, 8)
+    config = core_config(method, 0.5, update_interval=5, start_fraction=0.0, end_fraction=1.0)
+    controller = TopologyController([SparseGroup("g", layer, None)], config, total_steps=15, seed=0)
+    controller.init_masks()
+    wanted = []
+    for t in range(1, 16):
+        if controller.wants_dense_grad(t):
+            wanted.append(t)
+            assert controller.wants_dense_grad(t + 1)  # the point stays due until a step applies it
+        if method == "rigl":
+            for weight_layer in controller.groups[0].layers:
+                weight_layer.dense_grad = torch.zeros(weight_layer.shape)
+        controller.step(t)
+        assert not controller.wants_dense_grad(t)  # applied: not wanted again for the same step
+    assert wanted == expected

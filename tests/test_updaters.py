@@ -5,6 +5,9 @@ import torch
 from torch import nn
 
 from sparse_rl import UPDATERS, SparseGroup, TopologyController
+from sparse_rl.masks import MaskedLayer
+from sparse_rl.structure import NMStructure
+from sparse_rl.updaters import PruneUpdater, SETUpdater
 from tests.conftest import core_config
 
 
@@ -110,3 +113,54 @@ def test_updater_registry_lists_the_methods():
     assert UPDATERS.names() == ["dense", "prune", "rigl", "set", "static"]
     with pytest.raises(KeyError, match="dense, prune, rigl, set, static"):
         UPDATERS.get("snip")
+
+
+class _GrowInactive(SETUpdater):
+    """SET's drop rule; growth only where the mask was off, so a dropped weight never comes back in these tests."""
+
+    def grow_scores(self, layer, generator):
+        return (~layer.mask).float()
+
+
+class _DropLargest(_GrowInactive):
+    """A different drop rule: the largest |w| go first (kept: the smallest)."""
+
+    def drop_scores(self, layer):
+        return -layer.weight.detach().abs()
+
+
+def _masked_layer(mask, weight):
+    layer = MaskedLayer("l", nn.Linear(len(mask[0]), len(mask), bias=False))
+    layer.module.register_buffer("weight_mask", torch.tensor(mask, dtype=torch.bool))
+    with torch.no_grad():
+        layer.module.weight.copy_(torch.tensor(weight))
+    return layer
+
+
+@pytest.mark.parametrize("structure", [None, "2:4"])
+def test_a_drop_scores_override_changes_which_weights_are_dropped(structure):
+    config = core_config("set", 0.5, structure=structure, drop_fraction=0.25, drop_fraction_schedule="constant")
+    mask = [[1, 1, 0, 0, 1, 0, 1, 0]]
+    weight = [[0.1, 5.0, 0.0, 0.0, 3.0, 0.0, 4.0, 0.0]]
+    kept_by = {}
+    for updater_class in (_GrowInactive, _DropLargest):
+        layer = _masked_layer(mask, weight)
+        new = updater_class(config, 100).next_mask(layer, 10, torch.Generator().manual_seed(0))
+        assert int(new.sum()) == 4  # one dropped (floor(0.25 · 4)), one regrown
+        kept_by[updater_class] = [i for i in (0, 1, 4, 6) if new[0, i]]  # the initially active positions
+        if structure:
+            assert NMStructure.parse(structure).problem(new) is None
+    assert kept_by[_GrowInactive] == [1, 4, 6]  # the default drop_scores: the smallest |w| (0.1) goes
+    assert kept_by[_DropLargest] == [0, 4, 6]  # the override: the largest |w| (5.0) goes
+
+
+def test_pruning_uses_drop_scores_too():
+    class PruneLargest(PruneUpdater):
+        def drop_scores(self, layer):
+            return -layer.weight.detach().abs()
+
+    config = core_config("prune", 0.5, update_interval=1, start_fraction=0.0, end_fraction=0.1)
+    layer = _masked_layer([[1, 1, 1, 1]], [[0.1, 5.0, 3.0, 4.0]])
+    layer.allocated = 2
+    assert PruneUpdater(config, 100).next_mask(layer, 10, torch.Generator()).tolist() == [[False, True, False, True]]
+    assert PruneLargest(config, 100).next_mask(layer, 10, torch.Generator()).tolist() == [[True, False, True, False]]
