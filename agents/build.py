@@ -14,7 +14,8 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
 from agents.decay import kernel_decay
-from agents.spec import AgentSpec
+from agents.initialization import INIT_MODES, check_init_node
+from agents.spec import AGENTS, AgentSpec
 from sparse_rl.config import SparsityConfig
 from sparse_rl.controller import TopologyController
 
@@ -32,16 +33,42 @@ def _linear_schedule(initial: float):
     return lambda progress_remaining: progress_remaining * initial
 
 
-def sb3_kwargs(agent_cfg: Mapping[str, Any], net_arch: Any) -> dict[str, Any]:
-    """SB3 constructor kwargs: ``agent.sb3`` plus net_arch, activation, the learning-rate schedule, the paper's
-    initialisation (``agent.init``), per-group kernel decay (``agent.weight_decay``) and DQN's ``agent.loss``."""
-    kwargs = dict(agent_cfg["sb3"])
-    policy_kwargs = dict(kwargs.pop("policy_kwargs", None) or {})
-    if "weight_decay" in (policy_kwargs.get("optimizer_kwargs") or {}):
+def check_agent_config(agent_cfg: Mapping[str, Any]) -> None:
+    """Validate the ``agent`` config node: ``lr_schedule``, no bias-decaying ``optimizer_kwargs.weight_decay``,
+    ``weight_decay`` >= 0, ``init`` (mode and scheme nodes), then the agent's own rules
+    (:meth:`agents.spec.AgentSpec.check_config`). Raises a one-line ``ValueError`` naming the key and valid choices."""
+    if agent_cfg.get("lr_schedule") not in LR_SCHEDULES:
+        raise ValueError(
+            f"unknown agent.lr_schedule '{agent_cfg.get('lr_schedule')}'; valid choices: {', '.join(LR_SCHEDULES)}"
+        )
+    policy_kwargs = (agent_cfg.get("sb3") or {}).get("policy_kwargs") or {}
+    if (policy_kwargs.get("optimizer_kwargs") or {}).get("weight_decay") is not None:
         raise ValueError(
             "agent.sb3.policy_kwargs.optimizer_kwargs.weight_decay would decay biases too; set agent.weight_decay "
             "(the paper's L2 coefficient, applied to kernels per group)"
         )
+    try:
+        spec = AGENTS.get(agent_cfg["name"])
+    except KeyError as error:
+        raise ValueError(error.args[0]) from None
+    kernel_decay(spec, agent_cfg["weight_decay"], agent_cfg.get("loss"))
+    init = agent_cfg.get("init") or {}
+    mode = init.get("mode", "sb3")
+    if mode not in INIT_MODES:
+        raise ValueError(f"unknown agent.init.mode '{mode}'; valid choices: {', '.join(INIT_MODES)}")
+    spec.check_config(agent_cfg)
+    if mode == "paper":
+        check_init_node(init.get("hidden"), "agent.init.hidden")
+        check_init_node(init.get("output"), "agent.init.output")
+
+
+def sb3_kwargs(agent_cfg: Mapping[str, Any], net_arch: Any) -> dict[str, Any]:
+    """SB3 constructor kwargs: ``agent.sb3`` plus net_arch, activation, the learning-rate schedule, the paper's
+    initialisation (``agent.init``), per-group kernel decay (``agent.weight_decay``) and DQN's ``agent.loss``
+    (``agent_cfg`` checked by :func:`check_agent_config`)."""
+    check_agent_config(agent_cfg)
+    kwargs = dict(agent_cfg["sb3"])
+    policy_kwargs = dict(kwargs.pop("policy_kwargs", None) or {})
     policy_kwargs["net_arch"] = net_arch
     policy_kwargs["activation_fn"] = getattr(nn, agent_cfg["activation"])
     loss = agent_cfg.get("loss")
@@ -52,8 +79,6 @@ def sb3_kwargs(agent_cfg: Mapping[str, Any], net_arch: Any) -> dict[str, Any]:
         kwargs["loss"] = loss
     if agent_cfg["lr_schedule"] == "linear":
         kwargs["learning_rate"] = _linear_schedule(kwargs["learning_rate"])
-    elif agent_cfg["lr_schedule"] != "constant":
-        raise ValueError(f"unknown agent.lr_schedule '{agent_cfg['lr_schedule']}'; valid choices: constant, linear")
     return kwargs
 
 

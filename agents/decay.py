@@ -25,10 +25,12 @@ of both), so λ is ``2·wd`` times the ratio of the paper's loss to ours for tha
 
 from __future__ import annotations
 
+from typing import Any
+
 LOSSES = ("mse", "huber")
 
 
-def kernel_decay(agent: str, weight_decay: float, loss: str | None) -> dict[str, float]:
+def kernel_decay(agent: Any, weight_decay: float, loss: str | None) -> dict[str, float]:
     """Per group (``actor``, ``critic``, ``q``) the λ added as ``λ·w`` to that group's kernel gradients.
 
     ``weight_decay`` is the paper's Keras L2 coefficient ``wd`` (of ``wd·Σw²``); ``loss`` is DQN's TD loss
@@ -37,6 +39,7 @@ def kernel_decay(agent: str, weight_decay: float, loss: str | None) -> dict[str,
     if weight_decay < 0:
         raise ValueError(f"agent.weight_decay must be >= 0, got {weight_decay}")
     wd = float(weight_decay)
+    agent = getattr(agent, "name", agent)  # transitional: an AgentSpec or its name
     if agent == "dqn":
         if loss not in LOSSES:
             raise ValueError(f"agent.loss '{loss}' is not a DQN loss; valid choices: {', '.join(LOSSES)}")

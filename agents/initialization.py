@@ -28,6 +28,7 @@ from torch import Tensor
 from sparse_rl.registry import Registry
 
 # Keras' truncated-normal correction: the std of a unit normal truncated at ±2 (keras VarianceScaling).
+INIT_MODES = ("paper", "sb3")  # agent.init.mode: the schemes of agent.init, or SB3's own init
 TRUNCATED_NORMAL_STD = 0.87962566103423978
 
 InitFn = Callable[..., None]

@@ -36,10 +36,9 @@ from stable_baselines3.td3.policies import TD3Policy
 from torch import nn
 from torch.optim import Optimizer
 
-from agents.initialization import init_linear_
+from agents.initialization import INIT_MODES, init_linear_
 from sparse_rl.masks import MaskedLayer, attach_mask, find_maskable_layers
 
-INIT_MODES = ("paper", "sb3")
 # Which layers form each decay group, per optimizer: (optimizer owner attribute, group, module attribute, globs).
 PPO_GROUP_GLOBS = {
     "actor": ("mlp_extractor.policy_net.*", "action_net", "features_extractor.*", "pi_features_extractor.*"),

@@ -4,8 +4,9 @@ optimizer step drives the topology clock, how many gradient steps a run has)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from stable_baselines3 import PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -13,7 +14,7 @@ from stable_baselines3.common.policies import BasePolicy
 from torch.optim import Optimizer
 
 from agents import policies
-from agents.dqn import LossDQN
+from agents.dqn import TD_LOSSES, LossDQN
 from sparse_rl.controller import SparseGroup
 from sparse_rl.registry import Registry
 
@@ -34,6 +35,32 @@ class AgentSpec:
     nominal_clock: Callable[[BaseAlgorithm], int] | None = None
     # gradient steps per clock_optimizer step (TD3: policy_delay; the clock still counts gradient steps)
     clock_stride: Callable[[BaseAlgorithm], int] | None = None
+    td_losses: tuple[str, ...] = ()  # choices of ``agent.loss`` (empty: the agent has no TD-loss choice, loss=null)
+    action_noise: bool = False  # whether ``agent.exploration_noise`` (Gaussian action noise) applies
+    extra_checks: Callable[[Mapping[str, Any]], None] | None = None  # the agent's other config rules (ValueError)
+
+    def check_config(self, agent_cfg: Mapping[str, Any]) -> None:
+        """This agent's rules on the ``agent`` config node: one-line ``ValueError`` naming the key."""
+        self.check_loss(agent_cfg.get("loss"))
+        noise = agent_cfg.get("exploration_noise")
+        if noise is not None and not self.action_noise:
+            users = ", ".join(name for name, spec in AGENTS.items() if spec.action_noise)
+            raise ValueError(
+                f"agent.exploration_noise is the Gaussian action-noise std of {users}; "
+                f"agent '{self.name}' needs agent.exploration_noise=null"
+            )
+        if noise is not None and noise < 0:
+            raise ValueError(f"agent.exploration_noise must be >= 0 (the std of the Gaussian action noise), got {noise}")
+        if self.extra_checks is not None:
+            self.extra_checks(agent_cfg)
+
+    def check_loss(self, loss: str | None) -> None:
+        """``agent.loss`` must be one of :attr:`td_losses`, or ``None`` when the agent has none."""
+        if self.td_losses and loss not in self.td_losses:
+            raise ValueError(f"agent.loss '{loss}' is not a {self.name} loss; valid choices: {', '.join(self.td_losses)}")
+        if not self.td_losses and loss is not None:
+            users = ", ".join(name for name, spec in AGENTS.items() if spec.td_losses)
+            raise ValueError(f"agent.loss applies to {users} only; agent '{self.name}' needs agent.loss=null")
 
     def policy(self, observation_kind: str, sparse: bool) -> type[BasePolicy]:
         return self.sparse_policies[observation_kind] if sparse else self.dense_policies[observation_kind]
@@ -79,6 +106,11 @@ def _ppo_nominal_clock(model: BaseAlgorithm) -> int:
     return model.num_timesteps // rollout * model.n_epochs * math.ceil(rollout / model.batch_size)
 
 
+def _ppo_checks(agent_cfg: Mapping[str, Any]) -> None:
+    if (agent_cfg.get("init") or {}).get("mode") == "paper":
+        raise ValueError("agent.init.mode=paper is not available for ppo: its paper init is SB3's orthogonal one (sb3)")
+
+
 AGENTS.register("sac")(
     AgentSpec(
         name="sac",
@@ -112,6 +144,7 @@ AGENTS.register("td3")(
         clock_optimizer=lambda m: m.actor.optimizer,
         gradient_steps=_td3_gradient_steps,
         clock_stride=lambda m: m.policy_delay,
+        action_noise=True,
     )
 )
 
@@ -125,6 +158,7 @@ AGENTS.register("dqn")(
         groups=lambda m: [SparseGroup("q", m.q_net, m.policy.optimizer, target=m.q_net_target)],
         clock_optimizer=lambda m: m.policy.optimizer,
         gradient_steps=_off_policy_gradient_steps,
+        td_losses=tuple(TD_LOSSES),
     )
 )
 
@@ -147,5 +181,6 @@ AGENTS.register("ppo")(
         clock_optimizer=lambda m: m.policy.optimizer,
         gradient_steps=_ppo_gradient_steps,
         nominal_clock=_ppo_nominal_clock,
+        extra_checks=_ppo_checks,
     )
 )

@@ -8,13 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from agents import AGENTS, AgentSpec
-from agents.build import LR_SCHEDULES
-from agents.decay import kernel_decay
+from agents.build import check_agent_config
 from agents.diagnostics_callback import diagnostics_settings
-from agents.initialization import check_init_node
 from agents.matching import HIDDEN_KEYS
 from envs import EnvSpec, check_action_space
 from experiment.checkpoint import schedule_change
@@ -100,10 +98,8 @@ def plan_run(cfg: DictConfig, check_run_dir: bool = True) -> Plan:
     _positive("checkpoint_freq", cfg.checkpoint_freq, allow_zero=True)
     _positive("torch_threads", cfg.torch_threads)
     _positive("nan_check_freq", cfg.nan_check_freq)
-    if cfg.agent.lr_schedule not in LR_SCHEDULES:
-        raise UsageError(f"unknown agent.lr_schedule '{cfg.agent.lr_schedule}'; valid choices: {', '.join(LR_SCHEDULES)}")
-    _check_fidelity_keys(cfg, agent.name)
     try:
+        check_agent_config(cfg.agent)
         diagnostics_settings(cfg.diagnostics)
     except ValueError as error:
         raise UsageError(error.args[0]) from error
@@ -136,32 +132,3 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
         raise UsageError(change)
     return checkpoint
 
-
-def _check_fidelity_keys(cfg: DictConfig, agent: str) -> None:
-    """``agent.loss``, ``agent.weight_decay``, ``agent.init`` and no bias-decaying ``optimizer_kwargs.weight_decay``."""
-    try:
-        kernel_decay(agent, cfg.agent.weight_decay, cfg.agent.loss)
-        init = cfg.agent.init
-        if init.mode not in ("paper", "sb3"):
-            raise ValueError(f"unknown agent.init.mode '{init.mode}'; valid choices: paper, sb3")
-        if init.mode == "paper":
-            if agent == "ppo":
-                raise ValueError(
-                    "agent.init.mode=paper is not available for ppo: its paper init is SB3's orthogonal one (sb3)"
-                )
-            check_init_node(init.hidden, "agent.init.hidden")
-            check_init_node(init.output, "agent.init.output")
-    except ValueError as error:
-        raise UsageError(error.args[0]) from error
-    noise = cfg.agent.exploration_noise
-    if noise is not None and agent != "td3":
-        raise UsageError(
-            f"agent.exploration_noise is TD3's action-noise std; agent '{agent}' needs agent.exploration_noise=null"
-        )
-    if noise is not None and noise < 0:
-        raise UsageError(f"agent.exploration_noise must be >= 0 (the std of TD3's Gaussian action noise), got {noise}")
-    if OmegaConf.select(cfg, "agent.sb3.policy_kwargs.optimizer_kwargs.weight_decay") is not None:
-        raise UsageError(
-            "agent.sb3.policy_kwargs.optimizer_kwargs.weight_decay would decay biases too; set agent.weight_decay "
-            "(the paper's L2 coefficient, applied to kernels per group)"
-        )
