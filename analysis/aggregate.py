@@ -1,7 +1,7 @@
 """rliable statistics over the (runs = seeds) × (tasks = envs) score matrix of each method label.
 
 IQM with stratified-bootstrap CIs, probability of improvement over the width-matched dense network and
-performance profiles (Agarwal et al. 2021; paper_facts §1: aggregation by IQM with rliable, 95% CIs).
+performance profiles (Agarwal et al. 2021; Graesser et al. 2022, Fig. 1: IQM with rliable, 95% CIs).
 rliable 1.2.0's bootstrap draws from numpy's global RNG and ignores ``random_state``, so every estimate
 here runs under :func:`seeded_numpy`: reproducible, and independent of which other labels exist.
 """
@@ -18,10 +18,10 @@ from rliable import library, metrics
 
 from analysis.records import run_label
 
-CI_LEVEL = 0.95  # paper §1: "All plots show 95% confidence intervals"
+CI_LEVEL = 0.95  # Graesser et al. 2022: "All plots show 95% confidence intervals"
 BOOTSTRAP_REPS = 2000  # stratified bootstrap replications (rliable's default for performance profiles)
 PROFILE_POINTS = 51  # thresholds τ at which performance profiles are evaluated
-MATCHED_METHOD = "dense_matched"  # paper §4: the dense network width-scaled to the sparse active count
+MATCHED_METHOD = "dense_matched"  # Graesser et al. 2022: the dense network width-scaled to the sparse active count
 
 
 @contextmanager

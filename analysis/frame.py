@@ -27,7 +27,7 @@ def scores_frame(runs: Sequence[RunRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SCORE_COLUMNS)
 
 
-# Display order of methods (paper §3.1); unknown methods follow alphabetically.
+# Display order of methods (Graesser et al. 2022); unknown methods follow alphabetically.
 METHOD_ORDER = ("dense", "dense_matched", "static", "set", "rigl", "prune")
 
 

@@ -1,11 +1,11 @@
-"""Score normalisation: raw returns, or divided by the standard dense network's mean score (paper_facts §1)."""
+"""Score normalisation: raw returns, or divided by the standard dense network's mean score (Graesser et al. 2022, Fig. 1)."""
 
 from __future__ import annotations
 
 import pandas as pd
 
 NORMALIZATIONS = ("raw", "dense")
-# Paper §1: MuJoCo scores are divided by the average return of the Dense:100% agent of the same env.
+# Graesser et al. 2022 (Fig. 1): MuJoCo scores are divided by the average return of the Dense:100% agent of the same env.
 REFERENCE_METHOD = "dense"
 REFERENCE_SPARSITY = 0.0
 

@@ -18,7 +18,7 @@ from torch import nn
 from sparse_rl import SparseGroup, SparsityConfig, TopologyController
 
 OBS, ACT, HIDDEN, BATCH = 17, 6, 256, 256
-FUSED = True  # Walker2d-v5 sizes; SAC network and batch of paper_facts §3.3
+FUSED = True  # Walker2d-v5 sizes; SAC network and batch of Graesser et al. 2022, App. Table 8
 
 
 def mlp(n_in: int, n_out: int) -> nn.Sequential:
