@@ -1,6 +1,6 @@
 """``python -m sparse_rl.evaluate RUNS_DIR [KEY=VALUE ...]``: returns under Gaussian observation noise.
 
-Evaluates the final ``model.zip`` of every run directory under RUNS_DIR at each noise level sigma (paper §5.3,
+Evaluates the final ``model.zip`` of every run directory under RUNS_DIR at each noise level sigma (Graesser et al. 2022,
 Fig 6) and writes ``table.csv`` / ``table.md`` (mean return over seeds with a 95% bootstrap CI per agent, env,
 method, sparsity and sigma), ``returns.csv`` (every episode's return) and ``robustness.png`` / ``.pdf``.
 

@@ -1,4 +1,4 @@
-"""``python -m sparse_rl.evaluate RUNS_DIR [KEY=VALUE ...]``: returns under Gaussian observation noise (paper §5.3).
+"""``python -m sparse_rl.evaluate RUNS_DIR [KEY=VALUE ...]``: returns under Gaussian observation noise (Graesser et al. 2022, Fig. 6).
 
 Thin: :mod:`experiment.noise_robustness` does the work; ``--help`` lists the keys.
 """
