@@ -1,21 +1,17 @@
-"""One builder per environment family, each turning an :class:`EnvSpec` into a single ``gymnasium.Env``."""
+"""One builder per environment family, each turning an :class:`EnvSpec` into a single ``gymnasium.Env``.
+
+The builders register in :data:`envs.spec.FAMILIES` (re-exported here), the names an :class:`EnvSpec` accepts.
+"""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gymnasium as gym
 
 from envs.quiet import headless_dm_control, install_mujoco_warning_filter
-from sparse_rl.registry import Registry
-
-if TYPE_CHECKING:
-    from envs.spec import EnvSpec
-
-Builder = Callable[["EnvSpec", "str | None"], gym.Env]
-FAMILIES: Registry[Builder] = Registry("environment family")
+from envs.spec import FAMILIES, EnvSpec
 
 # ALE v5 skips 4 frames itself; the AtariWrapper does the skip (with max-pooling) instead, so the ALE must not.
 ATARI_MAKE_KWARGS: dict[str, Any] = {"frameskip": 1, "repeat_action_probability": 0.25}  # sticky actions, Machado et al. 2018

@@ -1,14 +1,22 @@
-"""The validated description of one environment choice (one ``configs/env/**.yaml`` file)."""
+"""The validated description of one environment choice (one ``configs/env/**.yaml`` file).
+
+A spec names its family, one of :data:`FAMILIES`: the registry that :mod:`envs.families` fills with one builder per
+family (this module imports no builder, so it needs neither gymnasium nor the family modules).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from sparse_rl.registry import Registry
+
 ACTION_SPACES = ("continuous", "discrete")
+# family name -> builder (EnvSpec, render_mode) -> gymnasium.Env; the builders register in envs/families.py
+FAMILIES: Registry[Callable[..., Any]] = Registry("environment family")
 
 
 @dataclass
@@ -22,8 +30,6 @@ class EnvSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra kwargs for gymnasium.make
 
     def __post_init__(self) -> None:
-        from envs.families import FAMILIES
-
         if self.family not in FAMILIES:
             choices = ", ".join(FAMILIES.names())
             raise ValueError(f"env '{self.name}': unknown family '{self.family}'; valid choices: {choices}")
