@@ -1,4 +1,4 @@
-"""Gaussian observation noise for robustness evaluation (paper §5.3, Fig 6; paper_facts §9).
+"""Gaussian observation noise for robustness evaluation (Graesser et al. 2022, arXiv 2206.10369, Fig 6).
 
 - **pixels** (``uint8`` Box on [0, 255]): ``N(0, sigma^2)`` in pixel units, rounded to an integer as in the
   paper, added to the raw frame and **clipped** to [0, 255]. The paper's code casts the noise to ``uint8`` and

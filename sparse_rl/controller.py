@@ -90,7 +90,12 @@ def _reset_optimizer_state(optimizer: Optimizer | None, layer: MaskedLayer, posi
 
 
 class TopologyController:
-    """Initialises, updates and accounts for the masks of all groups (paper §3, §6)."""
+    """Initialises, updates and accounts for the masks of all groups.
+
+    Mask mechanics follow google-research/rigl: new connections start at zero with zeroed optimizer slots
+    (``generic_mask_update`` and ``reset_momentum`` in ``rigl/rigl_tf2/mask_updaters.py``), and target networks
+    carry the online mask (``_build_sync_op`` in ``rigl/rl/dqn_agents.py``).
+    """
 
     def __init__(
         self, groups: Sequence[SparseGroup], config: SparsityConfig, total_steps: int, seed: int, tick_steps: int = 1

@@ -2,8 +2,8 @@
 
 Pure functions on tensors and modules; the SB3 adapter that feeds them batches and per-sample losses is
 ``agents/diagnostics_callback.py``. Sources: dormant neurons (Sokar et al. 2023, ReDo), srank (Kumar et al. 2021),
-gradient signal-to-noise ratio (Graesser et al. 2022 §5.3: |mean| / std of per-sample gradients, averaged over
-parameters).
+gradient signal-to-noise ratio (Graesser et al. 2022, arXiv 2206.10369, Fig 5: |mean| / std of per-sample gradients,
+averaged over parameters).
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ class _Moments:
 
 
 def snr_from_grads(grads: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor | None]) -> float:
-    """Mean over active parameters of ``|mean| / std`` of per-sample gradients (Graesser et al. 2022 §5.3).
+    """Mean over active parameters of ``|mean| / std`` of per-sample gradients (Graesser et al. 2022, Fig 5).
 
     ``grads[name]`` is (batch, *shape); ``masks[name]`` a boolean mask of the shape (``None``: all active). The std
     is the sample std over the batch; a parameter with std 0 has SNR 0 (its gradient carries no signal).

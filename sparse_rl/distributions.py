@@ -1,4 +1,7 @@
-"""How much sparsity each layer of a group gets: uniform, ER and ERK (Evci et al. 2020, RigL §3; paper §3.4).
+"""How much sparsity each layer of a group gets: uniform, ER and ERK.
+
+Sources: Evci et al. 2020 (RigL, arXiv 1911.11134) §3; ``get_sparsities_erdos_renyi`` in google-research/rigl
+``rigl/sparse_utils.py``. Graesser et al. 2022 (arXiv 2206.10369) use ERK throughout (uniform only in Fig 4a).
 
 Every distribution returns integer active counts per layer whose sum is exactly ``round((1 - s) * N)`` for
 the group's maskable weight total ``N``.

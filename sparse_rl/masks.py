@@ -1,6 +1,6 @@
 """Masks on the weights of ``nn.Linear`` and ``nn.Conv2d`` layers.
 
-Implementation choice (DESIGN §2, option (a)): the forward pass stays a plain dense layer. Inactive weights
+Implementation choice (docs/design.md §2, option (a)): the forward pass stays a plain dense layer. Inactive weights
 are kept exactly zero *in place*; the mask lives as a boolean buffer ``weight_mask`` on the layer (so it is
 part of the module's ``state_dict`` and survives save/load); gradients are masked in an optimizer step
 pre-hook installed by the :class:`~sparse_rl.controller.TopologyController`. Biases are never masked.

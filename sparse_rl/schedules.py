@@ -1,4 +1,8 @@
-"""When topology changes, and by how much (paper §3.1, §6; RigL §3; Zhu & Gupta 2017).
+"""When topology changes, and by how much.
+
+Sources: the cosine drop fraction of Evci et al. 2020 (RigL, arXiv 1911.11134) §3, ``CosineUpdateSchedule`` in
+google-research/rigl ``rigl/rigl_tf2/mask_updaters.py``; the cubic pruning schedule of Zhu & Gupta 2017, run by
+tfmot's ``PolynomialDecay`` in ``rigl/rl/tfagents/tf_sparse_utils.py``.
 
 All times are fractions of the run's total step count, so a schedule survives a change of budget.
 """

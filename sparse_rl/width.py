@@ -1,4 +1,7 @@
-"""Equal-parameter dense baselines and their mirror, "Sparse Wide" (paper_facts §4).
+"""Equal-parameter dense baselines and their mirror, "Sparse Wide".
+
+Source: Graesser et al. 2022 (arXiv 2206.10369), whose "Dense" points are width-scaled dense networks at the
+sparse networks' parameter counts; width scaling as ``width`` in google-research/rigl ``rigl/rl/dqn_agents.py``.
 
 The paper compares a sparse network at sparsity ``s`` with a *narrower dense* network whose parameter
 count matches the sparse network's active count. Widths scale every hidden layer (and, for the Nature
@@ -60,7 +63,7 @@ class WidthSolution(NamedTuple):
 
 
 def scale_units(n: int, width: float) -> int:
-    """``max(1, ceil(n · width))``: the paper's width scaling of one layer (paper_facts §4)."""
+    """``max(1, ceil(n · width))``: width scaling of one layer (``_scale_width`` in rigl ``rigl/rl/dqn_agents.py``)."""
     return max(1, math.ceil(n * width - _CEIL_SLACK))
 
 
@@ -74,11 +77,6 @@ def mlp_params(n_in: int, hidden: Sequence[int], n_out: int) -> ParamCount:
     sizes = [n_in, *hidden, n_out]
     kernels = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
     return ParamCount(kernels, sum(sizes[1:]))
-
-
-def mlp_param_count(n_in: int, hidden: Sequence[int], n_out: int, bias: bool = True) -> int:
-    """Parameter count of an MLP ``n_in → hidden… → n_out`` (kernels, plus biases if ``bias``)."""
-    return mlp_params(n_in, hidden, n_out).total(bias)
 
 
 def mlps_params(nets: Sequence[MLPSpec | tuple[int, Sequence[int], int]], width: float = 1.0) -> ParamCount:
@@ -123,18 +121,6 @@ def nature_cnn_params(
         channels = out
     head = mlp_params(h * w * channels, [scale_units(NATURE_CNN_HIDDEN, width)], n_actions)
     return ParamCount(kernels, biases) + head
-
-
-def nature_cnn_param_count(
-    in_channels: int,
-    n_actions: int,
-    width: float = 1.0,
-    bias: bool = True,
-    obs_hw: tuple[int, int] = (84, 84),
-    same_padding: bool = False,
-) -> int:
-    """Parameter count of the width-scaled Nature-DQN Q network (see :func:`nature_cnn_params`)."""
-    return nature_cnn_params(in_channels, n_actions, width, obs_hw, same_padding).total(bias)
 
 
 def sparse_active_count(params: ParamCount, sparsity: float, bias: bool = True) -> int:
@@ -202,7 +188,7 @@ def _solution(
 def solve_dense_width_for_mlp(
     nets: Sequence[MLPSpec | tuple[int, Sequence[int], int]], sparsity: float, bias: bool = True
 ) -> WidthSolution:
-    """Width of a dense copy of ``nets`` whose count matches their active count at ``sparsity`` (paper §4).
+    """Width of a dense copy of ``nets`` whose count matches their active count at ``sparsity`` (the paper's "Dense").
 
     ``nets`` are scaled together, e.g. ``[(17, [256, 256], 12), (23, [256, 256], 1), (23, [256, 256], 1)]``
     for SAC on Walker2d (actor and both critics).

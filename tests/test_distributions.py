@@ -14,7 +14,7 @@ def layer_sparsities(counts, shapes):
 @pytest.mark.parametrize(
     "shapes, expected",
     [
-        # paper_facts §2.2, computed with the reference ERK routine (torch layout: out, in)
+        # computed with rigl's ERK routine (get_sparsities_erdos_renyi, rigl/sparse_utils.py; torch layout: out, in)
         ([(256, 17), (256, 256), (12, 256)], [0.565, 0.946, 0.395]),
         ([(256, 23), (256, 256), (1, 256)], [0.586, 0.932, 0.0]),
         ([(512, 6), (512, 512), (3, 512)], [0.0, 0.916, 0.0]),
@@ -28,7 +28,7 @@ def test_erk_reproduces_reference_examples(shapes, expected):
 
 
 def test_sb3_sac_heads_allocated_jointly_match_the_papers_single_output_layer():
-    # SB3's actor has two 256xA heads (mu, log_std); the paper's one 256x2A layer is 0.396 sparse at 90% (§2.2).
+    # SB3's actor has two 256xA heads (mu, log_std); the paper's one 256x2A layer is 0.396 sparse at 90% (rigl ERK).
     # Allocated as two layers they came out 0.650 / 0.956 / 0.049 / 0.049 (issue 10): that was the old behaviour.
     shapes = [(256, 17), (256, 256), (6, 256), (6, 256)]
     counts = allocate_joint("erk", shapes, 0.9, joint=[[2, 3]])

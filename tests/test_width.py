@@ -1,4 +1,4 @@
-"""Equal-parameter dense widths and Sparse Wide (paper_facts §4), checked against torch modules and the paper."""
+"""Equal-parameter dense widths and Sparse Wide, checked against torch modules and Graesser et al. 2022."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from torch import nn
 
 from sparse_rl.width import (
     ParamCount,
-    mlp_param_count,
+    mlp_params,
     mlps_params,
-    nature_cnn_param_count,
     nature_cnn_params,
     scaled_hidden,
     solve_dense_width_for_mlp,
@@ -72,26 +71,27 @@ def assert_best_match(count: int, target: int, counts: list[int]) -> None:
 @pytest.mark.parametrize("bias", [True, False])
 def test_mlp_count_matches_torch(bias: bool) -> None:
     for n_in, hidden, n_out in [(17, [256, 256], 12), (23, [256, 256], 1), (6, [512, 512], 3), (4, [7], 2), (3, [], 5)]:
-        assert mlp_param_count(n_in, hidden, n_out, bias) == n_params(torch_mlp(n_in, hidden, n_out, bias))
-    assert mlp_param_count(17, [256, 256], 12) == 17 * 256 + 256 * 256 + 256 * 12 + 256 + 256 + 12
+        assert mlp_params(n_in, hidden, n_out).total(bias) == n_params(torch_mlp(n_in, hidden, n_out, bias))
+    assert mlp_params(17, [256, 256], 12).total() == 17 * 256 + 256 * 256 + 256 * 12 + 256 + 256 + 12
 
 
 @pytest.mark.parametrize("width", [1.0, 0.5, 0.313, 0.01])
 def test_nature_cnn_count_matches_torch(width: float) -> None:
-    assert nature_cnn_param_count(4, 6, width) == n_params(torch_nature_cnn(4, 6, width))
-    no_bias = nature_cnn_param_count(4, 6, width, bias=False)
-    assert no_bias == nature_cnn_params(4, 6, width).kernels < nature_cnn_param_count(4, 6, width)
+    assert nature_cnn_params(4, 6, width).total() == n_params(torch_nature_cnn(4, 6, width))
+    no_bias = nature_cnn_params(4, 6, width).total(bias=False)
+    assert no_bias == nature_cnn_params(4, 6, width).kernels < nature_cnn_params(4, 6, width).total()
 
 
 def test_paper_standard_counts_kernels_only() -> None:
-    # paper_facts §2.1: SAC Walker2d 216k, PPO Walker2d 10.8k, DQN Acrobot 267k, Nature CNN ('same') 4.05M
+    # Graesser et al. 2022 figure x-axis scales (kernels): SAC Walker2d 216k, PPO Walker2d 10.8k, DQN Acrobot 267k,
+    # Nature CNN ('same' padding, rigl/rl/dqn_agents.py) 4.05M
     assert mlps_params(MLP_ARCHS["sac"][0]).kernels == 216_320
     assert mlps_params(MLP_ARCHS["ppo"][0]).kernels == 10_816
     assert mlps_params(MLP_ARCHS["dqn_mlp"][0]).kernels == 266_752
     # 'same' padding (Dopamine): 84 → 21 → 11 → 11, flatten 11·11·64 = 7,744
     same_kernels = 8 * 8 * 4 * 32 + 4 * 4 * 32 * 64 + 3 * 3 * 64 * 64 + 7_744 * 512 + 512 * 6
     assert nature_cnn_params(4, 6, same_padding=True).kernels == same_kernels == pytest.approx(4.05e6, rel=0.01)
-    assert nature_cnn_param_count(4, 6) == 1_687_206  # SB3's padding-0 NatureCNN + Q head
+    assert nature_cnn_params(4, 6).total() == 1_687_206  # SB3's padding-0 NatureCNN + Q head
 
 
 def test_scaled_hidden_uses_ceil_and_keeps_one_unit() -> None:
@@ -129,7 +129,7 @@ def test_dense_width_matches_sparse_active_count_mlp(arch: str, sparsity: float,
 @pytest.mark.parametrize("sparsity", SPARSITIES)
 def test_dense_width_matches_sparse_active_count_nature_cnn(sparsity: float, bias: bool) -> None:
     def count(w: float) -> int:
-        return nature_cnn_param_count(4, 6, w, bias)
+        return nature_cnn_params(4, 6, w).total(bias)
 
     target = sparse_active_count(nature_cnn_params(4, 6), sparsity, bias)
     width = solve_width(count, target)
@@ -148,7 +148,7 @@ def test_solve_width_clamps_to_bounds() -> None:
     assert solve_width(lambda w: 50 + round(100 * w), 10) == pytest.approx(1e-3, abs=0.01)
 
 
-# paper_facts §4 example widths (kernels only), d = 1 − s
+# reference widths for d = 1 − s (kernels only), solved independently by bisection on the paper's networks
 PAPER_WIDTHS = {
     "sac": (0.695, 0.422, 0.289, 0.191, 0.066),
     "ppo": (0.672, 0.391, 0.25, 0.156, 0.047),
@@ -172,7 +172,7 @@ def test_paper_example_widths(arch: str) -> None:
 
 def test_paper_example_widths_nature_cnn() -> None:
     def count(w: float) -> int:
-        return nature_cnn_param_count(4, 6, w, bias=False, same_padding=True)
+        return nature_cnn_params(4, 6, w, same_padding=True).total(bias=False)
 
     for density, paper_width in zip(PAPER_DENSITIES, PAPER_CNN_WIDTHS):
         width = solve_width(count, sparse_active_count(nature_cnn_params(4, 6, same_padding=True), 1 - density, bias=False))
@@ -201,7 +201,7 @@ def test_sparse_wide_matches_dense_count_nature_cnn(sparsity: float) -> None:
 
     width = widen_for_active_count(params, sparsity)
     assert width >= 1.0
-    assert sparse_active_count(params(width), sparsity) == pytest.approx(nature_cnn_param_count(4, 6), rel=0.01)
+    assert sparse_active_count(params(width), sparsity) == pytest.approx(nature_cnn_params(4, 6).total(), rel=0.01)
 
 
 def test_sparse_wide_grows_with_sparsity() -> None:
