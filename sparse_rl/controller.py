@@ -138,36 +138,43 @@ class TopologyController:
         self._initialised = True
         for group in self.groups:
             self._measure_output_positions(group)
-            if not self.sparse:
+            if self.sparse:
+                self._init_group_masks(group, existing)
+        if self.sparse:
+            self._install_grad_hooks()
+
+    def _init_group_masks(self, group: SparseGroup, existing: bool) -> None:
+        """Allocate the group's counts, draw (or adopt) its masks, sparsity-aware init, mirror its targets."""
+        counts = self._allocate(group)
+        # sparsity-aware init of a joint set waits for its last layer's mask (fans count the stacked layer)
+        init_with = {members[-1]: members for members in group.joint_indices}
+        deferred = {i for members in group.joint_indices for i in members[:-1]}
+        for index, (layer, count) in enumerate(zip(group.layers, counts)):
+            layer.allocated = count
+            if self.updater.needs_gradients:
+                layer.dense_grad = layer.new_dense_grad()
+            if existing:
+                self._adopt_mask(group, layer)
                 continue
-            counts = self._allocate(group)
-            # sparsity-aware init of a joint set waits for its last layer's mask (fans count the stacked layer)
-            init_with = {members[-1]: members for members in group.joint_indices}
-            deferred = {i for members in group.joint_indices for i in members[:-1]}
-            for index, (layer, count) in enumerate(zip(group.layers, counts)):
-                layer.allocated = count
-                if self.updater.needs_gradients:
-                    layer.dense_grad = layer.new_dense_grad()
-                if existing:
-                    self._adopt_mask(group, layer)
-                    continue
-                mask = self._initial_mask(layer, count)
-                attach_mask(layer.module)
-                layer.set_mask(mask.view(layer.shape).to(layer.weight.device))
-                if self.config.sparse_init and not self.updater.starts_dense and index not in deferred:
-                    unit_scaled_init_stacked_([group.layers[i] for i in init_with.get(index, [index])], self.generator)
-            for layer, target in zip(group.layers, group.target_layers):
-                attach_mask(target)
-                if not existing:
-                    target.weight.copy_(layer.weight)  # targets start equal to the online network, as in SB3
-                _mirror_into_target(target, layer.mask)
-        if self.sparse:  # one hook per optimizer, over the layers of every group it steps (PPO: actor and critic)
-            by_optimizer: dict[int, tuple[Optimizer, list[MaskedLayer]]] = {}
-            for group in self.groups:
-                if group.optimizer is not None:
-                    by_optimizer.setdefault(id(group.optimizer), (group.optimizer, []))[1].extend(group.layers)
-            for optimizer, layers in by_optimizer.values():
-                self._hooks.append(optimizer.register_step_pre_hook(self._make_grad_hook(layers)))
+            mask = self._initial_mask(layer, count)
+            attach_mask(layer.module)
+            layer.set_mask(mask.view(layer.shape).to(layer.weight.device))
+            if self.config.sparse_init and not self.updater.starts_dense and index not in deferred:
+                unit_scaled_init_stacked_([group.layers[i] for i in init_with.get(index, [index])], self.generator)
+        for layer, target in zip(group.layers, group.target_layers):
+            attach_mask(target)
+            if not existing:
+                target.weight.copy_(layer.weight)  # targets start equal to the online network, as in SB3
+            _mirror_into_target(target, layer.mask)
+
+    def _install_grad_hooks(self) -> None:
+        """One hook per optimizer, over the layers of every group it steps (PPO: actor and critic)."""
+        by_optimizer: dict[int, tuple[Optimizer, list[MaskedLayer]]] = {}
+        for group in self.groups:
+            if group.optimizer is not None:
+                by_optimizer.setdefault(id(group.optimizer), (group.optimizer, []))[1].extend(group.layers)
+        for optimizer, layers in by_optimizer.values():
+            self._hooks.append(optimizer.register_step_pre_hook(self._make_grad_hook(layers)))
 
     def _allocate(self, group: SparseGroup) -> list[int]:
         """Final active count per layer: the distribution's, or fixed by the shape under an N:M structure."""
@@ -397,41 +404,7 @@ class TopologyController:
 
     def stats(self) -> dict[str, Any]:
         """Per-layer and per-group sparsity, active/total parameters (kernels; kernels + biases) and FLOPs."""
-        groups: dict[str, Any] = {}
-        for group in self.groups:
-            layers = []
-            for layer in group.layers:
-                active = layer.active if self.sparse else layer.total
-                layers.append(
-                    {
-                        "name": layer.name,
-                        "shape": list(layer.shape),
-                        "active": active,
-                        "total": layer.total,
-                        "sparsity": 1.0 - active / layer.total,
-                    }
-                )
-            active = sum(entry["active"] for entry in layers)
-            total = sum(entry["total"] for entry in layers)
-            biases = sum(layer.bias_count for layer in group.layers)
-            positions_known = all(layer.output_positions is not None for layer in group.layers)
-            entry: dict[str, Any] = {
-                "target_sparsity": self.config.sparsity_of(group.name) if self.sparse else 0.0,
-                "sparsity": 1.0 - active / total,
-                "active": active,
-                "total": total,
-                "active_with_bias": active + biases,
-                "total_with_bias": total + biases,
-                "layers": layers,
-            }
-            if positions_known:
-                f_sparse = sum(forward_flops(e["active"], lay.output_positions) for e, lay in zip(layers, group.layers))
-                f_dense = sum(forward_flops(e["total"], lay.output_positions) for e, lay in zip(layers, group.layers))
-                entry["inference_flops"] = f_sparse
-                entry["training_flops_per_sample"] = training_flops_per_sample(
-                    f_sparse, f_dense, self.updater.needs_gradients, self.config.update_interval
-                )
-            groups[group.name] = entry
+        groups = {group.name: self._group_stats(group) for group in self.groups}
         active = sum(g["active"] for g in groups.values())
         total = sum(g["total"] for g in groups.values())
         return {
@@ -445,6 +418,41 @@ class TopologyController:
             "sparsity": 1.0 - active / total,
             "groups": groups,
         }
+
+    def _group_stats(self, group: SparseGroup) -> dict[str, Any]:
+        """:meth:`stats` of one group: its layers, counts with and without biases, and FLOPs once measured."""
+        layers = []
+        for layer in group.layers:
+            active = layer.active if self.sparse else layer.total
+            layers.append(
+                {
+                    "name": layer.name,
+                    "shape": list(layer.shape),
+                    "active": active,
+                    "total": layer.total,
+                    "sparsity": 1.0 - active / layer.total,
+                }
+            )
+        active = sum(entry["active"] for entry in layers)
+        total = sum(entry["total"] for entry in layers)
+        biases = sum(layer.bias_count for layer in group.layers)
+        entry: dict[str, Any] = {
+            "target_sparsity": self.config.sparsity_of(group.name) if self.sparse else 0.0,
+            "sparsity": 1.0 - active / total,
+            "active": active,
+            "total": total,
+            "active_with_bias": active + biases,
+            "total_with_bias": total + biases,
+            "layers": layers,
+        }
+        if all(layer.output_positions is not None for layer in group.layers):
+            f_sparse = sum(forward_flops(e["active"], lay.output_positions) for e, lay in zip(layers, group.layers))
+            f_dense = sum(forward_flops(e["total"], lay.output_positions) for e, lay in zip(layers, group.layers))
+            entry["inference_flops"] = f_sparse
+            entry["training_flops_per_sample"] = training_flops_per_sample(
+                f_sparse, f_dense, self.updater.needs_gradients, self.config.update_interval
+            )
+        return entry
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:
