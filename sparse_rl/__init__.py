@@ -1,7 +1,9 @@
 """sparse_rl: sparse neural networks for deep reinforcement learning.
 
-The core (this package minus its entry points) depends on torch only: masks, distributions, schedules,
-updaters and the :class:`TopologyController`.
+The core is this package minus its three command modules, and depends on torch only: masks, distributions,
+schedules, updaters, configuration and the :class:`TopologyController`. The commands ``python -m sparse_rl.run``,
+``sparse_rl.analyze`` and ``sparse_rl.evaluate`` are thin: they hand over to ``experiment/`` (plans, training runs,
+run directories, noise robustness) and ``analysis/`` (reading run directories), and nothing in the core imports them.
 """
 
 from sparse_rl.config import SparsityConfig
