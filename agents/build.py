@@ -15,7 +15,7 @@ from torch import nn
 
 from agents.decay import kernel_decay
 from agents.initialization import INIT_MODES, check_init_node
-from agents.spec import AGENTS, AgentSpec
+from agents.spec import AgentSpec, agent_spec
 from sparse_rl.config import SparsityConfig
 from sparse_rl.controller import TopologyController
 
@@ -47,10 +47,7 @@ def check_agent_config(agent_cfg: Mapping[str, Any]) -> None:
             "agent.sb3.policy_kwargs.optimizer_kwargs.weight_decay would decay biases too; set agent.weight_decay "
             "(the paper's L2 coefficient, applied to kernels per group)"
         )
-    try:
-        spec = AGENTS.get(agent_cfg["name"])
-    except KeyError as error:
-        raise ValueError(error.args[0]) from None
+    spec = agent_spec(agent_cfg["name"])
     kernel_decay(spec, agent_cfg["weight_decay"], agent_cfg.get("loss"))
     init = agent_cfg.get("init") or {}
     mode = init.get("mode", "sb3")

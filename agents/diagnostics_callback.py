@@ -1,18 +1,13 @@
 """Training diagnostics of SB3 agents (issue 14): per group, every ``diagnostics.freq`` gradient steps, on a batch
 drawn from the replay or rollout buffer with the run's RNG states untouched.
 
-The metrics are :mod:`sparse_rl.diagnostics`'s; here are the per-sample losses of each group, written to match
-SB3's updates (2.9): SAC critic ``0.5 * sum_k (Q_k(s, a) - y)^2`` with SB3's soft target, SAC actor
-``alpha * log pi(a|s) - min_k Q_k(s, a)``; TD3 (``actor_target`` present) critic ``sum_k (Q_k - y)^2`` with the
-smoothed target, actor ``-Q_1(s, mu(s))``; DQN the configured TD loss (``mse``/``huber``) per sample; PPO the
-per-sample ``clipped surrogate + ent_coef * entropy loss + vf_coef * value loss`` (each group's parameters get only
-their own terms' gradient).
+The metrics are :mod:`sparse_rl.diagnostics`'s; each agent's per-sample losses, written to match SB3's updates,
+are its spec's ``diagnostic_losses`` (in the agent's module, built with :func:`on_replay` or :func:`on_rollout`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,20 +15,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import ReplayBuffer, RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from torch import nn
-from torch.nn import functional as F
 
+from agents.spec import AgentSpec, GroupLosses, Loss, spec_of
 from sparse_rl.controller import SparseGroup, TopologyController
 from sparse_rl.diagnostics import dormant_fraction, gradient_snr, mask_churn, norm, srank
 from sparse_rl.masks import MASK_BUFFER, name_matches
 
 PREFIX = "diagnostics"
 STEP_KEY = f"{PREFIX}/gradient_step"  # the topology clock at the measurement (the x axis of the analysis plots)
-Loss = Callable[[tuple[torch.Tensor, ...]], torch.Tensor]  # a batch (tuple of tensors, dim 0 = samples) -> (batch,)
+DiagnosticLosses = Callable[[BaseAlgorithm, int, np.random.Generator], GroupLosses | None]
 
 
 @dataclass(frozen=True)
@@ -74,7 +68,7 @@ def metric_keys(group: str, taus: tuple[float, ...]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- batches
-def _replay_batch(model: BaseAlgorithm, batch_size: int) -> Any:
+def replay_batch(model: BaseAlgorithm, batch_size: int) -> Any:
     """A replay minibatch (SB3's own ``sample``; the caller isolates the RNG it draws from)."""
     buffer: ReplayBuffer = model.replay_buffer
     if buffer.size() < 2:
@@ -82,7 +76,7 @@ def _replay_batch(model: BaseAlgorithm, batch_size: int) -> Any:
     return buffer.sample(min(batch_size, buffer.size()), env=model._vec_normalize_env)
 
 
-def _rollout_batch(model: BaseAlgorithm, batch_size: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...] | None:
+def rollout_batch(model: BaseAlgorithm, batch_size: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...] | None:
     """Samples of the full rollout buffer (at a rollout's end: returns and advantages computed), not reordering it."""
     buffer: RolloutBuffer = model.rollout_buffer
     if not buffer.full or isinstance(buffer.observations, dict):
@@ -96,103 +90,44 @@ def _rollout_batch(model: BaseAlgorithm, batch_size: int, rng: np.random.Generat
     return obs, actions, values.flatten(), log_probs.flatten(), advantages.flatten(), returns.flatten()
 
 
-# ---------------------------------------------------------------------------------------------- per-sample losses
-def _ent_coef(model: BaseAlgorithm) -> torch.Tensor:
-    log_ent_coef = getattr(model, "log_ent_coef", None)
-    if getattr(model, "ent_coef_optimizer", None) is not None and log_ent_coef is not None:
-        return torch.exp(log_ent_coef.detach())
-    return model.ent_coef_tensor
+# ---------------------------------------------------------------------------------------------- shared loss parts
+def discounts(model: BaseAlgorithm, data: Any) -> Any:
+    """The replay batch's discounts (n-step buffers), else the model's gamma."""
+    return data.discounts if getattr(data, "discounts", None) is not None else model.gamma
 
 
-def _actor_critic_losses(model: BaseAlgorithm, data: Any) -> dict[str, tuple[tuple[torch.Tensor, ...], Loss]]:
-    """SAC's (or TD3's, when the model has ``actor_target``) critic and actor per-sample losses and their inputs."""
-    discounts = data.discounts if getattr(data, "discounts", None) is not None else model.gamma
-    td3 = getattr(model, "actor_target", None) is not None
-    with torch.no_grad():
-        if td3:
-            noise = data.actions.clone().normal_(0, model.target_policy_noise)
-            noise = noise.clamp(-model.target_noise_clip, model.target_noise_clip)
-            next_actions = (model.actor_target(data.next_observations) + noise).clamp(-1, 1)
-        else:
-            ent_coef = _ent_coef(model)
-            next_actions, next_log_prob = model.actor.action_log_prob(data.next_observations)
-        next_q, _ = torch.min(torch.cat(model.critic_target(data.next_observations, next_actions), dim=1), 1, True)
-        if not td3:
-            next_q = next_q - ent_coef * next_log_prob.reshape(-1, 1)
-        target = data.rewards + (1 - data.dones) * discounts * next_q
-    scale = 1.0 if td3 else 0.5  # SB3: TD3 sum(mse), SAC 0.5 * sum(mse)
-
-    def critic_loss(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        obs, actions, y = batch
-        return scale * sum((q - y).pow(2).reshape(-1) for q in model.critic(obs, actions))
-
-    def actor_loss(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        obs, noise = batch
-        if td3:
-            return -model.critic.q1_forward(obs, model.actor(obs)).reshape(-1)
-        # SB3's action_log_prob with the reparameterisation noise drawn outside vmap (a draw inside it is refused)
-        mean, log_std, _ = model.actor.get_action_dist_params(obs)
-        dist = copy.copy(model.actor.action_dist).proba_distribution(mean, log_std)  # SB3's squashed Gaussian
-        gaussian = mean + log_std.exp() * noise
-        actions_pi = torch.tanh(gaussian)
-        log_prob = dist.log_prob(actions_pi, gaussian)
-        min_q, _ = torch.min(torch.cat(model.critic(obs, actions_pi), dim=1), dim=1, keepdim=True)
-        return (ent_coef * log_prob.reshape(-1, 1) - min_q).reshape(-1)
-
-    return {
-        "critic": ((data.observations, data.actions, target), critic_loss),
-        "actor": ((data.observations, torch.randn_like(data.actions)), actor_loss),
-    }
+def target_critic_min(model: BaseAlgorithm, next_obs: torch.Tensor, next_actions: torch.Tensor) -> torch.Tensor:
+    """The minimum over the target critics at (next_obs, next_actions), shape (batch, 1) (SAC's and TD3's target)."""
+    next_q, _ = torch.min(torch.cat(model.critic_target(next_obs, next_actions), dim=1), 1, True)
+    return next_q
 
 
-def _dqn_losses(model: BaseAlgorithm, data: Any) -> dict[str, tuple[tuple[torch.Tensor, ...], Loss]]:
-    discounts = data.discounts if getattr(data, "discounts", None) is not None else model.gamma
-    with torch.no_grad():
-        next_q, _ = model.q_net_target(data.next_observations).max(dim=1)
-        target = data.rewards + (1 - data.dones) * discounts * next_q.reshape(-1, 1)
-    huber = getattr(model, "loss", "huber") == "huber"  # SB3's DQN: Huber; agents.dqn.LossDQN: agent.loss
+def on_replay(losses: Callable[[BaseAlgorithm, Any], GroupLosses]) -> DiagnosticLosses:
+    """An agent's diagnostic losses on a replay minibatch (off-policy agents)."""
 
-    def q_loss(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        obs, actions, y = batch
-        q = torch.gather(model.q_net(obs), dim=1, index=actions.long())
-        return (F.smooth_l1_loss(q, y, reduction="none") if huber else (q - y).pow(2)).reshape(-1)
+    def diagnostic_losses(model: BaseAlgorithm, batch_size: int, rng: np.random.Generator) -> GroupLosses | None:
+        data = replay_batch(model, batch_size)
+        return None if data is None else losses(model, data)
 
-    return {"q": ((data.observations, data.actions, target), q_loss)}
+    return diagnostic_losses
 
 
-def _ppo_losses(model: BaseAlgorithm, batch: tuple[torch.Tensor, ...]) -> dict[str, tuple[tuple[torch.Tensor, ...], Loss]]:
-    obs, actions, old_values, old_log_prob, advantages, returns = batch
-    if isinstance(model.action_space, spaces.Discrete):
-        actions = actions.long().flatten()
-    if model.normalize_advantage and len(advantages) > 1:  # over the batch, as SB3 does over a minibatch
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-    clip = model.clip_range(model._current_progress_remaining)
-    clip_vf = model.clip_range_vf(model._current_progress_remaining) if model.clip_range_vf is not None else None
+def on_rollout(losses: Callable[[BaseAlgorithm, tuple[torch.Tensor, ...]], GroupLosses]) -> DiagnosticLosses:
+    """An agent's diagnostic losses on samples of the full rollout buffer (on-policy agents)."""
 
-    def loss(sample: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        obs, actions, old_values, old_log_prob, advantages, returns = sample
-        values, log_prob, entropy = model.policy.evaluate_actions(obs, actions)
-        values = values.flatten()
-        ratio = torch.exp(log_prob - old_log_prob)
-        policy_loss = -torch.min(advantages * ratio, advantages * torch.clamp(ratio, 1 - clip, 1 + clip))
-        if clip_vf is not None:
-            values = old_values + torch.clamp(values - old_values, -clip_vf, clip_vf)
-        entropy_loss = log_prob if entropy is None else -entropy
-        return policy_loss + model.ent_coef * entropy_loss + model.vf_coef * (returns - values).pow(2)
+    def diagnostic_losses(model: BaseAlgorithm, batch_size: int, rng: np.random.Generator) -> GroupLosses | None:
+        batch = rollout_batch(model, batch_size, rng)
+        return None if batch is None else losses(model, batch)
 
-    inputs = (obs, actions, old_values, old_log_prob, advantages, returns)
-    return {"actor": (inputs, loss), "critic": (inputs, loss)}
+    return diagnostic_losses
 
 
-def group_losses(model: BaseAlgorithm, batch_size: int, rng: np.random.Generator) -> dict[str, tuple[Any, Loss]] | None:
-    """Per group: (batch inputs, per-sample loss); ``None`` when the buffer cannot give a batch yet."""
-    if getattr(model, "rollout_buffer", None) is not None and getattr(model, "replay_buffer", None) is None:
-        batch = _rollout_batch(model, batch_size, rng)
-        return None if batch is None else _ppo_losses(model, batch)
-    data = _replay_batch(model, batch_size)
-    if data is None:
-        return None
-    return _dqn_losses(model, data) if hasattr(model, "q_net") else _actor_critic_losses(model, data)
+def group_losses(
+    model: BaseAlgorithm, batch_size: int, rng: np.random.Generator, spec: AgentSpec | None = None
+) -> GroupLosses | None:
+    """Per group: (batch inputs, per-sample loss) of ``spec`` (default: the model's agent, :func:`spec_of`);
+    ``None`` when the buffer cannot give a batch yet."""
+    return (spec or spec_of(model)).diagnostic_losses(model, batch_size, rng)
 
 
 # ---------------------------------------------------------------------------------------------- measurement
@@ -282,12 +217,19 @@ class DiagnosticsCallback(BaseCallback):
     at the end of training (for ``summary.json``). Mask churn compares with the masks at the training start (the
     initial masks; after a resume, the resumed ones) and with the masks before the last topology update. ``state``:
     :meth:`state` saved with the checkpoint a run resumes from (its measurement points stay the uninterrupted run's).
+    ``spec``: the model's agent (default: :func:`agents.spec.spec_of` the model).
     """
 
     def __init__(
-        self, controller: TopologyController, settings: DiagnosticsSettings, seed: int, state: dict | None = None
+        self,
+        controller: TopologyController,
+        settings: DiagnosticsSettings,
+        seed: int,
+        state: dict | None = None,
+        spec: AgentSpec | None = None,
     ) -> None:
         super().__init__()
+        self.spec = spec
         self.controller = controller
         self.settings = settings
         self.seed = seed
@@ -359,7 +301,7 @@ class DiagnosticsCallback(BaseCallback):
         """Measure every group now; False when the buffer has no batch yet."""
         rng = np.random.default_rng([self.seed, self.controller.clock])  # the same batch after a resume
         with isolated_rng(int(rng.integers(2**31 - 1)), self.model.device):
-            losses = group_losses(self.model, self.settings.batch_size, rng)
+            losses = group_losses(self.model, self.settings.batch_size, rng, self.spec)
             if losses is None:
                 return False
             for group in self.controller.groups:

@@ -1,4 +1,5 @@
-"""Equal-parameter variants of an agent's networks (paper §4; Sparse-IFT's Sparse Wide).
+"""Equal-parameter variants of an agent's networks (the width-scaled "Dense" baselines of Graesser et al. 2022's
+figures, ``train_eval.width`` in google-research/rigl ``rigl/rl/tfagents/*_train_eval.py``; Sparse-IFT's Sparse Wide).
 
 ``dense_matched``: a dense network per group whose parameter count (kernels + biases, the paper's logging)
 matches the sparse group's active count. ``wide``: a sparse network widened so its active count matches the
@@ -13,16 +14,8 @@ from typing import Any
 from gymnasium import spaces
 from stable_baselines3.common.preprocessing import get_flattened_obs_dim
 
+from agents.spec import AgentSpec, Net, agent_spec
 from sparse_rl.width import solve_dense_width_for_mlp, widen_mlp_for_sparsity
-
-Net = tuple[int, list[int], int]
-N_CRITICS = 2  # SB3 SAC and TD3 default twin critics (n_critics)
-HIDDEN_KEYS = {
-    "sac": {"actor": "pi", "critic": "qf"},
-    "td3": {"actor": "pi", "critic": "qf"},
-    "ppo": {"actor": "pi", "critic": "vf"},
-    "dqn": {"q": None},
-}
 
 
 def _hidden(net_arch: Any, key: str | None) -> list[int]:
@@ -33,35 +26,20 @@ def _hidden(net_arch: Any, key: str | None) -> list[int]:
 
 
 def group_networks(
-    agent: str, observation_space: spaces.Space, action_space: spaces.Space, net_arch: Any
+    agent: str | AgentSpec, observation_space: spaces.Space, action_space: spaces.Space, net_arch: Any
 ) -> dict[str, list[Net]]:
-    """Each group's MLPs as (n_in, hidden, n_out), in SB3's layout for ``agent``."""
+    """Each group's MLPs as (n_in, hidden, n_out), in SB3's layout for ``agent`` (its spec's ``networks``)."""
+    spec = agent_spec(agent)
     obs = get_flattened_obs_dim(observation_space)
     if isinstance(action_space, spaces.Discrete):
         act = int(action_space.n)
     else:
         act = int(action_space.shape[0])
-    keys = HIDDEN_KEYS[agent]
-    if agent == "sac":  # actor: mean and log-std heads; critics see (obs, action)
-        return {
-            "actor": [(obs, _hidden(net_arch, keys["actor"]), 2 * act)],
-            "critic": [(obs + act, _hidden(net_arch, keys["critic"]), 1)] * N_CRITICS,
-        }
-    if agent == "td3":  # a deterministic actor (one head of A outputs); twin critics as SAC's
-        return {
-            "actor": [(obs, _hidden(net_arch, keys["actor"]), act)],
-            "critic": [(obs + act, _hidden(net_arch, keys["critic"]), 1)] * N_CRITICS,
-        }
-    if agent == "ppo":
-        return {
-            "actor": [(obs, _hidden(net_arch, keys["actor"]), act)],
-            "critic": [(obs, _hidden(net_arch, keys["critic"]), 1)],
-        }
-    return {"q": [(obs, _hidden(net_arch, None), act)]}
+    return spec.networks(obs, act, {group: _hidden(net_arch, key) for group, key in spec.hidden_keys.items()})
 
 
 def equal_parameter_net_arch(
-    agent: str,
+    agent: str | AgentSpec,
     observation_space: spaces.Space,
     action_space: spaces.Space,
     net_arch: Any,
@@ -82,7 +60,8 @@ def equal_parameter_net_arch(
             "target": round(solution.count / (1 + solution.mismatch)),
             "relative_mismatch": solution.mismatch,
         }
-    keys = HIDDEN_KEYS[agent]
-    if agent == "dqn":
-        return hidden["q"], report
+    keys = agent_spec(agent).hidden_keys
+    if set(keys.values()) == {None}:  # net_arch is one list of hidden sizes, the only group's
+        (sizes,) = hidden.values()
+        return sizes, report
     return {keys[group]: sizes for group, sizes in hidden.items()}, report

@@ -1,12 +1,12 @@
-"""SB3 policies with the paper's initialisation, per-group kernel weight decay and, for sparse methods, masks.
+"""The shared part of the SB3 policies: the paper's initialisation, per-group kernel weight decay and masks.
 
-Every agent (dense runs included) uses these classes, with two extra constructor arguments that SB3 stores in
-``policy_kwargs`` and passes back on ``load``:
+Each agent's module (``agents/sac.py``, ...) defines its policy classes over :class:`AdaptedPolicy` (and, for the
+twin-critic agents, :class:`TwinCriticLayout`) by naming its layers; every agent (dense runs included) uses them,
+with two extra constructor arguments that SB3 stores in ``policy_kwargs`` and passes back on ``load``:
 
 - ``init``: the ``agent.init`` config node. ``mode: paper`` re-draws the Linear layers after SB3 builds them:
-  ``hidden`` for hidden layers, ``output`` for output layers (:func:`agents.initialization.init_linear_`);
-  SAC's ``mu`` and ``log_std`` heads are drawn as the paper's one 256×2A layer (Glorot with fan-out 2A) and split;
-  TD3's actor ``mu`` (a Sequential ending in tanh) has hidden layers and one output layer.
+  ``hidden`` for hidden layers, ``output`` for output layers (:func:`agents.initialization.init_linear_`), as
+  the agent's ``_init_layout`` lists them (stacks of layers that are one layer in the paper are drawn as one).
   ``mode: sb3`` keeps SB3's own init. Conv layers (CNN feature extractors) keep torch's default init.
 - ``kernel_decay``: per group (``actor``, ``critic``, ``q``) the Adam ``weight_decay`` of that group's kernels
   (:func:`agents.decay.kernel_decay`). Each optimizer is rebuilt with one parameter group per sparse group's
@@ -21,29 +21,17 @@ wherever it is trained (``SAC.load(...)`` then ``learn()``). A controller takes 
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable
 from typing import Any
 
 import torch
-from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy
 from stable_baselines3.common.type_aliases import Schedule
-from stable_baselines3.dqn.policies import CnnPolicy as DQNCnnPolicy
-from stable_baselines3.dqn.policies import DQNPolicy
-from stable_baselines3.sac.policies import CnnPolicy as SACCnnPolicy
-from stable_baselines3.sac.policies import SACPolicy
-from stable_baselines3.td3.policies import CnnPolicy as TD3CnnPolicy
-from stable_baselines3.td3.policies import TD3Policy
 from torch import nn
 from torch.optim import Optimizer
 
 from agents.initialization import INIT_MODES, init_linear_
 from sparse_rl.masks import MaskedLayer, attach_mask, find_maskable_layers
-
-# Which layers form each decay group, per optimizer: (optimizer owner attribute, group, module attribute, globs).
-PPO_GROUP_GLOBS = {
-    "actor": ("mlp_extractor.policy_net.*", "action_net", "features_extractor.*", "pi_features_extractor.*"),
-    "critic": ("mlp_extractor.value_net.*", "value_net", "vf_features_extractor.*"),
-}
 
 
 def attach_masks(*modules: nn.Module) -> None:
@@ -74,7 +62,8 @@ def init_stacked_(layers: list[nn.Linear], node: dict[str, Any]) -> None:
         start += rows
 
 
-def _group_kernels(module: nn.Module, globs: Iterable[str] = ("*",)) -> list[torch.Tensor]:
+def group_kernels(module: nn.Module, globs: Iterable[str] = ("*",)) -> list[torch.Tensor]:
+    """The kernels of ``module``'s maskable layers matching ``globs`` (one decay group)."""
     return [layer.weight for layer in find_maskable_layers(module, tuple(globs)).values()]
 
 
@@ -98,7 +87,7 @@ def rebuild_with_decay(
     return optimizer_class(param_groups, **kwargs)
 
 
-class _Adapted:
+class AdaptedPolicy:
     """Mixin over an SB3 policy: paper init, per-group kernel decay, and (``masked_modules``) masks with a guard."""
 
     masked_modules: tuple[str, ...] = ()
@@ -115,7 +104,7 @@ class _Adapted:
         data.update(kernel_decay=self.kernel_decay, init=self.init)
         return data
 
-    # ---- per-algorithm layout (overridden below)
+    # ---- per-algorithm layout (overridden by each agent's policy classes)
     def _init_layout(self) -> list[tuple[list[nn.Linear], str]]:
         """Layers (stacks of layers that are one layer in the paper) and their role, ``hidden`` or ``output``."""
         raise NotImplementedError(f"{type(self).__name__} has no paper initialisation")
@@ -182,20 +171,16 @@ def _guard_hook(layers: list[MaskedLayer]):
     return hook
 
 
-# ---------------------------------------------------------------------------------------------------- SAC
-class _SACLayout(_Adapted):
-    """SAC's layout; its twin-critic part and optimizers also serve TD3 (:class:`_TD3Layout`)."""
+# ---------------------------------------------------------------------------------------------- twin critics
+class TwinCriticLayout(AdaptedPolicy):
+    """SB3's actor and twin-critic policies (SAC, TD3: ``actor``, ``critic``, each with its optimizer): the critic
+    layout and the per-optimizer decay groups; the agent names its actor's layers (``_actor_layout``)."""
 
     def _init_layout(self) -> list[tuple[list[nn.Linear], str]]:
         return self._actor_layout() + self._critic_layout()
 
     def _actor_layout(self) -> list[tuple[list[nn.Linear], str]]:
-        actor = self.actor
-        layout = [([m], "hidden") for m in linears(actor.features_extractor) + linears(actor.latent_pi)]
-        if not isinstance(actor.mu, nn.Linear):
-            raise ValueError("agent.init.mode=paper supports SAC's plain Linear mu head (no gSDE)")
-        layout.append(([actor.mu, actor.log_std], "output"))  # the paper's one 256x2A output layer
-        return layout
+        raise NotImplementedError
 
     def _critic_layout(self) -> list[tuple[list[nn.Linear], str]]:
         critic = self.critic
@@ -207,120 +192,35 @@ class _SACLayout(_Adapted):
             layout += [([m], "hidden") for m in layers[:-1]] + [([layers[-1]], "output")]
         return layout
 
-    def _sync_targets(self) -> None:
-        self.critic_target.load_state_dict(self.critic.state_dict())
-
     def _decay_layout(self):
         return [
-            (self.actor, "optimizer", {"actor": _group_kernels(self.actor)}),
-            (self.critic, "optimizer", {"critic": _group_kernels(self.critic)}),
+            (self.actor, "optimizer", {"actor": group_kernels(self.actor)}),
+            (self.critic, "optimizer", {"critic": group_kernels(self.critic)}),
         ]
 
 
-class DenseSACPolicy(_SACLayout, SACPolicy):
-    pass
+def hidden_then_output(hidden: list[nn.Linear], layers: list[nn.Linear]) -> list[tuple[list[nn.Linear], str]]:
+    """``hidden`` and all but the last of ``layers`` as hidden layers, the last of ``layers`` as the output layer."""
+    return [([m], "hidden") for m in hidden + layers[:-1]] + [([layers[-1]], "output")]
 
 
-class DenseSACCnnPolicy(_SACLayout, SACCnnPolicy):
-    pass
+# The policy classes lived here before each agent got its module; saved model.zip files pickle them by this path
+# (``SAC.load``), so the old names still resolve (lazily: the agent modules import this one).
+_MOVED = {
+    f"{kind}{algo}{cnn}Policy": f"agents.{algo.lower()}"
+    for kind in ("Dense", "Sparse")
+    for algo in ("SAC", "TD3", "DQN", "PPO")
+    for cnn in ("", "Cnn")
+}
 
 
-class SparseSACPolicy(_SACLayout, SACPolicy):
-    masked_modules = ("actor", "critic", "critic_target")
-
-
-class SparseSACCnnPolicy(_SACLayout, SACCnnPolicy):
-    masked_modules = ("actor", "critic", "critic_target")
-
-
-# ---------------------------------------------------------------------------------------------------- TD3
-class _TD3Layout(_SACLayout):
-    """TD3 (Fujimoto et al. 2018): a deterministic actor ``mu`` (hidden layers, one tanh output layer) with its own
-    target, and SAC's twin critics; per-optimizer decay groups as SAC's."""
-
-    def _actor_layout(self) -> list[tuple[list[nn.Linear], str]]:
-        layers = linears(self.actor.mu)
-        hidden = linears(self.actor.features_extractor) + layers[:-1]
-        return [([m], "hidden") for m in hidden] + [([layers[-1]], "output")]
-
-    def _sync_targets(self) -> None:
-        self.actor_target.load_state_dict(self.actor.state_dict())
-        self.critic_target.load_state_dict(self.critic.state_dict())
-
-
-class DenseTD3Policy(_TD3Layout, TD3Policy):
-    pass
-
-
-class DenseTD3CnnPolicy(_TD3Layout, TD3CnnPolicy):
-    pass
-
-
-class SparseTD3Policy(_TD3Layout, TD3Policy):
-    masked_modules = ("actor", "actor_target", "critic", "critic_target")
-
-
-class SparseTD3CnnPolicy(_TD3Layout, TD3CnnPolicy):
-    masked_modules = ("actor", "actor_target", "critic", "critic_target")
-
-
-# ---------------------------------------------------------------------------------------------------- DQN
-class _DQNLayout(_Adapted):
-    def _init_layout(self) -> list[tuple[list[nn.Linear], str]]:
-        layers = linears(self.q_net.q_net)
-        hidden = linears(self.q_net.features_extractor) + layers[:-1]
-        return [([m], "hidden") for m in hidden] + [([layers[-1]], "output")]
-
-    def _sync_targets(self) -> None:
-        self.q_net_target.load_state_dict(self.q_net.state_dict())
-
-    def _decay_layout(self):
-        return [(self, "optimizer", {"q": _group_kernels(self.q_net)})]
-
-
-class DenseDQNPolicy(_DQNLayout, DQNPolicy):
-    pass
-
-
-class DenseDQNCnnPolicy(_DQNLayout, DQNCnnPolicy):
-    pass
-
-
-class SparseDQNPolicy(_DQNLayout, DQNPolicy):
-    masked_modules = ("q_net", "q_net_target")
-
-
-class SparseDQNCnnPolicy(_DQNLayout, DQNCnnPolicy):
-    masked_modules = ("q_net", "q_net_target")
-
-
-# ---------------------------------------------------------------------------------------------------- PPO
-class _PPOLayout(_Adapted):
-    """PPO keeps SB3's orthogonal init (``ortho_init``, the paper's): ``agent.init.mode`` must be ``sb3``."""
-
-    def _decay_layout(self):
-        return [(self, "optimizer", {group: _group_kernels(self, globs) for group, globs in PPO_GROUP_GLOBS.items()})]
-
-
-class DensePPOPolicy(_PPOLayout, ActorCriticPolicy):
-    pass
-
-
-class DensePPOCnnPolicy(_PPOLayout, ActorCriticCnnPolicy):
-    pass
-
-
-class SparsePPOPolicy(_PPOLayout, ActorCriticPolicy):
-    masked_modules = ("mlp_extractor", "action_net", "value_net")
-
-
-class SparsePPOCnnPolicy(_PPOLayout, ActorCriticCnnPolicy):
-    masked_modules = ("features_extractor", "mlp_extractor", "action_net", "value_net")
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 'agents.policies' has no attribute '{name}'")
 
 
 __all__ = [
-    "DenseDQNCnnPolicy", "DenseDQNPolicy", "DensePPOCnnPolicy", "DensePPOPolicy", "DenseSACCnnPolicy", "DenseSACPolicy",
-    "DenseTD3CnnPolicy", "DenseTD3Policy", "SparseDQNCnnPolicy", "SparseDQNPolicy", "SparsePPOCnnPolicy", "SparsePPOPolicy",
-    "SparseSACCnnPolicy", "SparseSACPolicy", "SparseTD3CnnPolicy", "SparseTD3Policy", "attach_masks", "init_stacked_",
+    "AdaptedPolicy", "TwinCriticLayout", "attach_masks", "group_kernels", "hidden_then_output", "init_stacked_",
     "linears", "rebuild_with_decay",
 ]  # fmt: skip

@@ -13,7 +13,6 @@ from omegaconf import DictConfig
 from agents import AGENTS, AgentSpec
 from agents.build import check_agent_config
 from agents.diagnostics_callback import diagnostics_settings
-from agents.matching import HIDDEN_KEYS
 from envs import EnvSpec, check_action_space
 from experiment.checkpoint import schedule_change
 from experiment.layout import EQUAL_PARAMETER_METHOD
@@ -51,7 +50,7 @@ class Plan:
 
     @property
     def group_sparsity(self) -> dict[str, float]:
-        return {group: self.sparsity.sparsity_of(group) for group in HIDDEN_KEYS[self.agent.name]}
+        return {group: self.sparsity.sparsity_of(group) for group in self.agent.group_names}
 
 
 def _positive(name: str, value: int, allow_zero: bool = False) -> None:
@@ -75,7 +74,7 @@ def plan_run(cfg: DictConfig, check_run_dir: bool = True) -> Plan:
         sparsity.validate()
     except (KeyError, ValueError) as error:
         raise UsageError(error.args[0] if error.args else str(error)) from error
-    groups = tuple(HIDDEN_KEYS[agent.name])
+    groups = agent.group_names
     for group in sparsity.group_sparsity:
         if group not in groups:
             raise UsageError(f"sparsity.{group} is not a group of agent '{agent.name}'; its groups: {', '.join(groups)}")
@@ -131,4 +130,3 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
     if checkpoint is not None and not cfg.resume_schedule_change and (change := schedule_change(run_dir, cfg)) is not None:
         raise UsageError(change)
     return checkpoint
-

@@ -99,7 +99,7 @@ def build_plan_model(plan: Plan, env: VecEnv, device: str | None = None, **sb3_o
     extra: dict[str, Any] = {}
     if plan.variant is not None:
         net_arch, extra["equal_parameters"] = equal_parameter_net_arch(
-            plan.agent.name, env.observation_space, env.action_space, net_arch, plan.group_sparsity, plan.variant
+            plan.agent, env.observation_space, env.action_space, net_arch, plan.group_sparsity, plan.variant
         )
         extra["net_arch"] = net_arch
     model = build_model(
@@ -114,11 +114,11 @@ def build_plan_model(plan: Plan, env: VecEnv, device: str | None = None, **sb3_o
     return model, extra
 
 
-def _diagnostics_callbacks(cfg: DictConfig, controller: Any, checkpoint: Path | None) -> list[DiagnosticsCallback]:
+def _diagnostics_callbacks(plan: Plan, controller: Any) -> list[DiagnosticsCallback]:
     """The diagnostics callback if ``diagnostics.freq`` > 0 (agents/diagnostics_callback.py, design decision 28)."""
-    settings = diagnostics_settings(cfg.diagnostics)
-    state = callback_state(checkpoint).get("diagnostics") if checkpoint is not None else None
-    return [DiagnosticsCallback(controller, settings, cfg.seed, state)] if settings.enabled else []
+    settings = diagnostics_settings(plan.cfg.diagnostics)
+    state = callback_state(plan.checkpoint).get("diagnostics") if plan.checkpoint is not None else None
+    return [DiagnosticsCallback(controller, settings, plan.cfg.seed, state, plan.agent)] if settings.enabled else []
 
 
 def train(plan: Plan) -> dict:
@@ -166,7 +166,7 @@ def train(plan: Plan) -> dict:
     if plan.agent.nominal_clock is not None:  # first: a checkpoint at a rollout start sees the synced clock
         callbacks.insert(0, ClockSyncCallback(controller, plan.agent.nominal_clock))
 
-    diagnostics = _diagnostics_callbacks(cfg, controller, plan.checkpoint)
+    diagnostics = _diagnostics_callbacks(plan, controller)
 
     def save(t: int) -> None:
         states = {"diagnostics": diagnostics[0].state()} if diagnostics else {}

@@ -273,13 +273,14 @@ def test_sac_and_dqn_per_sample_losses_average_to_sb3s_losses():
     from stable_baselines3 import DQN, SAC
     from torch.nn import functional as F
 
-    from agents.diagnostics_callback import _actor_critic_losses, _dqn_losses
+    from agents.dqn import diagnostic_losses as dqn_losses
+    from agents.sac import diagnostic_losses as sac_losses
 
     sac = SAC("MlpPolicy", "Pendulum-v1", learning_starts=50, policy_kwargs={"net_arch": [16, 16]}, seed=0)
     sac.learn(80)
     data = sac.replay_buffer.sample(16)
     torch.manual_seed(1)
-    losses = _actor_critic_losses(sac, data)
+    losses = sac_losses(sac, data)
     torch.manual_seed(1)  # SB3's target, drawing the same next actions
     with torch.no_grad():
         ent_coef = torch.exp(sac.log_ent_coef.detach())
@@ -305,10 +306,10 @@ def test_sac_and_dqn_per_sample_losses_average_to_sb3s_losses():
         next_q, _ = dqn.q_net_target(data.next_observations).max(dim=1)
         target = data.rewards + (1 - data.dones) * dqn.gamma * next_q.reshape(-1, 1)
         current = torch.gather(dqn.q_net(data.observations), dim=1, index=data.actions.long())
-        inputs, loss = _dqn_losses(dqn, data)["q"]
+        inputs, loss = dqn_losses(dqn, data)["q"]
         torch.testing.assert_close(loss(inputs).mean(), F.smooth_l1_loss(current, target))  # SB3's DQN: Huber
         dqn.loss = "mse"  # agents.dqn.LossDQN's attribute
-        inputs, loss = _dqn_losses(dqn, data)["q"]
+        inputs, loss = dqn_losses(dqn, data)["q"]
         torch.testing.assert_close(loss(inputs).mean(), F.mse_loss(current, target))
 
 
@@ -316,11 +317,12 @@ def test_ppo_per_sample_loss_averages_to_sb3s_loss():
     from stable_baselines3 import PPO
     from torch.nn import functional as F
 
-    from agents.diagnostics_callback import _ppo_losses, _rollout_batch
+    from agents.diagnostics_callback import rollout_batch
+    from agents.ppo import diagnostic_losses as ppo_losses
 
     ppo = PPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=1, policy_kwargs={"net_arch": [16]}, seed=0)
     ppo.learn(64)
-    batch = _rollout_batch(ppo, 32, np.random.default_rng(0))
+    batch = rollout_batch(ppo, 32, np.random.default_rng(0))
     obs, actions, _, old_log_prob, advantages, returns = batch
     with torch.no_grad():
         values, log_prob, entropy = ppo.policy.evaluate_actions(obs, actions.long().flatten())
@@ -329,7 +331,7 @@ def test_ppo_per_sample_loss_averages_to_sb3s_loss():
         clip = ppo.clip_range(ppo._current_progress_remaining)
         policy_loss = -torch.min(advantages * ratio, advantages * torch.clamp(ratio, 1 - clip, 1 + clip)).mean()
         expected = policy_loss - ppo.ent_coef * entropy.mean() + ppo.vf_coef * F.mse_loss(returns, values.flatten())
-        inputs, loss = _ppo_losses(ppo, batch)["actor"]
+        inputs, loss = ppo_losses(ppo, batch)["actor"]
         torch.testing.assert_close(loss(inputs).mean(), expected)
 
 
