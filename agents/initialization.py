@@ -1,4 +1,8 @@
-"""Weight initialisation schemes of the paper's networks (paper_facts §2.1), torch only (no SB3, no gymnasium).
+"""Weight initialisation schemes of the paper's networks, torch only (no SB3, no gymnasium).
+
+Graesser et al. 2022 train networks with the initialisers google-research/rigl gives them:
+``rigl/rl/tfagents/dqn_train_eval.py`` (DQN, classic control), ``rigl/rl/tfagents/sac_train_eval.py`` (SAC, Keras
+defaults) and ``rigl/rl/dqn_agents.py`` (Atari).
 
 One entry point, :func:`init_linear_`, draws a Linear layer's kernel and bias in place under a named scheme.
 ``weight`` may carry leading member dimensions (``[..., out, in]``, bias ``[..., out]``, as in a batched

@@ -51,7 +51,8 @@ def model_for(overrides: list[str], sparse: bool = True):
 
 # ------------------------------------------------------------------------------------ 1. SAC heads as one layer
 def test_sac_walker2d_actor_heads_get_the_papers_erk_layer():
-    # paper_facts §2.2: actor 17x256, 256x256, 256x12 at 90% ERK: 0.565 / 0.946 / 0.396; SB3 has two 256x6 heads
+    # ERK (google-research/rigl rigl/sparse_utils.py) of the paper's Walker2d actor 17x256, 256x256, 256x12 at 90%:
+    # 0.565 / 0.946 / 0.396; SB3 has two 256x6 heads
     shapes = [(256, 17), (256, 256), (6, 256), (6, 256)]
     counts = allocate_joint("erk", shapes, 0.9, joint=[[2, 3]])
     assert layer_sparsities(counts, shapes) == pytest.approx([0.565, 0.946, 0.396, 0.396], abs=0.0015)
@@ -148,7 +149,7 @@ def decay_by_param(optimizer) -> dict[int, float]:
 
 
 def test_sac_optimizers_decay_kernels_per_group_and_nothing_else():
-    cfg, _, model = model_for(["agent=sac", "env=Pendulum", "sparsity=set"])  # paper Table 2: SAC SET wd 1e-4
+    cfg, _, model = model_for(["agent=sac", "env=Pendulum", "sparsity=set"])  # Graesser et al. 2022 App. Table 2: SET wd 1e-4
     assert cfg.agent.weight_decay == 1e-4
     actor, critic = decay_by_param(model.actor.optimizer), decay_by_param(model.critic.optimizer)
     for name, param in model.actor.named_parameters():
@@ -159,7 +160,7 @@ def test_sac_optimizers_decay_kernels_per_group_and_nothing_else():
 
 
 def test_ppo_log_std_and_biases_are_not_decayed():
-    _, _, model = model_for(["agent=ppo", "env=Pendulum", "sparsity=rigl"])  # paper Table 3: PPO RigL wd 1e-4
+    _, _, model = model_for(["agent=ppo", "env=Pendulum", "sparsity=rigl"])  # Graesser et al. 2022 App. Table 3: RigL wd 1e-4
     decay = decay_by_param(model.policy.optimizer)
     for name, param in model.policy.named_parameters():
         assert decay[id(param)] == (2e-4 if name.endswith("weight") else 0.0), name
