@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents import attach_controller, build_model
@@ -29,7 +32,7 @@ from agents.diagnostics_callback import DiagnosticsCallback, diagnostics_setting
 from agents.matching import equal_parameter_net_arch
 from envs import EVAL_SEED_OFFSET, make_vec_env
 from experiment.checkpoint import write_checkpoint
-from experiment.layout import atomic_write, atomic_write_json
+from experiment.layout import HYDRA_CONFIG, MODEL_FILE, SUMMARY_FILE, atomic_write, atomic_write_json
 from experiment.lock import LOCK_FILE, LocksUnsupported, RunDirLocked, cleanup_stale_staging, hold_run_dir
 from experiment.plan import Plan, RunDirUsageError, UsageError, plan_run, resume_checkpoint
 from experiment.replay_io import REPLAY_FILE, load_replay_buffer, save_replay_buffer
@@ -76,7 +79,7 @@ def _save_checkpoint(
     callbacks.update(states or {})  # other callbacks' small JSON states (diagnostics: its next measurement)
 
     def write_files(folder: Path) -> None:
-        model.save(folder / "model.zip")
+        model.save(folder / MODEL_FILE)
         torch.save(controller.state_dict(), folder / "controller.pt")
         if plan.cfg.save_replay_buffer and getattr(model, "replay_buffer", None) is not None:
             save_replay_buffer(model.replay_buffer, folder / REPLAY_FILE)
@@ -121,35 +124,58 @@ def _diagnostics_callbacks(plan: Plan, controller: Any) -> list[DiagnosticsCallb
     return [DiagnosticsCallback(controller, settings, plan.cfg.seed, state, plan.agent)] if settings.enabled else []
 
 
-def train(plan: Plan) -> dict:
-    """Build everything from a validated plan, train, and write the run directory. Returns the summary."""
+def _prepare_run_dir(plan: Plan) -> None:
+    """Say the plan's warnings, clear a run that never reached a checkpoint (``resume=true``), write the config."""
     cfg = plan.cfg
     for warning in plan.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    torch.set_num_threads(cfg.torch_threads)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.resume and plan.checkpoint is None and clear_run_outputs(plan.run_dir):
         print(f"note: {plan.run_dir} stopped before its first checkpoint; starting it again from scratch")
-    atomic_write(plan.run_dir / ".hydra" / "config.yaml", lambda tmp: OmegaConf.save(cfg, tmp, resolve=True))
-    train_env, eval_env = _make_envs(plan)
-    model, extra = build_plan_model(plan, train_env)
+    atomic_write(plan.run_dir / HYDRA_CONFIG, lambda tmp: OmegaConf.save(cfg, tmp, resolve=True))
+
+
+def _attach_and_restore(plan: Plan, model: Any, eval_env: VecEnv, extra: dict) -> tuple[Any, int | None]:
+    """The model's controller, and everything a checkpoint holds restored into model, controller and eval env.
+
+    Returns the controller and the env step resumed at (``None``: a fresh run). The model is rebuilt from the
+    config: nothing in ``model.zip`` is unpickled.
+    """
+    checkpoint = plan.checkpoint
     resumed_at = None
-    if plan.checkpoint is not None:  # the model is rebuilt from the config: nothing in model.zip is unpickled
-        load_checkpoint_model(model, plan.checkpoint / "model.zip")
-        if (plan.checkpoint / REPLAY_FILE).exists():
-            load_replay_buffer(model.replay_buffer, plan.checkpoint / REPLAY_FILE)
+    if checkpoint is not None:
+        load_checkpoint_model(model, checkpoint / MODEL_FILE)
+        if (checkpoint / REPLAY_FILE).exists():
+            load_replay_buffer(model.replay_buffer, checkpoint / REPLAY_FILE)
         resumed_at = model.num_timesteps
+    cfg = plan.cfg
     controller = attach_controller(
-        model, plan.agent, plan.sparsity, cfg.agent.total_timesteps, cfg.seed, existing=plan.checkpoint is not None
+        model, plan.agent, plan.sparsity, cfg.agent.total_timesteps, cfg.seed, existing=checkpoint is not None
     )
-    if plan.checkpoint is not None:
-        controller.load_state_dict(torch.load(plan.checkpoint / "controller.pt", weights_only=True))
-        extra["exact_resume"] = restore_training_state(plan.checkpoint, model, eval_env)
+    if checkpoint is not None:
+        controller.load_state_dict(torch.load(checkpoint / "controller.pt", weights_only=True))
+        extra["exact_resume"] = restore_training_state(checkpoint, model, eval_env)
         if not extra["exact_resume"]:
             print(f"note: {plan.env.name} state is not captured; its current episodes restart after the resume")
     model.set_logger(run_logger(plan.run_dir, cfg.tensorboard, resumed_at))
-    if plan.checkpoint is not None:
-        restore_pending_logs(plan.checkpoint, model.logger)
+    if checkpoint is not None:
+        restore_pending_logs(checkpoint, model.logger)
+    return controller, resumed_at
+
+
+@dataclass
+class _Callbacks:
+    """The SB3 callbacks of one run, and the ones whose results the summary reads."""
+
+    all: list[BaseCallback]
+    evaluation: ResumableEvalCallback
+    diagnostics: DiagnosticsCallback | None
+    save: Callable[[int], None]  # writes a checkpoint at an env step
+
+
+def _callbacks(plan: Plan, model: Any, controller: Any, eval_env: VecEnv, resumed_at: int | None) -> _Callbacks:
+    """Clock sync (PPO), topology logging, finite-weight checks, evaluation, checkpoints, diagnostics, in that order."""
+    cfg = plan.cfg
     eval_cb = ResumableEvalCallback(
         eval_env,
         n_eval_episodes=cfg.agent.eval_episodes,
@@ -165,48 +191,76 @@ def train(plan: Plan) -> dict:
     callbacks = [topology, FiniteWeightsCallback(controller, cfg.nan_check_freq), eval_cb]
     if plan.agent.nominal_clock is not None:  # first: a checkpoint at a rollout start sees the synced clock
         callbacks.insert(0, ClockSyncCallback(controller, plan.agent.nominal_clock))
-
-    diagnostics = _diagnostics_callbacks(plan, controller)
+    diagnostics = next(iter(_diagnostics_callbacks(plan, controller)), None)
 
     def save(t: int) -> None:
-        states = {"diagnostics": diagnostics[0].state()} if diagnostics else {}
+        states = {"diagnostics": diagnostics.state()} if diagnostics is not None else {}
         _save_checkpoint(plan, model, controller, t, eval_env, topology, states)
 
     if cfg.checkpoint_freq > 0:
         callbacks.append(CheckpointCallback(cfg.checkpoint_freq, save))
-    callbacks += diagnostics
-    start = time.perf_counter()
-    steps_before = model.num_timesteps
-    running = run_summary(plan, "running", controller, None, 0.0, steps_before, **extra)
-    atomic_write_json(plan.run_dir / "summary.json", running)
+    callbacks += [diagnostics] if diagnostics is not None else []
+    return _Callbacks(callbacks, eval_cb, diagnostics, save)
+
+
+def _failure(plan: Plan, model: Any, controller: Any, error: BaseException) -> BaseException:
+    """The error to record: a NaN often surfaces elsewhere first (e.g. a distribution's argument check), so a
+    non-finite weight is named (group, step) in its place."""
     try:
-        model.learn(
-            total_timesteps=cfg.agent.total_timesteps - steps_before,
-            callback=callbacks,
-            progress_bar=cfg.progress_bar,
-            reset_num_timesteps=plan.checkpoint is None,
-        )
-    except BaseException as error:
-        wall = time.perf_counter() - start
-        try:  # a NaN often surfaces elsewhere first (e.g. a distribution's argument check): name the group and step
-            controller.check_finite(f" at env step {model.num_timesteps} (gradient step {controller.clock})")
-        except NonFiniteError as non_finite:
-            error = NonFiniteError(f"{non_finite}; the last good checkpoint is kept; first seen as {error!r}")
-        summary = run_summary(plan, "failed", controller, eval_cb, wall, model.num_timesteps, error=str(error), **extra)
-        atomic_write_json(plan.run_dir / "summary.json", summary)
-        raise error
-    wall = time.perf_counter() - start
-    save(model.num_timesteps)
-    model.save(plan.run_dir / "model.zip")
-    extra.update({"diagnostics": diagnostics[0].last} if diagnostics else {})  # per group, the values at the end
-    summary = run_summary(plan, "completed", controller, eval_cb, wall, model.num_timesteps - steps_before, **extra)
-    summary["num_timesteps"] = model.num_timesteps
+        controller.check_finite(f" at env step {model.num_timesteps} (gradient step {controller.clock})")
+    except NonFiniteError as non_finite:
+        return NonFiniteError(f"{non_finite}; the last good checkpoint is kept; first seen as {error!r}")
+    return error
+
+
+def _final_checks(plan: Plan, controller: Any, summary: dict) -> None:
+    """``summary['checks']``: did the schedule reach its final allocation (a warning if not)."""
     problem = controller.final_allocation_problem()
     summary["checks"] = {"final_allocation": "failed" if problem else "passed"}
     if problem:
         summary["checks"]["final_allocation_problem"] = problem
         print(f"warning: {plan.run_dir}: the final sparsity allocation was not reached: {problem}", file=sys.stderr)
-    atomic_write_json(plan.run_dir / "summary.json", summary)
+
+
+def train(plan: Plan) -> dict:
+    """Build everything from a validated plan, train, and write the run directory. Returns the summary."""
+    cfg = plan.cfg
+    torch.set_num_threads(cfg.torch_threads)
+    _prepare_run_dir(plan)
+    train_env, eval_env = _make_envs(plan)
+    model, extra = build_plan_model(plan, train_env)
+    controller, resumed_at = _attach_and_restore(plan, model, eval_env, extra)
+    callbacks = _callbacks(plan, model, controller, eval_env, resumed_at)
+    start = time.perf_counter()
+    steps_before = model.num_timesteps
+    running = run_summary(plan, "running", controller, None, 0.0, steps_before, **extra)
+    atomic_write_json(plan.run_dir / SUMMARY_FILE, running)
+    try:
+        model.learn(
+            total_timesteps=cfg.agent.total_timesteps - steps_before,
+            callback=callbacks.all,
+            progress_bar=cfg.progress_bar,
+            reset_num_timesteps=plan.checkpoint is None,
+        )
+    except BaseException as error:
+        wall = time.perf_counter() - start
+        error = _failure(plan, model, controller, error)
+        summary = run_summary(
+            plan, "failed", controller, callbacks.evaluation, wall, model.num_timesteps, error=str(error), **extra
+        )
+        atomic_write_json(plan.run_dir / SUMMARY_FILE, summary)
+        raise error
+    wall = time.perf_counter() - start
+    callbacks.save(model.num_timesteps)
+    model.save(plan.run_dir / MODEL_FILE)
+    if callbacks.diagnostics is not None:  # per group, the values at the end
+        extra["diagnostics"] = callbacks.diagnostics.last
+    summary = run_summary(
+        plan, "completed", controller, callbacks.evaluation, wall, model.num_timesteps - steps_before, **extra
+    )
+    summary["num_timesteps"] = model.num_timesteps
+    _final_checks(plan, controller, summary)
+    atomic_write_json(plan.run_dir / SUMMARY_FILE, summary)
     train_env.close()
     eval_env.close()
     return summary
