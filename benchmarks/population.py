@@ -57,7 +57,8 @@ class Timers:
     def __init__(self, trainer, device: torch.device) -> None:
         self.totals = {"env": 0.0, "act": 0.0, "update": 0.0}
         self.device = device
-        phases = (("env", "step", trainer.envs), ("act", "_actions", trainer), ("update", "_gradient_step", trainer))
+        loop = trainer.loop  # agents.population.trainer.PopulationTrainer
+        phases = (("env", "step", loop.envs), ("act", "rollout_actions", loop.agent), ("update", "_gradient_step", loop))
         for name, attribute, owner in phases:
             self._wrap(owner, attribute, name)
 
@@ -80,12 +81,12 @@ def bench_population(
 ) -> dict:
     from experiment.plan import plan_run
     from experiment.population import env_workers_for
-    from experiment.population_trainer import PopulationTrainer
+    from experiment.population_records import PopulationRun
 
     plans = [plan_run(compose(agent, method, seed, scratch / f"{agent}_{method}_{k}_{seed}")) for seed in range(k)]
     net_arch = list(plans[0].cfg.agent.net_arch)
     workers = env_workers_for(env_workers, device, k)
-    trainer = PopulationTrainer(plans, net_arch, scratch / f"pop_{agent}_{method}_{k}", device, cuda_graph, workers)
+    trainer = PopulationRun(plans, net_arch, scratch / f"pop_{agent}_{method}_{k}", device, cuda_graph, workers)
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

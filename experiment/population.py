@@ -130,11 +130,11 @@ def _train_held(
     import torch
     from tqdm import tqdm
 
-    from experiment.population_trainer import PopulationTrainer
+    from experiment.population_records import PopulationRun
 
     cfg = members[0].cfg
     torch.set_num_threads(int(cfg.torch_threads))  # as the SB3 path (experiment.sb3.train); part of the population key
-    trainer = PopulationTrainer(plans, members[0].net_arch, population_dir(members), device, cuda_graph, env_workers)
+    trainer = PopulationRun(plans, members[0].net_arch, population_dir(members), device, cuda_graph, env_workers)
     if cfg.resume:
         trainer.load_checkpoint()
     with tqdm(total=int(cfg.agent.total_timesteps), initial=trainer.num_timesteps, desc=label,

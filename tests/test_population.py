@@ -15,7 +15,7 @@ from stable_baselines3 import DQN, SAC
 
 from experiment.layout import last_fraction_mean
 from experiment.population import plan_member
-from experiment.population_trainer import PopulationTrainer
+from experiment.population_records import PopulationRun
 from tests.agent_helpers import compose_run
 
 ENVS = {"sac": "Pendulum", "dqn": "CartPole"}
@@ -35,11 +35,11 @@ def _plans(agent: str, root: Path, members=MEMBERS, *extra: str, total: int = 40
     return plans
 
 
-def _trainer(agent: str, root: Path, members=MEMBERS, *extra: str, total: int = 400) -> PopulationTrainer:
-    return PopulationTrainer(_plans(agent, root, members, *extra, total=total), [32, 32], root / "population", "cpu", False)
+def _trainer(agent: str, root: Path, members=MEMBERS, *extra: str, total: int = 400) -> PopulationRun:
+    return PopulationRun(_plans(agent, root, members, *extra, total=total), [32, 32], root / "population", "cpu", False)
 
 
-def _assert_member_invariants(trainer: PopulationTrainer) -> None:
+def _assert_member_invariants(trainer: PopulationRun) -> None:
     """Exact counts, zero masked weights (online and target), zero Adam state outside the mask, target masks = online."""
     for member in trainer.members:
         controller = member.controller

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experiment.population_trainer import PopulationTrainer
+from experiment.population_records import PopulationRun
 from tests.test_population import _assert_member_invariants, _plans
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -17,9 +17,9 @@ def test_cuda_graph_update_equals_eager_update(agent, tmp_path):
     runs = {}
     for graph in (False, True):
         plans = _plans(agent, tmp_path / str(graph), members)
-        trainer = PopulationTrainer(plans, [32, 32], tmp_path / f"p{graph}", "cuda", graph)
+        trainer = PopulationRun(plans, [32, 32], tmp_path / f"p{graph}", "cuda", graph)
         trainer.learn()
-        assert trainer.cuda_graph == graph and (trainer._graph is not None) == graph
+        assert trainer.cuda_graph == graph and (trainer.loop._graph is not None) == graph
         _assert_member_invariants(trainer)
         runs[graph] = trainer
     eager, graphed = runs[False].agent.state_dict(), runs[True].agent.state_dict()

@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from experiment.population import plan_member
-from experiment.population_trainer import PopulationTrainer
+from experiment.population_records import PopulationRun
 from tests.agent_helpers import compose_run
 from tests.test_learning import CASES, COMMON
 
@@ -28,7 +28,7 @@ def test_population_learns_like_the_sb3_path(agent, tmp_path):
         cfg = compose_run([f"agent={agent}", f"sparsity={method}", *extra, *COMMON, f"run_dir={tmp_path}/{method}"])
         plans.append(plan_member(cfg))
     net_arch = OmegaConf.to_container(plans[0].cfg.agent.net_arch)  # as the launcher passes it
-    trainer = PopulationTrainer(plans, net_arch, tmp_path / "population", "cpu", False)
+    trainer = PopulationRun(plans, net_arch, tmp_path / "population", "cpu", False)
     trainer.learn()
     summaries = trainer.finish()
     for summary in summaries:

@@ -1,16 +1,73 @@
-"""What batched SAC and DQN share: optimizers over batched parameters, masked and decayed gradients, member groups."""
+"""The population agent protocol, and what batched agents share (optimizers, masked and decayed gradients, Polyak).
+
+:class:`PopulationAgent` is everything the population trainer (:mod:`agents.population.trainer`), the builder
+(:mod:`agents.population.compose`) and the SB3 export (:mod:`agents.population.export`) ask of an agent; they never
+ask which agent it is. A new population agent is one module defining a subclass and registering it in
+:data:`agents.population.compose.AGENT_CLASSES`:
+
+==========================  ================================================================================
+``name``, ``sb3_keys``      the config's ``agent.name``; the ``agent.sb3`` keys the agent implements
+``from_config``             the batched agent of a validated config (K members' kernel decays)
+``member_networks``         member initialisation: the (network, rows) of a member, drawn from its generator
+``member_groups``           the core's :class:`~sparse_rl.SparseGroup` views of one member
+``optimizers``              every optimizer (checkpoints, CUDA-graph capture)
+``target_pairs``            (target, online) parameters: targets start as copies
+``rollout_actions``         acting during training: warm-up, exploration and their random draws
+``eval_actions``            the deterministic policy in env units (evaluation)
+``update_noise``            the random tensors one update consumes (drawn before it, outside a CUDA graph's inputs)
+``update``                  one gradient step of every member
+``after_env_step``          what the agent does after each env step (DQN: target sync)
+``member_problem``          a non-finite member-level value outside the sparse groups (SAC: ``log_ent_coef``)
+``rollout_log``             agent-specific entries of the rollout log (DQN: exploration rate)
+``sb3_layer_pairs``         export: (batched layer, row) ⇄ SB3 linears of one member
+``copy_sb3_extras``         export: member state outside the layers (SAC: the entropy coefficient)
+==========================  ================================================================================
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
+from gymnasium import spaces
 from torch import nn
 
 from sparse_rl.batched import BatchedLinear, add_kernel_decay_, mask_gradients_
 from sparse_rl.controller import SparseGroup
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.base_class import BaseAlgorithm
+
+    from agents.population.networks import BatchedMLP
+
+LayerPair = tuple[BatchedLinear, int, list[nn.Linear]]  # batched layer, row, SB3 linears whose output rows concatenate to it
+
+
+class PopulationConfigError(ValueError):
+    """A run config the population engine cannot train (one line, naming the key and the valid choices)."""
+
+
+@dataclass(frozen=True)
+class EnvClock:
+    """Where the training loop stands, in SB3's terms (``num_timesteps``, ``_total_timesteps``, ``learning_starts``)."""
+
+    num_timesteps: int
+    total_timesteps: int
+    learning_starts: int
+
+    @property
+    def warmup(self) -> bool:
+        """Uniform random actions (SB3's ``_sample_action`` before ``learning_starts``)."""
+        return self.num_timesteps < self.learning_starts
+
+    @property
+    def progress_remaining(self) -> float:
+        """SB3's ``_current_progress_remaining``."""
+        return 1.0 - self.num_timesteps / self.total_timesteps
 
 
 def adam(params: Sequence[torch.Tensor], lr: float, kwargs: Mapping[str, Any], capturable: bool) -> torch.optim.Adam:
@@ -21,13 +78,107 @@ def adam(params: Sequence[torch.Tensor], lr: float, kwargs: Mapping[str, Any], c
     return torch.optim.Adam(list(params), lr=lr, **options)
 
 
-class PopulationAgent(nn.Module):
-    """A population's networks and optimizers; subclasses define the update (one gradient step of every member)."""
+def hidden_sizes(net_arch: Any, key: str) -> list[int]:
+    """Hidden widths of one network from SB3's net_arch (a shared list, or a dict such as ``{pi: [...], qf: [...]}``)."""
+    return [int(x) for x in (net_arch[key] if isinstance(net_arch, Mapping) else net_arch)]
 
+
+def sb3_linears(seq: nn.Sequential) -> list[nn.Linear]:
+    """The Linear modules of an SB3 ``create_mlp`` Sequential, in order."""
+    return [m for m in seq if isinstance(m, nn.Linear)]
+
+
+class PopulationAgent(nn.Module):
+    """A population's networks and optimizers (K members, batched); subclasses implement the protocol above."""
+
+    name: ClassVar[str]
+    sb3_keys: ClassVar[tuple[str, ...]]
     k: int
+    obs_dim: int
+    device: torch.device
+    action_space: spaces.Space
     group_layers: dict[str, list[BatchedLinear]]  # group name -> its batched layers (all rows)
     decay: dict[str, torch.Tensor]  # group name -> per-row kernel decay coefficients [N]
 
+    # ----------------------------------------------------------------- building and members
+    @classmethod
+    def from_config(
+        cls,
+        cfg: Any,
+        net_arch: Any,
+        obs_dim: int,
+        action_space: spaces.Space,
+        decays: Sequence[Mapping[str, float]],
+        device: torch.device,
+        capturable: bool,
+    ) -> PopulationAgent:
+        """The batched agent of ``len(decays)`` members for the shared run config ``cfg``."""
+        raise NotImplementedError
+
+    def member_networks(self, member: int) -> list[tuple[BatchedMLP, list[int]]]:
+        """The networks and rows holding member ``member``'s trained weights, in initialisation order."""
+        raise NotImplementedError
+
+    def member_groups(self, member: int) -> list[SparseGroup]:
+        """The core's groups of member ``member``: views into the batched tensors (see :mod:`sparse_rl.batched`)."""
+        raise NotImplementedError
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def target_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(target, online) parameter pairs."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- acting
+    def rollout_actions(
+        self, obs: np.ndarray, rngs: Sequence[np.random.Generator], active: np.ndarray, clock: EnvClock
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(env actions, replay actions) ``[K, ·]`` for observations ``[K, obs]`` (SB3's ``_sample_action``).
+
+        ``rngs`` are the members' own generators (warm-up and exploration draws); ``active``: the members still
+        training (the others' actions must merely keep their envs sane).
+        """
+        raise NotImplementedError
+
+    def eval_actions(self, obs: np.ndarray) -> np.ndarray:
+        """Deterministic actions in env units ``[K, ·]`` for observations ``[K, obs]`` (SB3's ``predict``)."""
+        raise NotImplementedError
+
+    @property
+    def replay_action_dim(self) -> int:
+        """Width of an action as the replay stores it."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- training
+    def update_noise(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """The random tensors :meth:`update` consumes, drawn from torch's default generator (none by default)."""
+        return ()
+
+    def update(self, *batch_and_noise: torch.Tensor, snapshot_dense: bool = False) -> dict[str, torch.Tensor]:
+        """One gradient step of every member on a batch ``[K, B, ·]`` and :meth:`update_noise`; metrics ``[K]``."""
+        raise NotImplementedError
+
+    def after_env_step(self, clock: EnvClock) -> None:
+        """Called after every env step, before the transition is stored (SB3's ``_on_step``)."""
+
+    def member_problem(self, member: int) -> str | None:
+        """Why member ``member`` is broken outside its sparse groups (e.g. a non-finite scalar), else ``None``."""
+        return None
+
+    def rollout_log(self, clock: EnvClock) -> dict[str, float]:
+        """Agent-specific entries of the rollout log (key → value), after the training losses."""
+        return {}
+
+    # ----------------------------------------------------------------- SB3 export
+    def sb3_layer_pairs(self, member: int, model: BaseAlgorithm) -> Iterator[LayerPair]:
+        """Every (batched layer, row) of ``member`` with the SB3 layer(s) it corresponds to."""
+        raise NotImplementedError
+
+    def copy_sb3_extras(self, member: int, model: BaseAlgorithm, to_sb3: bool) -> None:
+        """Copy member state that is not a layer (e.g. SAC's entropy coefficient) to or from ``model``."""
+
+    # ----------------------------------------------------------------- shared mechanics
     def sparse_layers(self) -> list[BatchedLinear]:
         return [layer for layers in self.group_layers.values() for layer in layers]
 
@@ -54,12 +205,9 @@ class PopulationAgent(nn.Module):
     def target_layers(self) -> list[BatchedLinear]:
         return []
 
-    def member_groups(self, member: int) -> list[SparseGroup]:
-        """The core's groups of member ``member``: views into the batched tensors (see :mod:`sparse_rl.batched`)."""
-        raise NotImplementedError
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        raise NotImplementedError
+    def _obs_tensor(self, obs: np.ndarray) -> torch.Tensor:
+        """Observations ``[K, obs]`` as a batch of one per member ``[K, 1, obs]`` on the agent's device."""
+        return torch.as_tensor(obs, device=self.device).unsqueeze(1)
 
 
 @torch.no_grad()

@@ -11,22 +11,18 @@ import torch
 from gymnasium import spaces
 from omegaconf import OmegaConf
 
+from agents.build import check_agent_config
 from agents.initialization import init_linear_
-from agents.population.base import PopulationAgent
+from agents.population.base import PopulationAgent, PopulationConfigError
 from agents.population.dqn import PopulationDQN
-from agents.population.networks import BatchedMLP, init_member_rows
-from agents.population.sac import N_CRITICS, PopulationSAC
+from agents.population.networks import init_member_rows
+from agents.population.sac import PopulationSAC
 
-POPULATION_AGENTS = ("sac", "dqn")
+# the population agents by ``agent.name``: a new one is a module implementing agents.population.base.PopulationAgent
+AGENT_CLASSES: dict[str, type[PopulationAgent]] = {cls.name: cls for cls in (PopulationSAC, PopulationDQN)}
+POPULATION_AGENTS = tuple(AGENT_CLASSES)
 # agent.sb3 keys the population engine implements (SB3's meaning); anything else is refused with one line
-SUPPORTED_SB3_KEYS = {
-    "sac": ("learning_rate", "buffer_size", "batch_size", "tau", "gamma", "learning_starts", "train_freq", "gradient_steps",
-            "ent_coef", "target_entropy", "policy_kwargs"),
-    "dqn": ("learning_rate", "buffer_size", "batch_size", "learning_starts", "target_update_interval", "tau", "gamma",
-            "train_freq", "gradient_steps", "exploration_fraction", "exploration_initial_eps", "exploration_final_eps",
-            "max_grad_norm", "policy_kwargs"),
-}  # fmt: skip
-SB3_DEFAULT_MAX_GRAD_NORM = 10.0  # stable_baselines3.DQN's default
+SUPPORTED_SB3_KEYS = {name: cls.sb3_keys for name, cls in AGENT_CLASSES.items()}
 # keys that may differ between members of one population (everything else defines the shared computation)
 PER_MEMBER_KEYS = (
     "seed",
@@ -38,15 +34,20 @@ PER_MEMBER_KEYS = (
 )
 
 
-class PopulationConfigError(ValueError):
-    """A run config the population engine cannot train (one line, naming the key and the valid choices)."""
-
-
 def check_supported(cfg: Any) -> None:
-    """Raise :class:`PopulationConfigError` for what the population engine does not implement."""
+    """Raise :class:`PopulationConfigError` for what the population engine does not implement.
+
+    The agent node's own rules (:func:`agents.build.check_agent_config`, as on the SB3 path) come first; then the
+    engine's refusals.
+    """
     agent = cfg.agent.name
     if agent not in POPULATION_AGENTS:
-        raise PopulationConfigError(f"the population engine trains agent=sac or agent=dqn, not '{agent}'")
+        choices = " or ".join(f"agent={name}" for name in POPULATION_AGENTS)
+        raise PopulationConfigError(f"the population engine trains {choices}, not '{agent}'")
+    try:
+        check_agent_config(cfg.agent)
+    except ValueError as error:
+        raise PopulationConfigError(error.args[0] if error.args else str(error)) from error
     unknown = sorted(set(cfg.agent.sb3) - set(SUPPORTED_SB3_KEYS[agent]))
     if unknown:
         raise PopulationConfigError(
@@ -83,11 +84,6 @@ def compatibility_key(cfg: Any, net_arch: Any) -> str:
     return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def hidden_sizes(net_arch: Any, key: str) -> list[int]:
-    """Hidden widths of one network from SB3's net_arch (a shared list, or a dict such as ``{pi: [...], qf: [...]}``)."""
-    return [int(x) for x in (net_arch[key] if isinstance(net_arch, Mapping) else net_arch)]
-
-
 def build_agent(
     cfg: Any,
     net_arch: Any,
@@ -98,34 +94,13 @@ def build_agent(
     capturable: bool,
 ) -> PopulationAgent:
     """The batched agent of ``len(decays)`` members for the shared config ``cfg`` (members' decays differ)."""
-    sb3 = cfg.agent.sb3
-    optimizer_kwargs = dict((sb3.get("policy_kwargs") or {}).get("optimizer_kwargs") or {})
     obs_dim = int(observation_space.shape[0]) if len(observation_space.shape) == 1 else None
     if obs_dim is None:
         raise PopulationConfigError(
             f"the population engine trains MLPs on vector observations; this env's are {observation_space.shape}"
         )
-    k = len(decays)
-    if cfg.agent.name == "sac":
-        if net_arch_differs(net_arch):
-            raise PopulationConfigError("the population engine needs the same hidden widths for actor and critic")
-        return PopulationSAC(
-            k, obs_dim, int(action_space.shape[0]), hidden_sizes(net_arch, "pi"), cfg.agent.activation,
-            gamma=sb3.gamma, tau=sb3.tau, learning_rate=sb3.learning_rate, ent_coef=sb3.get("ent_coef", "auto"),
-            target_entropy=sb3.get("target_entropy", "auto"), optimizer_kwargs=optimizer_kwargs,
-            actor_decay=[d["actor"] for d in decays], critic_decay=[d["critic"] for d in decays], device=device,
-            capturable=capturable,
-        )  # fmt: skip
-    return PopulationDQN(
-        k, obs_dim, int(action_space.n), hidden_sizes(net_arch, "q"), cfg.agent.activation,
-        gamma=sb3.gamma, learning_rate=sb3.learning_rate, loss=cfg.agent.loss,
-        max_grad_norm=float(sb3.get("max_grad_norm", SB3_DEFAULT_MAX_GRAD_NORM)), optimizer_kwargs=optimizer_kwargs,
-        q_decay=[d["q"] for d in decays], device=device, capturable=capturable,
-    )  # fmt: skip
-
-
-def net_arch_differs(net_arch: Any) -> bool:
-    return isinstance(net_arch, Mapping) and list(net_arch.get("pi", [])) != list(net_arch.get("qf", []))
+    agent_class = AGENT_CLASSES[cfg.agent.name]
+    return agent_class.from_config(cfg, net_arch, obs_dim, action_space, decays, device, capturable)
 
 
 def init_cfg_of(cfg: Any) -> dict[str, Any]:
@@ -140,12 +115,7 @@ def init_cfg_of(cfg: Any) -> dict[str, Any]:
 def initialise_member(agent: PopulationAgent, member: int, seed: int, init_cfg: Mapping[str, Any]) -> None:
     """Draw member ``member``'s initial weights from its own generator (seeded with its run seed)."""
     generator = torch.Generator().manual_seed(seed)
-    nets: list[tuple[BatchedMLP, list[int]]]
-    if isinstance(agent, PopulationSAC):
-        nets = [(agent.actor, [member]), (agent.critic, [N_CRITICS * member + c for c in range(N_CRITICS)])]
-    else:
-        nets = [(agent.q_net, [member])]
-    for mlp, rows in nets:
+    for mlp, rows in agent.member_networks(member):
         init_member_rows(mlp, rows, generator, init_cfg, init_linear_)
 
 

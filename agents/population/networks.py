@@ -66,7 +66,3 @@ def init_member_rows(
 def member_module(layers: Mapping[str, MemberLinear]) -> nn.Module:
     """A module tree holding one member's layer views at their SB3 names (for :class:`~sparse_rl.SparseGroup`)."""
     return nest_modules(dict(layers))
-
-
-def all_layers(*mlps: BatchedMLP) -> list[BatchedLinear]:
-    return [layer for mlp in mlps for layer in mlp.layers]

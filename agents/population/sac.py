@@ -8,17 +8,31 @@ The noise of the two policy samples is an input, so the update is a pure functio
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
+from gymnasium import spaces
 from torch import nn
 from torch.distributions import Normal
 
-from agents.population.base import PopulationAgent, adam, polyak_
-from agents.population.networks import BatchedMLP, sb3_mlp_names
+from agents.population.base import (
+    EnvClock,
+    LayerPair,
+    PopulationAgent,
+    PopulationConfigError,
+    adam,
+    hidden_sizes,
+    polyak_,
+    sb3_linears,
+)
+from agents.population.networks import BatchedMLP, member_module, sb3_mlp_names
 from sparse_rl.batched import BatchedLinear
 from sparse_rl.controller import SparseGroup
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.base_class import BaseAlgorithm
 
 # stable_baselines3.sac.policies: log-std clamp and the tanh-squash epsilon of SquashedDiagGaussianDistribution
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
@@ -35,6 +49,10 @@ def parse_ent_coef(value: Any) -> tuple[bool, float]:
 
 class PopulationSAC(PopulationAgent):
     """Actor ``obs → h… → 2A`` (mean and log-std in one head), twin critics and targets, per-member entropy coefficient."""
+
+    name = "sac"
+    sb3_keys = ("learning_rate", "buffer_size", "batch_size", "tau", "gamma", "learning_starts", "train_freq",
+                "gradient_steps", "ent_coef", "target_entropy", "policy_kwargs")  # fmt: skip
 
     def __init__(
         self,
@@ -54,9 +72,12 @@ class PopulationSAC(PopulationAgent):
         critic_decay: Sequence[float],
         device: torch.device,
         capturable: bool = False,
+        action_space: spaces.Box | None = None,
     ) -> None:
+        """``action_space``: the env's (actions are squashed to [−1, 1] and rescaled to it; default [−1, 1])."""
         super().__init__()
-        self.k, self.obs_dim, self.act_dim = k, obs_dim, act_dim
+        self.k, self.obs_dim, self.act_dim, self.device = k, obs_dim, act_dim, device
+        self.action_space = action_space if action_space is not None else spaces.Box(-1.0, 1.0, (act_dim,), np.float32)
         self.gamma, self.tau = gamma, tau
         self.actor = BatchedMLP(
             k, [obs_dim, *hidden, 2 * act_dim], activation, [*sb3_mlp_names("latent_pi.", len(hidden)), "head"], device
@@ -80,7 +101,27 @@ class PopulationSAC(PopulationAgent):
             torch.optim.Adam([self.log_ent_coef], lr=learning_rate, capturable=capturable) if self.learn_ent_coef else None
         )
 
+    @classmethod
+    def from_config(cls, cfg, net_arch, obs_dim, action_space, decays, device, capturable) -> PopulationSAC:
+        if isinstance(net_arch, Mapping) and list(net_arch.get("pi", [])) != list(net_arch.get("qf", [])):
+            raise PopulationConfigError("the population engine needs the same hidden widths for actor and critic")
+        sb3 = cfg.agent.sb3
+        optimizer_kwargs = dict((sb3.get("policy_kwargs") or {}).get("optimizer_kwargs") or {})
+        return cls(
+            len(decays), obs_dim, int(action_space.shape[0]), hidden_sizes(net_arch, "pi"), cfg.agent.activation,
+            gamma=sb3.gamma, tau=sb3.tau, learning_rate=sb3.learning_rate, ent_coef=sb3.get("ent_coef", "auto"),
+            target_entropy=sb3.get("target_entropy", "auto"), optimizer_kwargs=optimizer_kwargs,
+            actor_decay=[d["actor"] for d in decays], critic_decay=[d["critic"] for d in decays], device=device,
+            capturable=capturable, action_space=action_space,
+        )  # fmt: skip
+
     # ----------------------------------------------------------------- networks
+    def member_networks(self, member: int) -> list[tuple[BatchedMLP, list[int]]]:
+        return [(self.actor, [member]), (self.critic, [N_CRITICS * member + c for c in range(N_CRITICS)])]
+
+    def target_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return list(zip(self.critic_target.parameters(), self.critic.parameters()))
+
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         optimizers = {"actor": self.actor_optimizer, "critic": self.critic_optimizer}
         if self.ent_coef_optimizer is not None:
@@ -91,8 +132,6 @@ class PopulationSAC(PopulationAgent):
         return list(self.critic_target.layers)
 
     def member_groups(self, member: int) -> list[SparseGroup]:
-        from agents.population.networks import member_module
-
         critic, target = {}, {}
         for c in range(N_CRITICS):
             row = N_CRITICS * member + c
@@ -131,7 +170,35 @@ class PopulationSAC(PopulationAgent):
             return torch.tanh(mean)
         return torch.tanh(torch.addcmul(mean, torch.randn_like(mean), log_std.exp()))
 
+    def rollout_actions(
+        self, obs: np.ndarray, rngs: Sequence[np.random.Generator], active: np.ndarray, clock: EnvClock
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Uniform actions from each member's generator in warm-up, else policy samples; replay stores [−1, 1] actions."""
+        low, high = self.action_space.low.astype(np.float32), self.action_space.high.astype(np.float32)
+        if clock.warmup:
+            env_actions = np.stack([rng.uniform(low, high).astype(np.float32) for rng in rngs])
+            scaled = 2.0 * (env_actions - low) / (high - low) - 1.0
+        else:
+            scaled = self.act(self._obs_tensor(obs), deterministic=False)[:, 0].cpu().numpy()
+            scaled[~active] = 0.0  # a failed member's actions may be NaN: keep its env sane
+            env_actions = low + 0.5 * (scaled + 1.0) * (high - low)
+        return env_actions, scaled
+
+    def eval_actions(self, obs: np.ndarray) -> np.ndarray:
+        scaled = self.act(self._obs_tensor(obs), deterministic=True)[:, 0].cpu().numpy()
+        low, high = self.action_space.low, self.action_space.high
+        return low + 0.5 * (np.nan_to_num(scaled) + 1.0) * (high - low)
+
+    @property
+    def replay_action_dim(self) -> int:
+        return self.act_dim
+
     # ----------------------------------------------------------------- one gradient step of every member
+    def update_noise(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The standard-normal noise of the two policy samples (current and next observations), in that order."""
+        shape = (self.k, batch_size, self.act_dim)
+        return torch.randn(shape, device=self.device), torch.randn(shape, device=self.device)
+
     def update(
         self,
         obs: torch.Tensor,
@@ -180,3 +247,24 @@ class PopulationSAC(PopulationAgent):
             "ent_coef": ent_coef,
             "ent_coef_loss": ent_coef_loss.detach(),
         }
+
+    def member_problem(self, member: int) -> str | None:
+        return None if bool(torch.isfinite(self.log_ent_coef[member])) else "non-finite entropy coefficient"
+
+    # ----------------------------------------------------------------- SB3 export
+    def sb3_layer_pairs(self, member: int, model: BaseAlgorithm) -> Iterator[LayerPair]:
+        """The actor's hidden layers, its ``head`` as SB3's ``mu`` and ``log_std``, each twin critic and its target."""
+        actor = model.actor
+        for layer, linear in zip(self.actor.layers[:-1], sb3_linears(actor.latent_pi)):
+            yield layer, member, [linear]
+        yield self.actor.layers[-1], member, [actor.mu, actor.log_std]
+        for batched, sb3 in ((self.critic, model.critic), (self.critic_target, model.critic_target)):
+            for c in range(N_CRITICS):
+                for layer, linear in zip(batched.layers, sb3_linears(getattr(sb3, f"qf{c}"))):
+                    yield layer, N_CRITICS * member + c, [linear]
+
+    def copy_sb3_extras(self, member: int, model: BaseAlgorithm, to_sb3: bool) -> None:
+        """The entropy coefficient (when the model learns one)."""
+        if getattr(model, "log_ent_coef", None) is not None:
+            ours, theirs = self.log_ent_coef[member : member + 1], model.log_ent_coef.data.view(1)
+            (theirs if to_sb3 else ours).copy_(ours if to_sb3 else theirs)

@@ -1,0 +1,346 @@
+"""A population's runs on disk: each member writes the SB3 path's run directory; the population keeps one checkpoint.
+
+:class:`PopulationRun` turns validated :class:`~experiment.plan.Plan` s into the loop's plain settings, drives
+:class:`agents.population.trainer.PopulationTrainer` and answers its :class:`~agents.population.trainer.LoopHooks`:
+per-member rollout logs (``progress.csv``), evaluation on each member's own evaluation env (``evaluations.npz``, as
+SB3's ``EvalCallback``), ``summary.json``, ``model.zip`` (an SB3 model), and the population's checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from stable_baselines3.common.logger import Logger
+
+from agents.build import build_model
+from agents.callbacks import record_topology
+from agents.population.base import PopulationAgent
+from agents.population.compose import build_agent, init_cfg_of, member_decay
+from agents.population.export import copy_member
+from agents.population.member_envs import MemberEnvs
+from agents.population.trainer import LoopSettings, Member, MemberSettings, PopulationTrainer
+from envs import EVAL_SEED_OFFSET, make_vec_env
+from experiment.checkpoint import latest_checkpoint, write_checkpoint
+from experiment.layout import EVALUATIONS_FILE, atomic_write, atomic_write_json, atomic_write_npz
+from experiment.plan import Plan
+from experiment.sb3_state import run_logger
+from experiment.summary import run_summary
+from sparse_rl.controller import SparsityInvariantError, TopologyController
+
+LOG_INTERVAL = 4  # episodes between rollout logs: SB3's off-policy learn() default
+
+
+def member_settings(plan: Plan) -> MemberSettings:
+    """The loop's view of one run: its seed, its core sparsity config, its kernel decay."""
+    return MemberSettings(int(plan.cfg.seed), plan.sparsity, member_decay(plan.cfg))
+
+
+def loop_settings(cfg: DictConfig) -> LoopSettings:
+    """The loop settings the members share (part of the population's compatibility key)."""
+    sb3 = cfg.agent.sb3
+    return LoopSettings(
+        total_timesteps=int(cfg.agent.total_timesteps), learning_starts=int(sb3.learning_starts),
+        train_freq=int(sb3.get("train_freq", 1)), gradient_steps=int(sb3.get("gradient_steps", 1)),
+        batch_size=int(sb3.batch_size), buffer_size=int(sb3.buffer_size), init=init_cfg_of(cfg),
+    )  # fmt: skip
+
+
+@dataclass
+class MemberRecord:
+    """One member's run: its plan, the loop's member, its logs and statistics."""
+
+    plan: Plan
+    loop: Member
+    logger: Logger | None = None
+    episode_rewards: deque = field(default_factory=lambda: deque(maxlen=100))
+    episode_lengths: deque = field(default_factory=lambda: deque(maxlen=100))
+    episodes: int = 0
+    eval_timesteps: list[int] = field(default_factory=list)
+    eval_results: list[list[float]] = field(default_factory=list)
+    eval_lengths: list[list[int]] = field(default_factory=list)
+
+    @property
+    def index(self) -> int:
+        return self.loop.index
+
+    @property
+    def controller(self) -> TopologyController:
+        return self.loop.controller
+
+    @property
+    def status(self) -> str:
+        return self.loop.status
+
+    @property
+    def error(self) -> str | None:
+        return self.loop.error
+
+    @property
+    def seed(self) -> int:
+        return int(self.plan.cfg.seed)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.plan.run_dir
+
+
+class _Evaluations:
+    """What :func:`experiment.summary.run_summary` reads from SB3's EvalCallback."""
+
+    def __init__(self, results: list[list[float]]) -> None:
+        self.evaluations_results = results
+
+
+class PopulationRun:
+    """Trains the compatible ``plans`` (one run each) together; ``population_dir`` holds the shared checkpoint."""
+
+    def __init__(
+        self, plans: Sequence[Plan], net_arch: Any, population_dir: Path, device: str, cuda_graph: bool, env_workers: int = 0
+    ) -> None:
+        cfg = plans[0].cfg
+        self.net_arch, self.population_dir = net_arch, population_dir
+        self.eval_freq, self.eval_episodes = int(cfg.agent.eval_freq), int(cfg.agent.eval_episodes)
+        make_agent = functools.partial(build_agent, cfg, net_arch)
+        self.loop = PopulationTrainer(
+            [member_settings(p) for p in plans], loop_settings(cfg), plans[0].env, make_agent, device, cuda_graph,
+            env_workers,
+        )  # fmt: skip
+        self.eval_envs = MemberEnvs(plans[0].env, [int(p.cfg.seed) + EVAL_SEED_OFFSET for p in plans], env_workers)
+        self.members = [MemberRecord(plan, member) for plan, member in zip(plans, self.loop.members)]
+        self._progress: Callable[[int], None] | None = None
+        self._checkpoint_freq = 0
+        self.wall_start = time.perf_counter()
+        self.steps_at_start = 0
+
+    # ----------------------------------------------------------------- the loop's state, read through
+    @property
+    def agent(self) -> PopulationAgent:
+        return self.loop.agent
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.loop.num_timesteps
+
+    @property
+    def total(self) -> int:
+        return self.loop.total
+
+    @total.setter
+    def total(self, value: int) -> None:
+        self.loop.total = value
+
+    @property
+    def cuda_graph(self) -> bool:
+        return self.loop.cuda_graph
+
+    # ----------------------------------------------------------------- training
+    def learn(
+        self, progress: Callable[[int], None] | None = None, checkpoint_freq: int = 0, nan_check_freq: int = 1000
+    ) -> None:
+        """Train until ``agent.total_timesteps``; ``progress(n)`` is told of every n env steps done."""
+        for member in self.members:
+            if member.logger is None:
+                self._open_run_dir(member)
+        self._progress, self._checkpoint_freq = progress, checkpoint_freq
+        self.loop.learn(self, nan_check_freq)
+
+    def _open_run_dir(self, member: MemberRecord) -> None:
+        """The run directory's config, its pointer to the population, its log (the first topology record)."""
+        member.run_dir.mkdir(parents=True, exist_ok=True)
+        cfg = member.plan.cfg
+        atomic_write(member.run_dir / ".hydra" / "config.yaml", lambda tmp: OmegaConf.save(cfg, tmp, resolve=True))
+        atomic_write_json(member.run_dir / "population.json", {"population_dir": str(self.population_dir)})
+        member.logger = run_logger(member.run_dir, bool(cfg.tensorboard), None)
+        record_topology(member.logger, member.controller)
+
+    # ----------------------------------------------------------------- LoopHooks
+    def episode_ended(self, loop: PopulationTrainer, member: Member, episode: Mapping[str, Any]) -> None:
+        record = self.members[member.index]
+        record.episode_rewards.append(float(episode["r"]))
+        record.episode_lengths.append(int(episode["l"]))
+        record.episodes += 1
+        if record.episodes % LOG_INTERVAL == 0:
+            self._log_rollout(record)
+
+    def env_stepped(self, loop: PopulationTrainer) -> None:
+        if loop.num_timesteps % self.eval_freq == 0:
+            self.evaluate()
+
+    def step_done(self, loop: PopulationTrainer) -> None:
+        if self._progress is not None:
+            self._progress(1)
+        steps, freq = loop.num_timesteps, self._checkpoint_freq
+        if freq > 0 and steps % freq == 0 and steps < loop.total:
+            self.save_checkpoint()
+
+    def member_failed(self, loop: PopulationTrainer, member: Member) -> None:
+        record = self.members[member.index]
+        self._write_summary(record, "failed")
+        print(f"{record.run_dir}: FAILED ({member.error}); the other members go on")
+
+    # ----------------------------------------------------------------- evaluation and logs
+    def evaluate(self) -> None:
+        """Each running member: ``eval_episodes`` deterministic episodes on its evaluation env (SB3's evaluate_policy)."""
+        obs = self.eval_envs.reset()
+        remaining = np.where(self.loop.active, self.eval_episodes, 0)
+        returns: list[list[float]] = [[] for _ in self.members]
+        lengths: list[list[int]] = [[] for _ in self.members]
+        while remaining.any():
+            result = self.eval_envs.step(self.agent.eval_actions(obs), active=remaining > 0)
+            obs = np.where((remaining > 0)[:, None], result.next_obs, obs)
+            for i, episode in enumerate(result.episodes):
+                if remaining[i] > 0 and result.dones[i]:
+                    returns[i].append(float(episode["r"]))
+                    lengths[i].append(int(episode["l"]))
+                    remaining[i] -= 1
+        for member in self.members:
+            if member.status == "running":
+                self._record_evaluation(member, returns[member.index], lengths[member.index])
+
+    def _record_evaluation(self, member: MemberRecord, returns: list[float], lengths: list[int]) -> None:
+        member.eval_timesteps.append(self.num_timesteps)
+        member.eval_results.append(returns)
+        member.eval_lengths.append(lengths)
+        member.logger.record("eval/mean_reward", float(np.mean(returns)))
+        member.logger.record("eval/mean_ep_length", float(np.mean(lengths)))
+        member.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
+        member.logger.dump(self.num_timesteps)
+        arrays = {
+            "timesteps": np.asarray(member.eval_timesteps),
+            "results": np.asarray(member.eval_results),
+            "ep_lengths": np.asarray(member.eval_lengths),
+        }
+        atomic_write_npz(member.run_dir / EVALUATIONS_FILE, arrays)
+
+    def _log_rollout(self, member: MemberRecord) -> None:
+        """SB3's ``dump_logs`` every LOG_INTERVAL episodes: rollout means, last training losses, topology."""
+        logger = member.logger
+        elapsed = max(time.perf_counter() - self.wall_start, 1e-9)
+        logger.record("time/episodes", member.episodes, exclude="tensorboard")
+        logger.record("time/fps", int((self.num_timesteps - self.steps_at_start) / elapsed))
+        logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
+        logger.record("rollout/ep_rew_mean", float(np.mean(member.episode_rewards)))
+        logger.record("rollout/ep_len_mean", float(np.mean(member.episode_lengths)))
+        for key, values in self.loop.last_metrics.items():
+            logger.record(f"train/{key}", float(values[member.index]))
+        for key, value in self.agent.rollout_log(self.loop.env_clock).items():
+            logger.record(key, value)
+        record_topology(logger, member.controller)
+        logger.dump(self.num_timesteps)
+
+    # ----------------------------------------------------------------- outputs
+    def _write_summary(self, member: MemberRecord, status: str) -> dict:
+        wall = time.perf_counter() - self.wall_start
+        extra = {
+            "engine": "population",
+            "population": {"size": self.loop.k, "device": str(self.loop.device), "cuda_graph": self.cuda_graph,
+                           "checkpoint": str(self.population_dir)},
+            "equal_parameters_net_arch": self.net_arch if member.plan.variant else None,
+        }  # fmt: skip
+        if member.error:
+            extra["error"] = member.error
+        summary = run_summary(
+            member.plan, status, member.controller, _Evaluations(member.eval_results), wall,
+            self.num_timesteps - self.steps_at_start, **extra,
+        )  # fmt: skip
+        summary["num_timesteps"] = self.num_timesteps
+        atomic_write_json(member.run_dir / "summary.json", summary)
+        return summary
+
+    def export_member(self, member: MemberRecord, path: Path) -> None:
+        """Write ``member`` as an SB3 ``model.zip`` (``SAC.load`` / ``DQN.load``; masks in the policy's state dict)."""
+        plan = member.plan
+        agent_cfg = OmegaConf.to_container(plan.cfg.agent, resolve=True)
+        agent_cfg["sb3"]["buffer_size"] = 1  # the export carries no replay data
+        env = make_vec_env(plan.env, 1, member.seed)  # for its spaces
+        model = build_model(
+            plan.agent, agent_cfg, env, net_arch=self.net_arch, sparse=plan.sparsity.method != "dense", seed=member.seed,
+            device="cpu",
+        )  # fmt: skip
+        copy_member(self.agent, member.index, model, to_sb3=True)
+        model.num_timesteps = self.num_timesteps
+        model.save(path)
+        env.close()
+
+    def finish(self) -> list[dict]:
+        """Invariants, ``model.zip`` and ``summary.json`` of every member; returns the summaries."""
+        summaries = []
+        for member in self.members:
+            if member.status == "running":
+                try:
+                    member.controller.check_invariants()
+                except SparsityInvariantError as error:
+                    self.loop.fail(member.loop, str(error), self)
+            if member.status == "running":
+                self.export_member(member, member.run_dir / "model.zip")
+                summaries.append(self._write_summary(member, "completed"))
+            else:
+                summaries.append(json.loads((member.run_dir / "summary.json").read_text()))
+        self.close()
+        return summaries
+
+    def close(self) -> None:
+        """Close the members' logs and the envs (a stopped population keeps its last checkpoint)."""
+        for member in self.members:
+            if member.logger is not None:
+                member.logger.close()
+                member.logger = None
+        self.loop.close()
+        self.eval_envs.close()
+
+    # ----------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> None:
+        """Everything needed to continue every member exactly, in safe formats (``weights_only`` torch, JSON)."""
+        tensors = self.loop.state_tensors()
+        state = {
+            **self.loop.state_json(),
+            "eval_envs": self.eval_envs.states(),
+            "members": [
+                {
+                    "run_dir": str(m.run_dir), **PopulationTrainer.member_state(m.loop),
+                    "episode_rewards": list(m.episode_rewards), "episode_lengths": list(m.episode_lengths),
+                    "episodes": m.episodes, "eval_timesteps": m.eval_timesteps, "eval_results": m.eval_results,
+                    "eval_lengths": m.eval_lengths,
+                }
+                for m in self.members
+            ],
+        }  # fmt: skip
+
+        def write_files(folder: Path) -> None:
+            torch.save(tensors, folder / "state.pt")
+            atomic_write_json(folder / "state.json", state)
+
+        self.population_dir.mkdir(parents=True, exist_ok=True)
+        write_checkpoint(self.population_dir, write_files, self.num_timesteps)
+
+    def load_checkpoint(self) -> None:
+        """Continue from the population's last checkpoint (the members and their order must be the same)."""
+        folder = latest_checkpoint(self.population_dir)
+        if folder is None:
+            raise FileNotFoundError(f"{self.population_dir} has no population checkpoint")
+        state = json.loads((folder / "state.json").read_text())
+        saved_dirs = [m["run_dir"] for m in state["members"]]
+        if saved_dirs != [str(m.run_dir) for m in self.members]:
+            raise ValueError(f"checkpoint {folder} holds other members: {saved_dirs}")
+        tensors = torch.load(folder / "state.pt", weights_only=True, map_location="cpu")
+        self.loop.load_state(tensors, state)
+        for member, saved in zip(self.members, state["members"]):
+            member.episode_rewards.extend(saved["episode_rewards"])
+            member.episode_lengths.extend(saved["episode_lengths"])
+            member.episodes = saved["episodes"]
+            member.eval_timesteps, member.eval_results = saved["eval_timesteps"], saved["eval_results"]
+            member.eval_lengths = saved["eval_lengths"]
+        self.eval_envs.restore(state["eval_envs"], continue_streams=any(m["eval_timesteps"] for m in state["members"]))
+        self.steps_at_start = self.num_timesteps
+        for member in self.members:
+            member.logger = run_logger(member.run_dir, bool(member.plan.cfg.tensorboard), self.num_timesteps)
