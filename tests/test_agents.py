@@ -14,11 +14,12 @@ from agents import AGENTS, attach_controller
 from experiment.plan import plan_run
 from experiment.sb3 import train
 from experiment.schema import core_sparsity_config
+from sparse_rl import UPDATERS
 from sparse_rl.distributions import allocate_joint
 from sparse_rl.masks import find_maskable_layers
 from tests.agent_helpers import tiny_run
 
-METHODS = ["dense", "static", "set", "rigl", "prune"]
+METHODS = UPDATERS.names()  # every registered method: a new one falls under these tests
 # Which SB3 modules form each group, and which module mirrors it as a target.
 NETWORKS = {
     "sac": {"actor": ("actor", None), "critic": ("critic", "critic_target")},

@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from sparse_rl import SparseGroup, SparsityInvariantError, TopologyController
+from sparse_rl import UPDATERS, SparseGroup, SparsityInvariantError, TopologyController
 from tests.conftest import core_config, make_toy_agent, mlp
 
-SPARSE_METHODS = ["static", "set", "rigl", "prune"]
+SPARSE_METHODS = [name for name in UPDATERS.names() if UPDATERS.get(name).sparse]  # a new method is covered
 
 
 def assert_invariants(agent, exact_counts: bool) -> None:
