@@ -28,6 +28,7 @@ from agents.population.base import (
     sb3_linears,
 )
 from agents.population.networks import BatchedMLP, member_module, sb3_mlp_names
+from agents.sac import N_CRITICS
 from sparse_rl.batched import BatchedLinear
 from sparse_rl.controller import SparseGroup
 
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 # stable_baselines3.sac.policies: log-std clamp and the tanh-squash epsilon of SquashedDiagGaussianDistribution
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 SQUASH_EPSILON = 1e-6
-N_CRITICS = 2  # SB3's twin critics
 
 
 def parse_ent_coef(value: Any) -> tuple[bool, float]:

@@ -181,7 +181,7 @@ class PopulationTrainer:
 
     def _gradient_step(self) -> None:
         """One update of every member (a CUDA-graph replay where possible), then each member's topology clock."""
-        snapshot = any(m.controller.update_due(self.clock + 1) and m.controller.updater.needs_gradients for m in self.members)
+        snapshot = any(m.controller.wants_dense_grad(self.clock + 1) for m in self.members)  # controllers step at clock + 1
         if not self.cuda_graph or snapshot:  # RigL's dense-gradient snapshot runs eagerly, outside the graph
             self.last_metrics = self._update(snapshot)
         else:
