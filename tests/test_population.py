@@ -238,3 +238,18 @@ def test_population_trains_with_the_configs_torch_threads(tmp_path, monkeypatch)
     finally:
         torch.set_num_threads(before)
     assert seen == [1]
+
+
+def test_every_population_agent_implements_the_protocol():
+    """The trainer, builder and export ask the agent, never its type: each registered agent implements the protocol."""
+    from inspect import getattr_static
+
+    from agents.population.base import PopulationAgent
+    from agents.population.compose import AGENT_CLASSES
+
+    required = ("from_config", "member_networks", "member_groups", "optimizers", "target_pairs", "rollout_actions",
+                "eval_actions", "replay_action_dim", "update", "sb3_layer_pairs")  # fmt: skip
+    for name, cls in AGENT_CLASSES.items():
+        assert cls.name == name and cls.sb3_keys
+        missing = [m for m in required if getattr_static(cls, m) is getattr_static(PopulationAgent, m)]
+        assert not missing, (name, missing)
