@@ -17,8 +17,8 @@ from analysis.frame import method_rank
 from analysis.plots import PANEL_SIZE, draw_mean_with_band, method_color, slug
 from analysis.records import RunRecord
 from analysis.savefig import atomic_savefig
+from experiment.layout import PROGRESS_FILE
 
-PROGRESS = "progress.csv"
 PREFIX = "diagnostics/"
 STEP_COLUMN = "diagnostics/gradient_step"  # agents/diagnostics_callback.py STEP_KEY
 COLUMNS = ["agent", "env", "method", "sparsity", "label", "seed", "step", "group", "metric", "value"]
@@ -27,7 +27,7 @@ COLUMNS = ["agent", "env", "method", "sparsity", "label", "seed", "step", "group
 def _read(run: RunRecord) -> pd.DataFrame | None:
     """The run's diagnostics in long form, or ``None`` (no progress.csv, unreadable, or no diagnostics)."""
     try:
-        progress = pd.read_csv(run.path / PROGRESS)
+        progress = pd.read_csv(run.path / PROGRESS_FILE)
     except (OSError, ValueError):
         return None
     metrics = [c for c in progress.columns if c.startswith(PREFIX) and c != STEP_COLUMN and c.count("/") == 2]

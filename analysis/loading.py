@@ -17,10 +17,16 @@ from tqdm import tqdm
 
 from analysis.discovery import find_run_dirs
 from analysis.records import RunRecord
-from experiment.layout import DENSE_METHOD, DENSE_SPARSITY, HYDRA_CONFIG, last_fraction_mean, structure_tag
+from experiment.layout import (
+    DENSE_METHOD,
+    DENSE_SPARSITY,
+    EVALUATIONS_FILE,
+    HYDRA_CONFIG,
+    SUMMARY_FILE,
+    last_fraction_mean,
+    structure_tag,
+)
 
-EVALUATIONS = "evaluations.npz"
-SUMMARY = "summary.json"
 PROGRESS_MIN_RUNS = 20  # show a progress bar from this many run directories on
 SPARSITY_DECIMALS = 6  # sparsities are rounded so 0.9 from YAML and 0.9000000001 from arithmetic agree
 SCORE_RTOL = 1e-6  # summary.json's score may differ from ours by float noise only
@@ -65,7 +71,7 @@ def _read_config(run: RunRecord) -> dict[str, Any]:
 
 
 def _read_summary(run: RunRecord) -> dict[str, Any] | None:
-    path = run.path / SUMMARY
+    path = run.path / SUMMARY_FILE
     if not path.is_file():
         run.status = "missing"
         run.add("incomplete", "summary.json missing (still running or crashed)")
@@ -132,7 +138,7 @@ def _identify(run: RunRecord, config: dict[str, Any], summary: dict[str, Any] | 
 
 
 def _read_evaluations(run: RunRecord) -> None:
-    path = run.path / EVALUATIONS
+    path = run.path / EVALUATIONS_FILE
     if not path.is_file():
         run.add("broken", "evaluations.npz missing")
         return

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from experiment.layout import atomic_write_json
+from experiment.layout import CONTROLLER_FILE, MODEL_FILE, REPLAY_FILE, atomic_write_json
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -53,9 +53,8 @@ RESUME_IDENTITY_KEYS = (
     "agent.name", "agent.net_arch", "agent.activation", "env.name", "sparsity.method", "sparsity.sparsity",
     "sparsity.distribution", "sparsity.wide", "sparsity.structure", "sparsity.actor", "sparsity.critic", "sparsity.q", "seed",
 )  # fmt: skip
-CHECKPOINT_FILES = ("meta.json", "model.zip", "controller.pt", "training_state.json", "torch_rng.pt")
+CHECKPOINT_FILES = ("meta.json", MODEL_FILE, CONTROLLER_FILE, "training_state.json", "torch_rng.pt")
 SB3_ARCHIVE_MEMBERS = ("data", "policy.pth")  # what stable-baselines3's save always writes
-REPLAY_FILE = "replay_buffer.npz"  # experiment.replay_io
 PICKLED_FILES = ("replay_buffer.pkl", "vecnormalize.pkl")  # written by earlier versions; never unpickled
 
 

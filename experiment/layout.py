@@ -25,6 +25,9 @@ SUMMARY_FILE = "summary.json"
 EVALUATIONS_FILE = "evaluations.npz"
 PROGRESS_FILE = "progress.csv"
 MODEL_FILE = "model.zip"
+# Files of a checkpoint folder (experiment.checkpoint) that other modules name too
+CONTROLLER_FILE = "controller.pt"  # the TopologyController's state (torch.load with weights_only)
+REPLAY_FILE = "replay_buffer.npz"  # the filled part of an SB3 replay buffer (experiment.replay_io)
 
 # How a run is labelled (its directory's method part, and the analysis's method names)
 EQUAL_PARAMETER_METHOD = "dense_matched"  # trains a dense network whose widths match a sparse one's active count

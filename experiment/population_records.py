@@ -31,7 +31,7 @@ from agents.population.member_envs import MemberEnvs
 from agents.population.trainer import LoopSettings, Member, MemberSettings, PopulationTrainer
 from envs import EVAL_SEED_OFFSET, make_vec_env
 from experiment.checkpoint import latest_checkpoint, write_checkpoint
-from experiment.layout import EVALUATIONS_FILE, atomic_write, atomic_write_json, atomic_write_npz
+from experiment.layout import EVALUATIONS_FILE, MODEL_FILE, SUMMARY_FILE, atomic_write, atomic_write_json, atomic_write_npz
 from experiment.plan import Plan
 from experiment.sb3_state import run_logger
 from experiment.summary import run_summary
@@ -254,7 +254,7 @@ class PopulationRun:
             self.num_timesteps - self.steps_at_start, **extra,
         )  # fmt: skip
         summary["num_timesteps"] = self.num_timesteps
-        atomic_write_json(member.run_dir / "summary.json", summary)
+        atomic_write_json(member.run_dir / SUMMARY_FILE, summary)
         return summary
 
     def export_member(self, member: MemberRecord, path: Path) -> None:
@@ -282,10 +282,10 @@ class PopulationRun:
                 except SparsityInvariantError as error:
                     self.loop.fail(member.loop, str(error), self)
             if member.status == "running":
-                self.export_member(member, member.run_dir / "model.zip")
+                self.export_member(member, member.run_dir / MODEL_FILE)
                 summaries.append(self._write_summary(member, "completed"))
             else:
-                summaries.append(json.loads((member.run_dir / "summary.json").read_text()))
+                summaries.append(json.loads((member.run_dir / SUMMARY_FILE).read_text()))
         self.close()
         return summaries
 

@@ -16,7 +16,6 @@ from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
 
 from experiment.layout import atomic_write_npz
 
-REPLAY_FILE = "replay_buffer.npz"
 FIELDS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 META_KEY = "meta_json"  # a uint8 array holding JSON (pos, full, capacity, layout)
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from experiment.checkpoint import CHECKPOINT_DIR, checkpoint_problem, latest_checkpoint
+from experiment.layout import EVALUATIONS_FILE, HYDRA_CONFIG, MODEL_FILE, PROGRESS_FILE, SUMMARY_FILE
 
-SUMMARY = "summary.json"
 # What a run writes besides its checkpoint; the marks of a started run, and what a restart replaces.
-RUN_OUTPUTS = (SUMMARY, "progress.csv", "evaluations.npz", "model.zip", ".hydra/config.yaml")
+RUN_OUTPUTS = (SUMMARY_FILE, PROGRESS_FILE, EVALUATIONS_FILE, MODEL_FILE, str(HYDRA_CONFIG))
 TENSORBOARD_GLOB = "events.out.tfevents.*"
 
 
@@ -31,7 +31,7 @@ class RunDirProblem(ValueError):
 def run_status(run_dir: Path) -> str | None:
     """``summary.json``'s status (``running``, ``completed``, ``failed``), ``unreadable``, or ``None`` if absent."""
     try:
-        return str(json.loads((run_dir / SUMMARY).read_text()).get("status"))
+        return str(json.loads((run_dir / SUMMARY_FILE).read_text()).get("status"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, AttributeError):
@@ -76,7 +76,7 @@ def resume_point(cfg: Any, run_dir: Path) -> Path | None:
 
 def _completed_steps(run_dir: Path) -> Any:
     try:
-        return json.loads((run_dir / SUMMARY).read_text()).get("num_timesteps", "?")
+        return json.loads((run_dir / SUMMARY_FILE).read_text()).get("num_timesteps", "?")
     except (OSError, ValueError):
         return "?"
 

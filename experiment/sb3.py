@@ -32,10 +32,18 @@ from agents.diagnostics_callback import DiagnosticsCallback, diagnostics_setting
 from agents.matching import equal_parameter_net_arch
 from envs import EVAL_SEED_OFFSET, make_vec_env
 from experiment.checkpoint import write_checkpoint
-from experiment.layout import HYDRA_CONFIG, MODEL_FILE, SUMMARY_FILE, atomic_write, atomic_write_json
+from experiment.layout import (
+    CONTROLLER_FILE,
+    HYDRA_CONFIG,
+    MODEL_FILE,
+    REPLAY_FILE,
+    SUMMARY_FILE,
+    atomic_write,
+    atomic_write_json,
+)
 from experiment.lock import LOCK_FILE, LocksUnsupported, RunDirLocked, cleanup_stale_staging, hold_run_dir
 from experiment.plan import Plan, RunDirUsageError, UsageError, plan_run, resume_checkpoint
-from experiment.replay_io import REPLAY_FILE, load_replay_buffer, save_replay_buffer
+from experiment.replay_io import load_replay_buffer, save_replay_buffer
 from experiment.run_dir import clear_run_outputs
 from experiment.sb3_state import (
     VEC_NORMALIZE_FILE,
@@ -80,7 +88,7 @@ def _save_checkpoint(
 
     def write_files(folder: Path) -> None:
         model.save(folder / MODEL_FILE)
-        torch.save(controller.state_dict(), folder / "controller.pt")
+        torch.save(controller.state_dict(), folder / CONTROLLER_FILE)
         if plan.cfg.save_replay_buffer and getattr(model, "replay_buffer", None) is not None:
             save_replay_buffer(model.replay_buffer, folder / REPLAY_FILE)
         save_training_state(folder, model, eval_env, callbacks)
@@ -153,7 +161,7 @@ def _attach_and_restore(plan: Plan, model: Any, eval_env: VecEnv, extra: dict) -
         model, plan.agent, plan.sparsity, cfg.agent.total_timesteps, cfg.seed, existing=checkpoint is not None
     )
     if checkpoint is not None:
-        controller.load_state_dict(torch.load(checkpoint / "controller.pt", weights_only=True))
+        controller.load_state_dict(torch.load(checkpoint / CONTROLLER_FILE, weights_only=True))
         extra["exact_resume"] = restore_training_state(checkpoint, model, eval_env)
         if not extra["exact_resume"]:
             print(f"note: {plan.env.name} state is not captured; its current episodes restart after the resume")

@@ -26,7 +26,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from torch.utils.tensorboard import SummaryWriter
 
 from envs.state import innermost_vec_env, restore_vec_env_states, vec_env_states
-from experiment.layout import atomic_write, atomic_write_json, atomic_write_npz
+from experiment.layout import PROGRESS_FILE, atomic_write, atomic_write_json, atomic_write_npz
 
 STEP_COLUMN = "time/total_timesteps"
 LAST_OBS_KEYS = ("_last_obs", "_last_episode_starts", "_last_original_obs")
@@ -206,7 +206,7 @@ class ResumableTensorBoardOutputFormat(TensorBoardOutputFormat):
 
 def run_logger(folder: Path, tensorboard: bool, resume_at: int | None) -> Logger:
     """SB3 logger writing progress.csv (and TensorBoard events) into ``folder``, continuing at ``resume_at``."""
-    formats = [ResumableCSVOutputFormat(str(folder / "progress.csv"), resume_at)]
+    formats = [ResumableCSVOutputFormat(str(folder / PROGRESS_FILE), resume_at)]
     if tensorboard:
         formats.append(ResumableTensorBoardOutputFormat(str(folder), None if resume_at is None else resume_at + 1))
     return Logger(str(folder), formats)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from experiment.layout import atomic_write_json, last_fraction_mean
+from experiment.layout import SUMMARY_FILE, atomic_write_json, last_fraction_mean
 
 VERSIONED_PACKAGES = ("torch", "stable-baselines3", "gymnasium", "numpy", "hydra-core", "sparse_rl")
 
@@ -61,7 +61,7 @@ def run_summary(plan: Any, status: str, controller: Any, eval_cb: Any, wall: flo
 
 def record_failure(plan: Any, error: BaseException) -> None:
     """Make sure the run directory says it failed (train() writes a detailed summary when it got that far)."""
-    path = plan.run_dir / "summary.json"
+    path = plan.run_dir / SUMMARY_FILE
     try:
         if json.loads(path.read_text()).get("status") == "failed":
             return
