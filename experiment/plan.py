@@ -19,7 +19,7 @@ from experiment.layout import EQUAL_PARAMETER_METHOD
 from experiment.preflight import budget_warnings
 from experiment.run_dir import RunDirProblem, resume_point
 from experiment.schema import core_sparsity_config, normalize_dense
-from sparse_rl.config import STRUCTURED_METHODS, SparsityConfig
+from sparse_rl.config import SPARSE_METHODS, STRUCTURED_METHODS, SparsityConfig
 
 
 class UsageError(Exception):
@@ -58,6 +58,17 @@ def _positive(name: str, value: int, allow_zero: bool = False) -> None:
         raise UsageError(f"{name} must be {'>= 0' if allow_zero else 'positive'}, got {value}")
 
 
+def _check_counts(cfg: DictConfig) -> None:
+    """Budgets, cadences and thread counts are positive (``checkpoint_freq`` may be 0: only at the end)."""
+    _positive("agent.total_timesteps", cfg.agent.total_timesteps)
+    _positive("agent.n_envs", cfg.agent.n_envs)
+    _positive("agent.eval_freq", cfg.agent.eval_freq)
+    _positive("agent.eval_episodes", cfg.agent.eval_episodes)
+    _positive("checkpoint_freq", cfg.checkpoint_freq, allow_zero=True)
+    _positive("torch_threads", cfg.torch_threads)
+    _positive("nan_check_freq", cfg.nan_check_freq)
+
+
 def plan_run(cfg: DictConfig, check_run_dir: bool = True) -> Plan:
     """Validate the whole config (agent, env, method, budgets, run directory); writes nothing.
 
@@ -81,22 +92,17 @@ def plan_run(cfg: DictConfig, check_run_dir: bool = True) -> Plan:
     method = cfg.sparsity.method
     if sparsity.group_sparsity and method == "dense":
         raise UsageError(
-            "per-group sparsity overrides need a sparse method; valid choices: static, set, rigl, prune, dense_matched"
+            "per-group sparsity overrides need a sparse method; valid choices: "
+            f"{', '.join([*SPARSE_METHODS, EQUAL_PARAMETER_METHOD])}"
         )
     variant = EQUAL_PARAMETER_METHOD if method == EQUAL_PARAMETER_METHOD else ("wide" if cfg.sparsity.wide else None)
     if cfg.sparsity.wide and sparsity.method == "dense":
         raise UsageError(
-            f"sparsity.wide=true widens a sparse network; method '{method}' is dense (use static, set, rigl, prune)"
+            f"sparsity.wide=true widens a sparse network; method '{method}' is dense (use {', '.join(SPARSE_METHODS)})"
         )
     if variant is not None and env.family == "atari":
         raise UsageError(f"{variant} solves MLP widths; '{env.name}' has image observations (CNN policy), not supported yet")
-    _positive("agent.total_timesteps", cfg.agent.total_timesteps)
-    _positive("agent.n_envs", cfg.agent.n_envs)
-    _positive("agent.eval_freq", cfg.agent.eval_freq)
-    _positive("agent.eval_episodes", cfg.agent.eval_episodes)
-    _positive("checkpoint_freq", cfg.checkpoint_freq, allow_zero=True)
-    _positive("torch_threads", cfg.torch_threads)
-    _positive("nan_check_freq", cfg.nan_check_freq)
+    _check_counts(cfg)
     try:
         check_agent_config(cfg.agent)
         diagnostics_settings(cfg.diagnostics)

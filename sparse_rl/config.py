@@ -23,6 +23,8 @@ STRUCTURE_SPARSITY_TOLERANCE = 5e-4  # 1 - N/M stated to 3 decimals passes (1:3 
 # Each method's paper defaults, as its updater states them (Updater.defaults, sources cited there); in registration
 # order. Mirrors configs/sparsity/<method>.yaml (tests/test_readme.py keeps the two equal).
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {name: dict(cls.defaults) for name, cls in UPDATERS.items()}
+# methods that mask a network (Updater.sparse), in registration order
+SPARSE_METHODS: tuple[str, ...] = tuple(name for name, cls in UPDATERS.items() if cls.sparse)
 # methods that accept sparsity.structure (Updater.accepts_structure), in registration order
 STRUCTURED_METHODS: tuple[str, ...] = tuple(name for name, cls in UPDATERS.items() if cls.accepts_structure)
 
