@@ -19,12 +19,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import sparse_rl.run  # noqa: F401  (registers the config schema)
 from agents import AGENTS, attach_controller, build_model
 from agents.diagnostics_callback import DiagnosticsCallback, diagnostics_settings
 from envs import EnvSpec, make_vec_env
-from experiment.schema import core_sparsity_config
-from tests.agent_helpers import CONFIGS
+from experiment.cli import CONFIGS_DIR
+from experiment.schema import core_sparsity_config  # importing the schema registers it with Hydra
 
 ENVS = {"sac": "Pendulum", "dqn": "CartPole"}  # fast envs: the networks are the paper's
 WARMUP = 300  # env steps before learning starts
@@ -42,7 +41,7 @@ class Setup:
 def build(agent: str, on: bool, freq: int) -> Setup:
     overrides = [f"agent={agent}", f"env={ENVS[agent]}", "sparsity=rigl", "sparsity.sparsity=0.9", f"diagnostics.freq={freq}"]
     overrides.append(f"agent.sb3.learning_starts={WARMUP}")
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIGS_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     spec = AGENTS.get(agent)
     env = make_vec_env(EnvSpec.from_config(cfg.env), cfg.agent.n_envs, seed=0)
@@ -74,7 +73,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIGS_DIR), version_base="1.3"):
         default_freq = int(compose(config_name="config").diagnostics.freq)
     off, on = build(args.agent, False, args.freq), build(args.agent, True, args.freq)
     for setup in (off, on):  # past the warm-up: every timed step trains
