@@ -13,9 +13,11 @@ gradient steps of a 1M-step run). Evaluation is excluded. It prints where the ti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -169,8 +171,21 @@ def main() -> None:
     parser.add_argument("--env-workers", default="auto", help="processes stepping the envs (auto: the launcher's default)")
     parser.add_argument("--no-sb3", action="store_true", help="skip the plain SB3 reference")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON (appended as they come)")
-    parser.add_argument("--scratch", type=Path, default=Path("/tmp/sparse_rl_bench"), help="run directories (discarded)")
+    parser.add_argument(
+        "--scratch",
+        type=Path,
+        default=None,
+        help="an empty parent folder for the run directories (default: a fresh temporary folder, removed)",
+    )
     args = parser.parse_args()
+    with contextlib.ExitStack() as stack:
+        if args.scratch is None:  # a fresh folder each time: a second run must not find the first one's run directories
+            args.scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sparse_rl_bench_")))
+        measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
+    """Run every configuration the command line asks for and print (and optionally write) its row."""
     torch.set_num_threads(1)
     results = []
 
