@@ -142,7 +142,10 @@ class PopulationAgent(nn.Module):
         raise NotImplementedError
 
     def eval_actions(self, obs: np.ndarray) -> np.ndarray:
-        """Deterministic actions in env units ``[K, ·]`` for observations ``[K, obs]`` (SB3's ``predict``)."""
+        """Deterministic actions in env units ``[K, ·]`` for observations ``[K, obs]`` (SB3's ``predict``).
+
+        Observations ``[K, B, obs]`` (B evaluation episodes per member) give actions ``[K, B, ·]`` in one forward.
+        """
         raise NotImplementedError
 
     @property
@@ -206,8 +209,9 @@ class PopulationAgent(nn.Module):
         return []
 
     def _obs_tensor(self, obs: np.ndarray) -> torch.Tensor:
-        """Observations ``[K, obs]`` as a batch of one per member ``[K, 1, obs]`` on the agent's device."""
-        return torch.as_tensor(obs, device=self.device).unsqueeze(1)
+        """Observations ``[K, obs]`` as a batch of one per member ``[K, 1, obs]`` (``[K, B, obs]`` as is), on the device."""
+        tensor = torch.as_tensor(obs, device=self.device)
+        return tensor.unsqueeze(1) if tensor.dim() == 2 else tensor
 
 
 @torch.no_grad()

@@ -135,7 +135,8 @@ class PopulationDQN(PopulationAgent):
         return actions, actions.astype(np.float32).reshape(self.k, 1)
 
     def eval_actions(self, obs: np.ndarray) -> np.ndarray:
-        return self.act(self._obs_tensor(obs))[:, 0].cpu().numpy()
+        actions = self.act(self._obs_tensor(obs))
+        return (actions[:, 0] if obs.ndim == 2 else actions).cpu().numpy()
 
     @property
     def replay_action_dim(self) -> int:

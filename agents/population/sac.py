@@ -185,7 +185,8 @@ class PopulationSAC(PopulationAgent):
         return env_actions, scaled
 
     def eval_actions(self, obs: np.ndarray) -> np.ndarray:
-        scaled = self.act(self._obs_tensor(obs), deterministic=True)[:, 0].cpu().numpy()
+        scaled = self.act(self._obs_tensor(obs), deterministic=True)
+        scaled = (scaled[:, 0] if obs.ndim == 2 else scaled).cpu().numpy()
         low, high = self.action_space.low, self.action_space.high
         return low + 0.5 * (np.nan_to_num(scaled) + 1.0) * (high - low)
 
