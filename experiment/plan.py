@@ -17,7 +17,7 @@ from envs import EnvSpec, check_action_space
 from experiment.checkpoint import schedule_change
 from experiment.layout import EQUAL_PARAMETER_METHOD
 from experiment.preflight import budget_warnings
-from experiment.run_dir import RunDirProblem, resume_point
+from experiment.run_dir import RunCompleted, RunDirProblem, resume_mode_problem, resume_point
 from experiment.schema import core_sparsity_config, normalize_dense
 from sparse_rl.config import SPARSE_METHODS, STRUCTURED_METHODS, SparsityConfig
 
@@ -28,6 +28,18 @@ class UsageError(Exception):
 
 class RunDirUsageError(UsageError):
     """The run directory's state does not allow what was asked (see :mod:`experiment.run_dir`)."""
+
+
+class JobSkipped(Exception):
+    """A sweep job that was not run (bad input, a run directory held or refused): its launcher reports it failed."""
+
+
+class JobFailed(Exception):
+    """A sweep job whose training failed (recorded in its ``summary.json``): its launcher reports it failed."""
+
+
+class RunCompletedError(RunDirUsageError):
+    """The run directory holds a completed run, left untouched; with ``resume=auto`` the job is done, not refused."""
 
 
 @dataclass
@@ -103,6 +115,8 @@ def plan_run(cfg: DictConfig, check_run_dir: bool = True) -> Plan:
     if variant is not None and env.family == "atari":
         raise UsageError(f"{variant} solves MLP widths; '{env.name}' has image observations (CNN policy), not supported yet")
     _check_counts(cfg)
+    if (problem := resume_mode_problem(cfg.resume)) is not None:
+        raise UsageError(problem)
     try:
         check_agent_config(cfg.agent)
         diagnostics_settings(cfg.diagnostics)
@@ -131,6 +145,8 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
     """:func:`experiment.run_dir.resume_point` with its refusal as a :class:`UsageError`."""
     try:
         checkpoint = resume_point(cfg, run_dir)
+    except RunCompleted as error:
+        raise RunCompletedError(str(error)) from None
     except RunDirProblem as error:
         raise RunDirUsageError(str(error)) from None
     if checkpoint is not None and not cfg.resume_schedule_change and (change := schedule_change(run_dir, cfg)) is not None:

@@ -6,6 +6,11 @@
 - **interrupted before its first checkpoint**: ``resume=true`` starts it again from scratch (its earlier
   logs are removed first); a fresh start is refused and the message says so.
 
+``resume=auto`` (the cluster launchers' default, docs/design.md decision 38) does whatever continues the run: starts
+a directory that holds no run, continues from a checkpoint, restarts a run that never reached one, and leaves a
+completed run untouched (:class:`RunCompleted`, which the caller reports as done, not as an error). A requeued or
+resubmitted job therefore needs no other setting.
+
 Decide only while holding the directory (:func:`experiment.lock.hold_run_dir`): otherwise a live writer
 may change it between the decision and the start.
 """
@@ -24,8 +29,22 @@ RUN_OUTPUTS = (SUMMARY_FILE, PROGRESS_FILE, EVALUATIONS_FILE, MODEL_FILE, str(HY
 TENSORBOARD_GLOB = "events.out.tfevents.*"
 
 
+RESUME_MODES = (False, True, "auto")  # the values of ``resume``
+
+
 class RunDirProblem(ValueError):
     """The run directory cannot be used as asked; one line says why and what to do."""
+
+
+class RunCompleted(RunDirProblem):
+    """The run directory holds a completed run: left untouched (with ``resume=auto`` this is success)."""
+
+
+def resume_mode_problem(resume: object) -> str | None:
+    """One line if ``resume`` is not one of :data:`RESUME_MODES`."""
+    if any(resume is mode or (isinstance(mode, str) and resume == mode) for mode in RESUME_MODES):
+        return None
+    return f"resume={resume!r} is not a valid choice; valid choices: false, true, auto"
 
 
 def run_status(run_dir: Path) -> str | None:
@@ -47,13 +66,15 @@ def resume_point(cfg: Any, run_dir: Path) -> Path | None:
     """The checkpoint a run with ``cfg`` continues from (``None``: start from scratch), or :class:`RunDirProblem`."""
     checkpoint = latest_checkpoint(run_dir)
     status = run_status(run_dir)
+    auto = cfg.resume == "auto"
+    resuming = cfg.resume is True or auto
     if status == "completed":
         steps = _completed_steps(run_dir)
-        raise RunDirProblem(
+        raise RunCompleted(
             f"{run_dir} holds a completed run ({steps} env steps); it is left untouched: choose another run_dir or seed"
         )
     if checkpoint is not None:
-        if not cfg.resume:
+        if not resuming:
             raise RunDirProblem(
                 f"{run_dir} already holds a run; pass resume=true to continue it, or choose another run_dir/seed"
             )
@@ -63,15 +84,26 @@ def resume_point(cfg: Any, run_dir: Path) -> Path | None:
     if (run_dir / CHECKPOINT_DIR).exists():  # damaged: checkpoints are swapped in with meta.json written last
         raise RunDirProblem(f"checkpoint {run_dir / CHECKPOINT_DIR} lacks meta.json")
     if holds_started_run(run_dir):
-        if not cfg.resume:
+        if not resuming:
             raise RunDirProblem(
                 f"{run_dir} holds a run that stopped before its first checkpoint (status {status}); "
                 "pass resume=true to start it again from scratch, or choose another run_dir/seed"
             )
         return None  # resume=true restarts it: see clear_run_outputs
-    if cfg.resume:
-        raise RunDirProblem(f"resume=true but {run_dir} has no checkpoint to resume from (it holds no run)")
+    if cfg.resume is True:
+        raise RunDirProblem(
+            f"resume=true but {run_dir} has no checkpoint to resume from (it holds no run); resume=auto starts it"
+        )
     return None
+
+
+def completed_score(run_dir: Path) -> float | None:
+    """The score a completed run recorded in ``summary.json`` (``None`` if it has none)."""
+    try:
+        score = json.loads((run_dir / SUMMARY_FILE).read_text()).get("score")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None if score is None else float(score)
 
 
 def _completed_steps(run_dir: Path) -> Any:

@@ -42,9 +42,18 @@ from experiment.layout import (
     atomic_write_json,
 )
 from experiment.lock import LOCK_FILE, LocksUnsupported, RunDirLocked, cleanup_stale_staging, hold_run_dir
-from experiment.plan import Plan, RunDirUsageError, UsageError, plan_run, resume_checkpoint
+from experiment.plan import (
+    JobFailed,
+    JobSkipped,
+    Plan,
+    RunCompletedError,
+    RunDirUsageError,
+    UsageError,
+    plan_run,
+    resume_checkpoint,
+)
 from experiment.replay_io import load_replay_buffer, save_replay_buffer
-from experiment.run_dir import clear_run_outputs
+from experiment.run_dir import clear_run_outputs, completed_score
 from experiment.sb3_state import (
     VEC_NORMALIZE_FILE,
     callback_state,
@@ -297,26 +306,38 @@ def _remove_empty_dirs(path: Path) -> None:
 
 
 def run_job(cfg: DictConfig, multirun: bool) -> float | None:
-    """Plan, hold and train one job (``python -m sparse_rl.run``); returns its score, ``None`` for a skipped or failed
-    sweep job (one bad or failed job must not stop a sweep)."""
+    """Plan, hold and train one job (``python -m sparse_rl.run``); returns its score. A sweep job that is skipped or
+    fails raises :class:`JobSkipped` / :class:`JobFailed` after one line, so its launcher reports it failed while the
+    sweep goes on. With ``resume=auto`` a completed run is done: its recorded score is returned, nothing is touched."""
     try:
         plan = plan_run(cfg)
     except UsageError as error:
+        if isinstance(error, RunCompletedError) and cfg.resume == "auto":
+            return _already_completed(Path(cfg.run_dir))
         if isinstance(error, RunDirUsageError):  # a live writer explains the run directory's state best
             error = _holder_of(Path(cfg.run_dir)) or error
         _remove_empty_dirs(Path(cfg.run_dir))
         if multirun:
             print(f"{cfg.run_dir}: SKIPPED: {error}", file=sys.stderr)
-            return None
+            raise JobSkipped(f"{cfg.run_dir}: {error}") from None
         sys.exit(f"error: {error}")
     try:
         with hold_run_dir(plan.run_dir):  # one writer per run directory (12.1); released even on kill -9
             return _train_held(plan, multirun)
     except (RunDirLocked, LocksUnsupported, UsageError) as error:
+        if isinstance(error, RunCompletedError) and cfg.resume == "auto":  # completed while this job waited
+            return _already_completed(plan.run_dir)
         if multirun:
             print(f"{plan.run_dir}: SKIPPED: {error}", file=sys.stderr)
-            return None
+            raise JobSkipped(f"{plan.run_dir}: {error}") from None
         sys.exit(f"error: {error}")
+
+
+def _already_completed(run_dir: Path) -> float | None:
+    """``resume=auto`` on a completed run: say so, return its recorded score."""
+    score = completed_score(run_dir)
+    print(f"{run_dir}: completed earlier (score {score}); left untouched")
+    return score
 
 
 def _train_held(plan: Plan, multirun: bool) -> float | None:
@@ -331,7 +352,7 @@ def _train_held(plan: Plan, multirun: bool) -> float | None:
         record_failure(plan, error)
         if multirun:
             print(f"{plan.run_dir}: FAILED ({error!r}); recorded in summary.json", file=sys.stderr)
-            return None
+            raise JobFailed(f"{plan.run_dir}: {error!r}") from None
         if isinstance(error, NonFiniteError):
             sys.exit(f"error: {error}".splitlines()[0])
         raise

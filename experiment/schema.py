@@ -100,7 +100,7 @@ class RunSchema:
     torch_threads: int = MISSING
     run_root: str = MISSING
     run_dir: str = MISSING
-    resume: bool = MISSING
+    resume: Any = MISSING  # false, true or auto (experiment.run_dir.RESUME_MODES)
     resume_schedule_change: bool = MISSING  # allow resume=true with a changed schedule-defining key
     checkpoint_freq: int = MISSING  # env steps; 0 disables
     save_replay_buffer: bool = MISSING
