@@ -14,11 +14,12 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from sparse_rl.distributions import DISTRIBUTIONS
+from sparse_rl.nm_recipes import MASK_DECAYS, parse_stages, recipe_requested
 from sparse_rl.schedules import DROP_FRACTION_SCHEDULES
 from sparse_rl.structure import NMStructure
 from sparse_rl.updaters import UPDATERS
 
-OPTIONAL_FIELDS = {"structure"}  # None is a valid value, not a missing default
+OPTIONAL_FIELDS = {"structure", "structure_decay"}  # None is a valid value, not a missing default
 STRUCTURE_SPARSITY_TOLERANCE = 5e-4  # 1 - N/M stated to 3 decimals passes (1:3 as sparsity 0.667)
 # Each method's paper defaults, as its updater states them (Updater.defaults, sources cited there); in registration
 # order. Mirrors configs/sparsity/<method>.yaml (tests/test_readme.py keeps the two equal).
@@ -27,6 +28,8 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {name: dict(cls.defaults) for name,
 SPARSE_METHODS: tuple[str, ...] = tuple(name for name, cls in UPDATERS.items() if cls.sparse)
 # methods that accept sparsity.structure (Updater.accepts_structure), in registration order
 STRUCTURED_METHODS: tuple[str, ...] = tuple(name for name, cls in UPDATERS.items() if cls.accepts_structure)
+# methods that run the N:M recipes (Updater.accepts_recipe: mask decay, structure decay, SR-STE; sparse_rl.nm_recipes)
+RECIPE_METHODS: tuple[str, ...] = tuple(name for name, cls in UPDATERS.items() if cls.accepts_recipe)
 
 
 @dataclass
@@ -48,6 +51,12 @@ class SparsityConfig:
     prune_power: int | None = None  # exponent of the Zhu–Gupta pruning schedule
     group_sparsity: dict[str, float] = field(default_factory=dict)  # per-group overrides, e.g. {"actor": 0.8}
     structure: str | None = None  # N:M structured sparsity, e.g. "2:4" (sparse_rl.structure); None: unstructured
+    # N:M recipes (sparse_rl.nm_recipes; docs/design.md decision 33), prune with a structure only:
+    structure_decay: str | list[str] | None = None  # sparsify, densify, fine, or a list of stages ending at `structure`
+    mask_decay: str | None = None  # none, step, linear, exponential: the factor of pruned positions, 1 → 0
+    mask_decay_rate: float | None = None  # the decay's rate per window (1: linear decay reaches 0 at the window's end)
+    sr_ste: bool | None = None  # SR-STE: straight-through gradient plus sr_ste_lambda·(¬mask ⊙ w)
+    sr_ste_lambda: float | None = None  # SR-STE's λ_W
 
     def __post_init__(self) -> None:
         defaults = METHOD_DEFAULTS.get(self.method, {})  # an unknown method is reported by validate()
@@ -86,6 +95,7 @@ class SparsityConfig:
         if self.prune_power < 1:
             raise ValueError(f"prune_power must be >= 1, got {self.prune_power}")
         self._validate_structure()
+        self._validate_recipe()
 
     def _validate_structure(self) -> None:
         """N:M fixes every layer's density at N/M: a sparse method, and every stated sparsity equal to 1 - N/M."""
@@ -100,3 +110,21 @@ class SparsityConfig:
                     f"sparsity.structure={nm} fixes every layer's density at {nm.n}/{nm.m}: set sparsity.{name}="
                     f"{nm.sparsity:g} (got {value})"
                 )
+
+    def _validate_recipe(self) -> None:
+        """The N:M recipes need a method that runs them (prune) and a target ``structure``."""
+        MASK_DECAYS.get(self.mask_decay)
+        if self.mask_decay_rate < 0:
+            raise ValueError(f"mask_decay_rate must be >= 0, got {self.mask_decay_rate}")
+        if self.sr_ste_lambda < 0:
+            raise ValueError(f"sr_ste_lambda must be >= 0, got {self.sr_ste_lambda}")
+        if not recipe_requested(self):
+            return
+        if self.method not in RECIPE_METHODS:
+            raise ValueError(
+                f"sparsity.mask_decay/structure_decay/sr_ste are N:M recipes of a dense-to-sparse method; "
+                f"valid choices: {', '.join(RECIPE_METHODS)} (got '{self.method}')"
+            )
+        if self.nm is None:
+            raise ValueError("sparsity.mask_decay/structure_decay/sr_ste need sparsity.structure=N:M (e.g. 2:4, 1:8)")
+        parse_stages(self.structure_decay, self.nm)

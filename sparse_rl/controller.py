@@ -112,6 +112,13 @@ class TopologyController:
         self.config = config
         self.total_steps = total_steps
         self.updater: Updater = UPDATERS.get(config.method)(config, total_steps)
+        if self.updater.recipe is not None and any(g.optimizer is None for g in groups):
+            missing = next(g.name for g in groups if g.optimizer is None)
+            raise ValueError(
+                f"the N:M recipes (sparsity.mask_decay/structure_decay/sr_ste) step a dense latent weight in each "
+                f"group's optimizer; group '{missing}' has none (the population engine does not run them: use the SB3 path)"
+            )
+        self.decay_factor = 0.0  # β of the recipe's pruned positions, applied after each optimizer step
         self.generator = torch.Generator().manual_seed(seed)
         self.num_updates = 0
         self.clock = 0  # the last step passed to step()/tick()
@@ -120,6 +127,7 @@ class TopologyController:
         self.last_update: dict[str, float] = {}
         self._hooks: list[RemovableHandle] = []
         self._initialised = False
+        self._latent_active = False
 
     @property
     def sparse(self) -> bool:
@@ -175,6 +183,8 @@ class TopologyController:
                 by_optimizer.setdefault(id(group.optimizer), (group.optimizer, []))[1].extend(group.layers)
         for optimizer, layers in by_optimizer.values():
             self._hooks.append(optimizer.register_step_pre_hook(self._make_grad_hook(layers)))
+            if self.updater.recipe is not None:
+                self._hooks.append(optimizer.register_step_post_hook(self._make_latent_post_hook(layers)))
 
     def _allocate(self, group: SparseGroup) -> list[int]:
         """Final active count per layer: the distribution's, or fixed by the shape under an N:M structure."""
@@ -237,6 +247,9 @@ class TopologyController:
         entries = [(layer.module.weight, layer) for layer in layers]
 
         def hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+            if self.latent_active:
+                self._latent_pre_step(layers)
+                return
             grads, multipliers, layers_with_grad = [], [], []
             for weight, layer in entries:
                 grad = weight.grad
@@ -252,6 +265,47 @@ class TopologyController:
 
         return hook
 
+    @property
+    def latent_active(self) -> bool:
+        """Whether an N:M recipe's window is running (the optimizers step dense latent weights)."""
+        return self._latent_active
+
+    @torch.no_grad()
+    def _latent_pre_step(self, layers: list[MaskedLayer]) -> None:
+        """Recipe, before an optimizer step: put the dense latent in the layer so the optimizer steps it, with the
+        straight-through gradient (unmasked; Zhou et al. 2021 eq. 6) plus SR-STE's ``λ_W · (¬mask ⊙ latent)``."""
+        stepped = [layer for layer in layers if layer.module.weight.grad is not None]
+        if not stepped:
+            return
+        weights = [layer.module.weight for layer in stepped]
+        latents = [layer.latent for layer in stepped]
+        torch._foreach_copy_(weights, latents)
+        lam = self.updater.recipe.sr_ste_lambda
+        if lam > 0:
+            grads = [weight.grad for weight in weights]
+            torch._foreach_add_(grads, latents, alpha=lam)  # + λ·latent − λ·mask·latent = λ·(¬mask ⊙ latent)
+            torch._foreach_addcmul_(grads, latents, [layer.float_mask() for layer in stepped], value=-lam)
+
+    def _make_latent_post_hook(self, layers: list[MaskedLayer]):
+        """Recipe, after an optimizer step: keep the stepped weight as the latent, put the effective weight
+        ``latent ⊙ where(mask, 1, β)`` back in the layer (β: :attr:`decay_factor`)."""
+
+        @torch.no_grad()
+        def hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+            if not self.latent_active:
+                return
+            stepped = [layer for layer in layers if layer.module.weight.grad is not None]
+            if not stepped:
+                return
+            weights = [layer.module.weight for layer in stepped]
+            torch._foreach_copy_([layer.latent for layer in stepped], weights)
+            factor = self.decay_factor
+            torch._foreach_mul_(weights, [layer.soft_mask(factor) for layer in stepped])
+            for layer in stepped:
+                layer.applied_factor = factor
+
+        return hook
+
     def close(self) -> None:
         """Remove the optimizer hooks (e.g. before handing the networks to another controller)."""
         for handle in self._hooks:
@@ -264,6 +318,8 @@ class TopologyController:
         if not self._initialised:
             raise RuntimeError("call init_masks() before step()")
         self.clock = t
+        if self.latent_active:
+            self.decay_factor = self.updater.decay_factor(t)
         if not self.update_due(t):
             return False
         return self._update(self.updater.window.latest_point(t))
@@ -327,6 +383,8 @@ class TopologyController:
     @torch.no_grad()
     def _update(self, t: int) -> bool:
         self.last_update_step = t
+        if self.updater.recipe is not None:
+            self._recipe_transition(t)
         changed_total, active_total = 0, 0
         for group in self.groups:
             for i, layer in enumerate(group.layers):
@@ -338,22 +396,70 @@ class TopologyController:
                 changed = old ^ new
                 changed_total += int((new & ~old).sum().item())
                 self._apply(group, i, new, changed)
+        if self.updater.recipe is not None:
+            self._finish_recipe()
         self.num_updates += 1
         self.last_update = {
             "step": float(t),
             "schedule_value": self.updater.schedule_value(t),
             "mask_change": changed_total / max(active_total, 1),
         }
+        if self.updater.recipe is not None:
+            self.last_update["decay_factor"] = self.decay_factor
         return changed_total > 0
 
+    def _recipe_transition(self, t: int) -> None:
+        """Recipe window: its first update point copies every weight into a dense latent; its end drops them (the
+        fine-tune is the hard N:M network, trained with masked gradients). β follows the updater's decay."""
+        window = self.updater.window
+        if t < window.end and not self._latent_active:
+            for group in self.groups:
+                for layer in group.layers:
+                    layer.latent = layer.weight.detach().clone()
+            self._latent_active = True
+        self.decay_factor = self.updater.decay_factor(t)
+
     def _apply(self, group: SparseGroup, index: int, new: torch.Tensor, changed: torch.Tensor) -> None:
-        """New connections start at 0 with zero optimizer state; dropped ones are zeroed; targets mirror it."""
+        """New connections start at 0 with zero optimizer state; dropped ones are zeroed; targets mirror it.
+
+        While a recipe runs, the layer holds its latent times the new soft mask and the optimizer state is reset at
+        the changed positions (as for regrowth); at the window's end the hard mask is installed, the latent dropped
+        and the state reset wherever the final mask is off.
+        """
         layer = group.layers[index]
+        if layer.latent is not None:
+            self._apply_recipe(group, index, new, changed)
+            return
         layer.weight.masked_fill_(changed, 0.0)
         layer.set_mask(new)
         _reset_optimizer_state(group.optimizer, layer, changed)
         if group.target_layers:
             _mirror_into_target(group.target_layers[index], new, also_zero=changed)  # new connections start at 0
+
+    def _apply_recipe(self, group: SparseGroup, index: int, new: torch.Tensor, changed: torch.Tensor) -> None:
+        layer = group.layers[index]
+        layer.mask.copy_(new)
+        final = self.last_update_step >= self.updater.window.end
+        layer.apply_latent(0.0 if final else self.decay_factor)
+        _reset_optimizer_state(group.optimizer, layer, (changed | ~new) if final else changed)
+        if group.target_layers:
+            target = group.target_layers[index]
+            if final or self.decay_factor == 0.0:
+                _mirror_into_target(target, new, also_zero=changed)
+            else:  # pruned positions still hold β·w: the target keeps its lagged copy of them
+                target.weight_mask.copy_(new)
+
+    def _finish_recipe(self) -> None:
+        """After the window's end point: every layer holds its hard final mask; the latents are gone."""
+        if not self._latent_active or self.last_update_step < self.updater.window.end:
+            return
+        for group in self.groups:
+            for i, layer in enumerate(group.layers):
+                if layer.latent is not None:  # the end point left this mask unchanged: install it hard now
+                    self._apply_recipe(group, i, layer.mask.clone(), torch.zeros_like(layer.mask))
+                layer.latent = None
+        self._latent_active = False
+        self.decay_factor = 0.0
 
     # ------------------------------------------------------------------ checks and accounting
     def check_invariants(self) -> None:
@@ -366,6 +472,9 @@ class TopologyController:
         for group in self.groups:
             for i, layer in enumerate(group.layers):
                 where = f"group '{group.name}' layer '{layer.name}'"
+                if layer.latent is not None:
+                    self._check_recipe_layer(group, i, where)
+                    continue
                 if torch.count_nonzero(layer.weight.detach()[~layer.mask]) != 0:
                     raise SparsityInvariantError(f"{where}: non-zero weight at an inactive position")
                 if final and layer.active != layer.allocated:
@@ -378,6 +487,25 @@ class TopologyController:
                         raise SparsityInvariantError(f"{where}: target mask differs from the online mask")
                     if torch.count_nonzero(target.weight.detach()[~layer.mask]) != 0:
                         raise SparsityInvariantError(f"{where}: target weight non-zero outside the online mask")
+
+    def _check_recipe_layer(self, group: SparseGroup, index: int, where: str) -> None:
+        """While a recipe runs: the hard mask is exactly the stage's N:M (all-ones in a dense stage), the layer holds
+        its latent where active and exactly ``β · latent`` elsewhere, and the target carries the online mask."""
+        layer = group.layers[index]
+        stage = self.updater.stage_at(self.last_update_step)
+        problem = (
+            (None if bool(layer.mask.all()) else "a dense stage with inactive positions")
+            if stage is None
+            else (stage.problem(layer.mask))
+        )
+        if problem is not None:
+            raise SparsityInvariantError(f"{where}: stage {stage or 'dense'}: {problem}")
+        weight, latent = layer.weight.detach(), layer.latent
+        expected = latent * layer.soft_mask(layer.applied_factor)
+        if not torch.equal(weight, expected):
+            raise SparsityInvariantError(f"{where}: weight differs from latent ⊙ where(mask, 1, {layer.applied_factor:g})")
+        if group.target_layers and not torch.equal(group.target_layers[index].weight_mask, layer.mask):
+            raise SparsityInvariantError(f"{where}: target mask differs from the online mask")
 
     def _structure_problem(self, layer: MaskedLayer, final: bool) -> str | None:
         """Why the layer's mask breaks the N:M structure, else None: exactly N per group of M once final; while
@@ -467,6 +595,12 @@ class TopologyController:
             "clock": self.clock,
             "last_update_step": self.last_update_step,
             "last_update": dict(self.last_update),
+            # a running N:M recipe: the dense latents and the factor each layer holds (sparse_rl.nm_recipes)
+            "latents": {f"{g.name}/{layer.name}": layer.latent.clone().cpu() for g in self.groups for layer in g.layers}
+            if self.latent_active
+            else {},
+            "applied_factors": {f"{g.name}/{layer.name}": layer.applied_factor for g in self.groups for layer in g.layers},
+            "decay_factor": self.decay_factor,
         }
 
     @torch.no_grad()
@@ -483,6 +617,13 @@ class TopologyController:
                 if key not in state["masks"] or tuple(state["masks"][key].shape) != layer.shape:
                     raise ValueError(f"checkpoint has no mask of shape {layer.shape} for '{key}' (another architecture?)")
                 mask = state["masks"][key].to(device=layer.weight.device, dtype=torch.bool)
+                if key in state.get("latents", {}):  # a recipe's window was running: the layer holds latent·soft mask
+                    layer.mask.copy_(mask)
+                    layer.latent = state["latents"][key].to(device=layer.weight.device, dtype=layer.weight.dtype)
+                    layer.apply_latent(state["applied_factors"][key])
+                    if group.target_layers:
+                        group.target_layers[i].weight_mask.copy_(mask)
+                    continue
                 layer.set_mask(mask)
                 if group.target_layers:
                     _mirror_into_target(group.target_layers[i], mask)
@@ -491,3 +632,5 @@ class TopologyController:
         self.clock = state["clock"]
         self.last_update_step = state["last_update_step"]
         self.last_update = dict(state["last_update"])
+        self._latent_active = bool(state.get("latents"))
+        self.decay_factor = state.get("decay_factor", 0.0)

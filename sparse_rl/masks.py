@@ -69,6 +69,12 @@ class MaskedLayer:
     allocated: int = 0
     dense_grad: torch.Tensor | None = field(default=None, repr=False)
     output_positions: int | None = None  # spatial output positions per sample (1 for Linear); measured at first forward
+    # N:M recipes (sparse_rl.nm_recipes): the dense weight the optimizer steps, and the factor β of the pruned
+    # positions in the layer's effective weight ``latent ⊙ where(mask, 1, β)``; None outside a recipe's window
+    latent: torch.Tensor | None = field(default=None, repr=False)
+    applied_factor: float = 0.0
+    _soft_mask: torch.Tensor | None = field(default=None, repr=False)
+    _soft_mask_key: tuple[int, int, float] | None = field(default=None, repr=False)
     _float_mask: torch.Tensor | None = field(default=None, repr=False)
     _float_mask_key: tuple[int, int] | None = field(default=None, repr=False)
 
@@ -123,6 +129,28 @@ class MaskedLayer:
             self._float_mask = mask.to(self.module.weight.dtype)
             self._float_mask_key = key
         return self._float_mask
+
+    def dense_weight(self) -> torch.Tensor:
+        """The weight a magnitude criterion ranks: the recipe's dense latent while one runs, else the layer's own."""
+        return (self.module.weight if self.latent is None else self.latent).detach()
+
+    def soft_mask(self, factor: float) -> torch.Tensor:
+        """``where(mask, 1, factor)`` in the weight's dtype (exactly 1 and ``factor``), cached per mask and factor."""
+        if factor == 0.0:
+            return self.float_mask()
+        mask = self.module._buffers[MASK_BUFFER]
+        key = (id(mask), mask._version, factor)
+        if self._soft_mask_key != key:
+            one = torch.ones((), dtype=self.module.weight.dtype, device=mask.device)
+            self._soft_mask = torch.where(mask, one, torch.full_like(one, factor))
+            self._soft_mask_key = key
+        return self._soft_mask
+
+    @torch.no_grad()
+    def apply_latent(self, factor: float) -> None:
+        """Write the effective weight ``latent ⊙ where(mask, 1, factor)`` into the layer and record ``factor``."""
+        torch.mul(self.latent, self.soft_mask(factor), out=self.module.weight)
+        self.applied_factor = factor
 
     def set_mask(self, new_mask: torch.Tensor) -> None:
         """Install ``new_mask`` and zero the weights it switches off."""

@@ -39,11 +39,13 @@ def polynomial_sparsity(final: float, progress: float, power: int, initial: floa
 
 @dataclass(frozen=True)
 class UpdateWindow:
-    """Update points ``start + k·interval`` (k ≥ 1) up to ``end``, plus ``end`` itself; in absolute steps."""
+    """Update points ``start + k·interval`` (k ≥ 1; k ≥ 0 with ``include_start``) up to ``end``, plus ``end`` itself;
+    in absolute steps."""
 
     start: int
     end: int
     interval: int
+    include_start: bool = False  # ``start`` itself is a point too (the N:M recipes mask from the warm-up's end)
 
     @classmethod
     def from_fractions(cls, total_steps: int, start_fraction: float, end_fraction: float, interval: int) -> UpdateWindow:
@@ -62,6 +64,6 @@ class UpdateWindow:
     def latest_point(self, t: int) -> int | None:
         """The last update point ≤ ``t`` (``None`` before the first one)."""
         if t >= self.end:
-            return self.end if self.end > self.start else None
+            return self.end if self.end > self.start or self.include_start else None
         k = (t - self.start) // self.interval
-        return self.start + k * self.interval if k >= 1 else None
+        return self.start + k * self.interval if k >= (0 if self.include_start else 1) else None

@@ -13,12 +13,14 @@ Sources cited below: Graesser et al. 2022, "The State of Sparse Training in Deep
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from sparse_rl.masks import MaskedLayer
+from sparse_rl.nm_recipes import NMRecipe, Stage
 from sparse_rl.registry import Registry
 from sparse_rl.schedules import DROP_FRACTION_SCHEDULES, UpdateWindow, polynomial_sparsity
 
@@ -37,6 +39,14 @@ _PAPER_SCHEDULE: dict[str, Any] = {
     "drop_fraction_schedule": "cosine",  # rigl/rigl_tf2/mask_updaters.py (CosineUpdateSchedule): decays to 0 at the end
     "prune_power": 3,  # rigl/rl/tfagents/tf_sparse_utils.py: tfmot PolynomialDecay, default power 3 (Zhu & Gupta 2017)
 }
+# The N:M recipes (sparse_rl.nm_recipes), off unless asked for; mirrors configs/sparsity/ like the schedule.
+_RECIPES_OFF: dict[str, Any] = {
+    "structure_decay": None,  # no structure stages: the target structure throughout the window
+    "mask_decay": "none",  # hard masks, as the methods were published (Kao et al. 2022 add step/linear/exponential)
+    "mask_decay_rate": 1.0,  # our normalisation of the PGF code's per-step coefficient: linear decay hits 0 at the end
+    "sr_ste": False,  # SR-STE (Zhou et al. 2021) off
+    "sr_ste_lambda": 2e-4,  # aojunzz/NM-sparsity devkit/sparse_ops/sparse_ops.py: Sparse.forward(decay=0.0002)
+}
 
 
 class Updater:
@@ -47,23 +57,34 @@ class Updater:
     updates: ClassVar[bool] = False  # changes topology during training
     needs_gradients: ClassVar[bool] = False  # wants the dense weight gradient of the group's last optimizer step
     accepts_structure: ClassVar[bool] = True  # accepts an N:M ``structure`` (sparse_rl.config.STRUCTURED_METHODS)
+    accepts_recipe: ClassVar[bool] = False  # runs the N:M recipes (sparse_rl.nm_recipes; config.RECIPE_METHODS)
     # The paper's value of every SparsityConfig field the method leaves out (sparse_rl.config.METHOD_DEFAULTS);
     # a subclass states its own (``{**Updater.defaults, ...}``), equal to configs/sparsity/<method>.yaml.
-    defaults: ClassVar[dict[str, Any]] = {**_PAPER_SCHEDULE, "drop_fraction": 0.0, "sparse_init": True}
+    defaults: ClassVar[dict[str, Any]] = {**_PAPER_SCHEDULE, **_RECIPES_OFF, "drop_fraction": 0.0, "sparse_init": True}
 
     def __init__(self, config: SparsityConfig, total_steps: int) -> None:
         self.config = config
         self.window = UpdateWindow.from_fractions(
             total_steps, config.start_fraction, config.end_fraction, config.update_interval
         )
+        # the N:M recipe this method runs (sparse_rl.nm_recipes), None: its hard masks
+        self.recipe: NMRecipe | None = NMRecipe.from_config(config) if self.accepts_recipe else None
 
     def schedule_value(self, t: int) -> float:
         """The scheduled quantity at step ``t`` (drop fraction or target-sparsity progress), for logging."""
         return 0.0
 
+    def decay_factor(self, t: int) -> float:
+        """The factor β of the pruned positions at step ``t`` while a :attr:`recipe` runs (none without one: 0)."""
+        return 0.0
+
+    def stage_at(self, t: int) -> Stage:
+        """The structure in force at step ``t`` while a :attr:`recipe` runs (without one: the configured one)."""
+        return self.config.nm
+
     def drop_scores(self, layer: MaskedLayer) -> torch.Tensor:
         """Lower score = dropped (or pruned) first among the active weights; shape ``layer.shape``. Default: |w|."""
-        return layer.weight.detach().abs()
+        return layer.dense_weight().abs()
 
     def next_mask(self, layer: MaskedLayer, t: int, generator: torch.Generator) -> torch.Tensor | None:
         """The layer's next mask at update step ``t``, or ``None`` to leave it unchanged."""
@@ -162,10 +183,38 @@ class PruneUpdater(Updater):
     # sac_mujoco_pruning_config.gin: 200k to 800k); sparsity-aware init has no effect on a dense start
     defaults = {**Updater.defaults, "start_fraction": 0.2, "sparse_init": False}
 
+    accepts_recipe = True
+
+    def __init__(self, config: SparsityConfig, total_steps: int) -> None:
+        super().__init__(config, total_steps)
+        if self.recipe is not None:  # the recipe masks from the warm-up's end: ``start`` is an update point
+            self.window = dataclasses.replace(self.window, include_start=True)
+
     def schedule_value(self, t: int) -> float:
+        if self.recipe is not None:  # the sparsity of the structure stage in force
+            stage = self.stage_at(t)
+            return 0.0 if stage is None else stage.sparsity
         return polynomial_sparsity(self.config.sparsity, self.window.progress(t), self.config.prune_power)
 
+    def stage_at(self, t: int) -> Stage:
+        """The recipe's structure at step ``t``: dense before the window, the stage of the latest update point in it,
+        the target structure from the window's end (the fine-tune)."""
+        point = self.window.latest_point(t)
+        if point is None:
+            return None
+        if point >= self.window.end:
+            return self.config.nm
+        return self.recipe.stage(self.window.progress(point))
+
+    def decay_factor(self, t: int) -> float:
+        """The recipe's factor β of the pruned positions at step ``t`` (0 once the window has ended)."""
+        point = self.window.latest_point(t)
+        point_progress = 0.0 if point is None else self.window.progress(point)
+        return self.recipe.factor(self.window.progress(t), point_progress)
+
     def next_mask(self, layer: MaskedLayer, t: int, generator: torch.Generator) -> torch.Tensor | None:
+        if self.recipe is not None:
+            return self._recipe_mask(layer, t)
         if self.config.nm is not None:
             return self._next_structured_mask(layer, t)
         final_sparsity = 1.0 - layer.allocated / layer.total
@@ -197,3 +246,13 @@ class PruneUpdater(Updater):
         if torch.equal(keep, nm.group_counts(mask)):
             return None
         return nm.top_k(self.drop_scores(layer), keep, candidates=mask)
+
+    def _recipe_mask(self, layer: MaskedLayer, t: int) -> torch.Tensor | None:
+        """The N largest |latent| of every group of the stage in force (every position competes: a decayed weight
+        wins its place back when it grows); all-ones in a dense stage."""
+        stage = self.stage_at(t)
+        if stage is None:
+            new = torch.ones_like(layer.mask)
+        else:
+            new = stage.top_k(self.drop_scores(layer), stage.n)
+        return None if torch.equal(new, layer.mask) else new
