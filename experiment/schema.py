@@ -77,6 +77,12 @@ class SparsitySchema:
     prune_power: int = MISSING
     wide: bool = MISSING  # Sparse Wide: widen the sparse network to the dense network's active count
     structure: str | None = None  # N:M structured sparsity, e.g. 2:4 (sparse_rl/structure.py); null: unstructured
+    # N:M recipes (sparse_rl/nm_recipes.py; prune with a structure): defaults in configs/sparsity/*.yaml
+    structure_decay: Any = None  # sparsify, densify, fine, or a list of stages ending at `structure`
+    mask_decay: str = MISSING  # none, step, linear, exponential
+    mask_decay_rate: float = MISSING
+    sr_ste: bool = MISSING
+    sr_ste_lambda: float = MISSING
     actor: float | None = None  # per-group overrides of `sparsity`
     critic: float | None = None
     q: float | None = None
@@ -126,7 +132,19 @@ def core_sparsity_config(sparsity: Any) -> SparsityConfig:
         prune_power=int(sparsity.prune_power),
         group_sparsity={k: float(v) for k, v in overrides.items()},
         structure=None if sparsity.structure is None else str(sparsity.structure),
+        structure_decay=_structure_decay(sparsity.structure_decay),
+        mask_decay=str(sparsity.mask_decay),
+        mask_decay_rate=float(sparsity.mask_decay_rate),
+        sr_ste=bool(sparsity.sr_ste),
+        sr_ste_lambda=float(sparsity.sr_ste_lambda),
     )
+
+
+def _structure_decay(value: Any) -> str | list[str] | None:
+    """``sparsity.structure_decay`` as the core takes it: a name, a list of stage strings, or None."""
+    if value is None or isinstance(value, str):
+        return value
+    return [str(stage) for stage in value]
 
 
 ConfigStore.instance().store(name="run_schema", node=RunSchema)  # configs/config.yaml's defaults list names it
