@@ -115,7 +115,8 @@ class PopulationRun:
             [member_settings(p) for p in plans], loop_settings(cfg), plans[0].env, make_agent, device, cuda_graph,
             env_workers,
         )  # fmt: skip
-        self.eval_envs = MemberEnvs(plans[0].env, [int(p.cfg.seed) + EVAL_SEED_OFFSET for p in plans], env_workers)
+        eval_seeds = [int(p.cfg.seed) + EVAL_SEED_OFFSET for p in plans]
+        self.eval_envs = MemberEnvs(plans[0].env, eval_seeds, env_workers, episodes=self.eval_episodes)
         self.members = [MemberRecord(plan, member) for plan, member in zip(plans, self.loop.members)]
         self._progress: Callable[[int], None] | None = None
         self._checkpoint_freq = 0
