@@ -191,19 +191,12 @@ class PopulationRun:
 
     # ----------------------------------------------------------------- evaluation and logs
     def evaluate(self) -> None:
-        """Each running member: ``eval_episodes`` deterministic episodes on its evaluation env (SB3's evaluate_policy)."""
-        obs = self.eval_envs.reset()
-        remaining = np.where(self.loop.active, self.eval_episodes, 0)
-        returns: list[list[float]] = [[] for _ in self.members]
-        lengths: list[list[int]] = [[] for _ in self.members]
-        while remaining.any():
-            result = self.eval_envs.step(self.agent.eval_actions(obs), active=remaining > 0)
-            obs = np.where((remaining > 0)[:, None], result.next_obs, obs)
-            for i, episode in enumerate(result.episodes):
-                if remaining[i] > 0 and result.dones[i]:
-                    returns[i].append(float(episode["r"]))
-                    lengths[i].append(int(episode["l"]))
-                    remaining[i] -= 1
+        """Each running member: ``eval_episodes`` deterministic episodes on its evaluation env (SB3's evaluate_policy).
+
+        Every member's episodes run as one batch where the env allows it (:meth:`MemberEnvs.evaluate`), with the
+        returns of the episodes run one after another.
+        """
+        returns, lengths = self.eval_envs.evaluate(self.agent.eval_actions, self.loop.active)
         for member in self.members:
             if member.status == "running":
                 self._record_evaluation(member, returns[member.index], lengths[member.index])
