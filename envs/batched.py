@@ -36,6 +36,10 @@ from envs.spec import EnvSpec
 from envs.state import env_state, rng_state, set_env_state, set_rng_state
 from envs.vec import FRAME_STACK
 
+# mjData's position-dependent quantities as the last mj_step left them (computed before its last substep's
+# integration): gymnasium's envs read some before stepping (Ant: body xpos, Humanoid: xipos), so they are state
+MUJOCO_KINEMATICS = ("xpos", "xquat", "xmat", "xipos", "ximat", "geom_xpos", "geom_xmat", "site_xpos", "site_xmat",
+                     "subtree_com")  # fmt: skip
 STATE_FORMAT = "batched_envs/1"  # tag of BatchedEnvs.states(); older population checkpoints held SB3 VecEnv states
 
 
@@ -73,8 +77,6 @@ class BatchedEnvs:
     """``len(seeds) × copies`` envs; env ``i`` is copy ``i % copies`` of stream ``i // copies``."""
 
     def __init__(self, spec: EnvSpec, seeds: list[int], copies: int, obs_dim: int) -> None:
-        if spec.family in FRAME_STACK:
-            raise ValueError(f"env '{spec.name}': family '{spec.family}' stacks frames in its VecEnv; use the SB3 path")
         self.spec, self.seeds, self.copies = spec, [int(s) for s in seeds], int(copies)
         self.n, self.obs_dim = len(self.seeds) * self.copies, obs_dim
         self.seeded = [False] * len(self.seeds)
@@ -273,6 +275,7 @@ class GymEnvs(BatchedEnvs):
             full = np.empty(self._mujoco.mj_stateSize(unwrapped.model, self._mj_spec))
             self._mujoco.mj_getState(unwrapped.model, unwrapped.data, full, self._mj_spec)
             state["mujoco_integration"] = full.tolist()
+            state["mujoco_kinematics"] = {name: getattr(unwrapped.data, name).tolist() for name in MUJOCO_KINEMATICS}
         return state
 
     def _set_env_state(self, i: int, state: dict[str, Any]) -> None:
@@ -283,6 +286,9 @@ class GymEnvs(BatchedEnvs):
             unwrapped = env.unwrapped
             full = np.asarray(state["mujoco_integration"], dtype=np.float64)
             self._mujoco.mj_setState(unwrapped.model, unwrapped.data, full, self._mj_spec)
+            for name, value in state["mujoco_kinematics"].items():
+                target = getattr(unwrapped.data, name)
+                target[...] = np.asarray(value, dtype=np.float64).reshape(target.shape)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -296,6 +302,8 @@ def make_batched_envs(spec: EnvSpec, seeds: list[int], copies: int = 1, threads:
 
     ``threads`` (> 1) steps :class:`GymEnvs` over that many threads; classic control ignores it (one array step).
     """
+    if spec.family in FRAME_STACK:
+        raise ValueError(f"env '{spec.name}': family '{spec.family}' stacks frames in its VecEnv; use the SB3 path")
     if _classic_dynamics(spec) is not None:
         return ClassicEnvs(spec, seeds, copies)
     return GymEnvs(spec, seeds, copies, threads)
