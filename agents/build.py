@@ -8,9 +8,11 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.preprocessing import is_image_space
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from torch import nn
 
 from agents.decay import kernel_decay
@@ -79,6 +81,40 @@ def sb3_kwargs(agent_cfg: Mapping[str, Any], net_arch: Any) -> dict[str, Any]:
     return kwargs
 
 
+class Float32ObservationReplayBuffer(ReplayBuffer):
+    """SB3's ``ReplayBuffer`` storing float64 ``Box`` observations as float32: half the memory and checkpoint size.
+
+    What the networks see is unchanged bit for bit: SB3's ``preprocess_obs`` casts a ``Box`` observation to float32
+    before any layer (``stable_baselines3/common/preprocessing.py``), with the same round-to-nearest cast that numpy
+    applies here when a transition is stored (SB3 already stores float64 actions as float32: ``_maybe_cast_dtype``).
+    Used only without ``VecNormalize``, which normalises stored observations in float64 (:func:`replay_buffer_kwargs`).
+    """
+
+    def __init__(self, buffer_size: int, observation_space: spaces.Space, *args: Any, **kwargs: Any) -> None:
+        assert isinstance(observation_space, spaces.Box)
+        low, high = observation_space.low.astype(np.float32), observation_space.high.astype(np.float32)
+        super().__init__(buffer_size, spaces.Box(low, high, dtype=np.float32), *args, **kwargs)
+
+
+def stores_float32_observations(observation_space: spaces.Space, normalized: bool) -> bool:
+    """Whether :class:`Float32ObservationReplayBuffer` applies: float64 ``Box`` observations, not image, not normalised."""
+    return (
+        isinstance(observation_space, spaces.Box)
+        and observation_space.dtype == np.float64
+        and not is_image_space(observation_space)
+        and not normalized
+    )
+
+
+def replay_buffer_kwargs(spec: AgentSpec, env: VecEnv, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``replay_buffer_class`` for an off-policy agent whose observations are float64 (unless ``agent.sb3`` names one)."""
+    if not issubclass(spec.algo, OffPolicyAlgorithm) or kwargs.get("replay_buffer_class") is not None:
+        return {}
+    if not stores_float32_observations(env.observation_space, isinstance(env, VecNormalize)):
+        return {}
+    return {"replay_buffer_class": Float32ObservationReplayBuffer}
+
+
 def build_model(
     spec: AgentSpec,
     agent_cfg: Mapping[str, Any],
@@ -93,6 +129,7 @@ def build_model(
     """A fresh SB3 model; sparse methods get the mask-carrying policy class."""
     policy = spec.policy(observation_kind(env.observation_space), sparse)
     kwargs = sb3_kwargs(agent_cfg, net_arch)
+    kwargs.update(replay_buffer_kwargs(spec, env, kwargs))
     if agent_cfg.get("exploration_noise") is not None:
         kwargs["action_noise"] = exploration_noise(float(agent_cfg["exploration_noise"]), env.action_space)
     return spec.algo(policy, env, seed=seed, device=device, tensorboard_log=tensorboard_log, verbose=0, **kwargs)

@@ -36,7 +36,8 @@ from experiment.lock import LocksUnsupported, RunDirLocked, hold_run_dir
 from experiment.plan import JobFailed, JobSkipped
 from experiment.run_dir import holds_started_run, run_status
 
-OUTCOMES = ("completed", "failed", "skipped", "interrupted", "submitted")
+OUTCOMES = ("completed", "failed", "skipped", "interrupted", "submitted", "running")
+SUCCESS = ("completed", "submitted", "running")  # a sweep whose every job ended so exits 0
 RUN_STATES = ("completed", "running", "interrupted", "failed", "not started")
 # SLURM job states (https://slurm.schedmd.com/squeue.html#SECTION_JOB-STATE-CODES) after which a run can continue
 INTERRUPTING_STATES = ("CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "REVOKED")
@@ -122,7 +123,7 @@ def job_return(overrides: Sequence[str], cfg: DictConfig | None, outcome: str, v
     """A Hydra ``JobReturn``: ``completed`` (value: the score), ``submitted`` (value: the cluster job id) or an
     error outcome (value: the message), reported as ``FAILED`` with the matching exception."""
     ret = JobReturn(overrides=list(overrides), cfg=cfg, working_dir=str(Path.cwd()))
-    if outcome in ("completed", "submitted"):
+    if outcome in SUCCESS:
         ret.status, ret.return_value = JobStatus.COMPLETED, value
         ret.task_name = outcome
         return ret
@@ -135,7 +136,8 @@ def job_return(overrides: Sequence[str], cfg: DictConfig | None, outcome: str, v
 def job_outcome(ret: JobReturn) -> str:
     """One of :data:`OUTCOMES` for a launcher's ``JobReturn`` (an unknown exception counts as ``failed``)."""
     if ret.status == JobStatus.COMPLETED:
-        return "submitted" if getattr(ret, "task_name", None) == "submitted" else "completed"
+        task_name = getattr(ret, "task_name", None)
+        return task_name if task_name in SUCCESS else "completed"
     error = ret._return_value
     if isinstance(error, JobSkipped):
         return "skipped"
@@ -151,8 +153,8 @@ class SweepReport:
 
     @property
     def exit_status(self) -> int:
-        """0 when every job completed (or was submitted), 1 otherwise."""
-        return 0 if all(outcome in ("completed", "submitted") for outcome in self.counts.elements()) else 1
+        """0 when every job completed (or was submitted, or is running in a live job), 1 otherwise."""
+        return 0 if all(outcome in SUCCESS for outcome in self.counts.elements()) else 1
 
     @property
     def line(self) -> str:
@@ -168,10 +170,46 @@ def sweep_report(returns: Sequence[JobReturn]) -> SweepReport:
     for ret in returns:
         outcome = job_outcome(ret)
         counts[outcome] += 1
-        if outcome not in ("completed", "submitted"):
+        if outcome not in SUCCESS:
             message = str(ret._return_value).splitlines()[0] if str(ret._return_value) else repr(ret._return_value)
             problems.append(f"  {outcome}: {message or ' '.join(ret.overrides or [])}")
     return SweepReport(counts, problems)
+
+
+def check_sweep_jobs(cfgs: Sequence[DictConfig]) -> list[tuple[int, str, Any]]:
+    """Check a sweep's job configs on the submit host; ``(index, outcome, value)`` for each job not to submit:
+    ``skipped`` (bad input, or a run directory another job of the sweep writes, with the one-line reason),
+    ``completed`` (``resume=auto`` on a completed run; value: its score), ``running`` (a live job holds it).
+
+    ``device`` is checked on the node that runs the job, not here (a login node often has no GPU).
+    """
+    from experiment.plan import RunCompletedError, UsageError, plan_run
+    from experiment.run_dir import completed_score
+
+    out: list[tuple[int, str, Any]] = []
+    seen: set[str] = set()
+    for index, cfg in enumerate(cfgs):
+        run_dir = Path(str(cfg.run_dir))
+        if str(run_dir) in seen:
+            out.append((index, "skipped", f"{run_dir}: another job of this sweep writes it; give each job its own run_dir"))
+            continue
+        seen.add(str(run_dir))
+        if is_held(run_dir):
+            out.append((index, "running", f"{run_dir}: held by a live job"))
+            continue
+        probe = copy.deepcopy(cfg)
+        with open_dict(probe):
+            probe.device = "cpu"
+        try:
+            plan_run(probe)
+        except RunCompletedError as error:
+            if cfg.resume == "auto":
+                out.append((index, "completed", completed_score(run_dir)))
+            else:
+                out.append((index, "skipped", str(error)))
+        except UsageError as error:
+            out.append((index, "skipped", f"{run_dir}: {error}"))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- run states
@@ -258,3 +296,62 @@ def format_table(table: dict[tuple[str, str, str], Counter]) -> str:
     rows.append(["total", "", "", *(str(total[s]) for s in RUN_STATES)])
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows])
+
+
+# ---------------------------------------------------------------------------------------------------- the command
+USAGE = """usage: python -m sparse_rl.grid status|resubmit [OVERRIDES ...]
+
+A grid is the sweep that `python -m sparse_rl.run -m OVERRIDES` runs (e.g. +experiment=paper_dqn_classic
+run_root=/scratch/runs); give the same OVERRIDES (hydra.launcher.* settings may be left out for status).
+  status     each run directory's state (completed, running, interrupted, failed, not started), counted per
+             agent x env x method_sparsity, then a total; reads run directories only (a queued SLURM job that has
+             not started yet shows as not started)
+  resubmit   runs the sweep again with resume=auto (unless OVERRIDES set resume=): completed runs are left
+             untouched, runs held by a live job are not submitted again, the rest continue or start"""
+
+
+def sweep_job_configs(overrides: Sequence[str]) -> list[DictConfig]:
+    """Every job config of the sweep ``python -m sparse_rl.run -m OVERRIDES`` would run (``hydra.sweeper.params``
+    of ``+experiment=`` files included), composed as the sweep composes them."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+
+    import experiment.schema  # noqa: F401  (registers run_schema and the method_label resolver)
+    from experiment.cli import CONFIG_NAME, CONFIGS_DIR
+
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(list(overrides))
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    swept = [o.input_line for o in parsed if o.is_sweep_override()]
+    with initialize_config_dir(config_dir=str(CONFIGS_DIR), version_base="1.3"):
+        master = compose(config_name=CONFIG_NAME, overrides=fixed, return_hydra_config=True)
+        params = [f"{key}={value}" for key, value in (master.hydra.sweeper.params or {}).items()]
+        jobs = BasicSweeper.split_arguments(parser.parse_overrides([*params, *swept]), None)[0] if params or swept else [[]]
+        composer = SweepComposer(GlobalHydra.instance().config_loader(), master)
+        return [task_config(composer.compose([*fixed, *job])) for job in jobs]
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m sparse_rl.grid status|resubmit OVERRIDES``; see :data:`USAGE`."""
+    import os
+    import sys
+
+    if not argv or argv[0] not in ("status", "resubmit") or any(a in ("-h", "--help") for a in argv):
+        print(USAGE, file=sys.stdout if argv and argv[0] in ("-h", "--help") else sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    command, overrides = argv[0], list(argv[1:])
+    if command == "resubmit":
+        if not has_override(overrides, "resume"):
+            overrides.append("resume=auto")
+        run = [sys.executable, "-m", "sparse_rl.run", "-m", *overrides]
+        print(" ".join(run[1:]), flush=True)
+        os.execv(sys.executable, run)
+    try:
+        cfgs = sweep_job_configs(overrides)
+    except Exception as error:  # a bad override: Hydra's one-line message
+        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 2
+    table, _ = grid_table(cfgs)
+    print(format_table(table))
+    return 0

@@ -66,6 +66,11 @@ def _meta(data: np.lib.npyio.NpzFile) -> dict:
     return json.loads(bytes(data[META_KEY]).decode())
 
 
+def _narrowed_observations(name: str, saved: np.dtype, target: np.dtype) -> bool:
+    """Float64 observations saved before the buffer stored them as float32 (agents.build.Float32ObservationReplayBuffer)."""
+    return name.split("/")[0] in ("observations", "next_observations") and saved == np.float64 and target == np.float32
+
+
 def load_replay_buffer(buffer: ReplayBuffer, path: Path) -> None:
     """Restore :func:`save_replay_buffer` into ``buffer`` (the model's own): rows, ``pos`` and ``full``."""
     with np.load(path, allow_pickle=False) as data:
@@ -82,6 +87,8 @@ def load_replay_buffer(buffer: ReplayBuffer, path: Path) -> None:
         buffer.pos, buffer.full = meta["pos"], meta["full"]
         for name, target in targets.items():
             rows = data[name]
+            if _narrowed_observations(name, rows.dtype, target.dtype):  # a checkpoint from before float32 storage
+                rows = rows.astype(target.dtype)  # the cast SB3 applied to these rows before the networks saw them
             if rows.shape[1:] != target.shape[1:] or rows.dtype != target.dtype or len(rows) != _filled_rows(buffer, name):
                 raise ReplayBufferMismatch(
                     f"{path}: {name} is {rows.dtype}{list(rows.shape)}, the model expects {target.dtype}"

@@ -8,7 +8,8 @@ Every module of a layer folder falls under its folder's rule without being liste
     analysis/     reads run directories          + sparse_rl, experiment.layout (the one experiment module it reads)
     experiment/   plans, runs, records           + sparse_rl, envs, agents, analysis
     hydra_plugins launchers                      + experiment
-    commands      python -m sparse_rl.run | analyze | evaluate | study: thin, the only upward imports; nothing imports them
+    commands      python -m sparse_rl.run | analyze | evaluate | study | grid: thin, the only upward imports;
+                  nothing imports them
 
 Imports under ``if TYPE_CHECKING:`` are annotations, not dependencies, and are not counted.
 """
@@ -25,7 +26,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("sparse_rl", "envs", "agents", "analysis", "experiment", "hydra_plugins")
-COMMANDS = ("sparse_rl.run", "sparse_rl.analyze", "sparse_rl.evaluate", "sparse_rl.study")
+COMMANDS = ("sparse_rl.run", "sparse_rl.analyze", "sparse_rl.evaluate", "sparse_rl.study", "sparse_rl.grid")
 ALLOWED = {  # layer -> the layers (or single modules) it may import besides itself
     "sparse_rl": (),
     "envs": ("sparse_rl",),
