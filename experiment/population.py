@@ -24,9 +24,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from experiment.lock import cleanup_stale_staging, hold_run_dir
-from experiment.plan import Plan, UsageError, plan_run
-from experiment.summary import record_failure
+from experiment.checkpoint import CheckpointWriteError, checkpoint_step
+from experiment.interrupts import StopNow, StopSignals
+from experiment.lock import LocksUnsupported, RunDirLocked, cleanup_stale_staging, hold_run_dir, holder_of
+from experiment.plan import Plan, RunDirUsageError, UsageError, plan_run
+from experiment.run_dir import clear_run_outputs, interrupted_line, resume_command
+from experiment.summary import format_score, record_failure
 
 POPULATIONS_DIR = ".populations"  # under run_root: one folder per population (its checkpoint)
 MEMBERS_PER_ENV_WORKER = 8  # env_workers=auto on CUDA: 8 beat 4 at K = 64 (docs/performance.md)
@@ -84,6 +87,26 @@ def _net_arch(plan: Plan) -> Any:
     return solved
 
 
+def sb3_start(plan: Plan) -> Any:
+    """The SB3 path's start of ``plan``'s run (:class:`agents.population.trainer.MemberStart`): its model built as
+    ``experiment.sb3.train`` builds it (same seed, init, equal-parameter widths; on the CPU, a replay buffer of one batch)
+    and the controller attached as there (masks drawn from the run's seed). A population member copies it in, so
+    its initial weights, masks and warm-up actions are the SB3 path's."""
+    from agents import attach_controller
+    from agents.population.trainer import MemberStart
+    from envs import make_vec_env
+    from experiment.sb3 import build_plan_model
+
+    cfg = plan.cfg
+    env = make_vec_env(plan.env, int(cfg.agent.n_envs), int(cfg.seed))
+    try:
+        model, _ = build_plan_model(plan, env, device="cpu", buffer_size=int(cfg.agent.sb3.batch_size))
+        controller = attach_controller(model, plan.agent, plan.sparsity, int(cfg.agent.total_timesteps), int(cfg.seed))
+    finally:
+        env.close()
+    return MemberStart(model, controller)
+
+
 def group_jobs(jobs: Sequence[Job], max_members: int) -> list[list[Job]]:
     """Compatible jobs in order of first appearance, split into populations of at most ``max_members``."""
     from agents.population.compose import compatibility_key
@@ -105,45 +128,106 @@ def population_dir(members: Sequence[Job]) -> Path:
     return Path(cfg.run_root) / POPULATIONS_DIR / f"{cfg.agent.name}_{str(cfg.env.name).replace('/', '-')}_{digest}"
 
 
-def train_population(members: Sequence[Job], device: str, cuda_graph: bool, env_workers: int) -> None:
-    """Train one population; record each member's score (a failed population fails its members, the sweep goes on)."""
+def train_population(
+    members: Sequence[Job], device: str, cuda_graph: bool, env_workers: int, stop: StopSignals | None = None
+) -> None:
+    """Train one population; record each member's score (a failed population fails its members, the sweep goes on).
+
+    A population whose run directories another process holds, or whose checkpoint cannot continue it, is skipped
+    with one line and changes nothing; ``stop`` (:mod:`experiment.interrupts`) ends it with a checkpoint.
+    """
     cfg = members[0].cfg
     label = f"population {cfg.agent.name}/{cfg.env.name} × {len(members)}"
     plans = [m.plan for m in members]
     try:
         with contextlib.ExitStack() as held:  # one writer per run directory (experiment.lock), for the whole population
             for member in members:
-                member.plan.run_dir.mkdir(parents=True, exist_ok=True)
-                held.enter_context(hold_run_dir(member.plan.run_dir))
-                cleanup_stale_staging(member.plan.run_dir)
-            _train_held(members, plans, device, cuda_graph, env_workers, label)
+                held.enter_context(hold_run_dir(member.plan.run_dir))  # creates it; refused before anything is written
+            run_dirs = [member.plan.run_dir for member in members]
+            for folder in [*run_dirs, population_dir(members)]:  # its checkpoint folder: written only by their holder
+                for path in cleanup_stale_staging(folder, owners=run_dirs):
+                    print(f"note: removed {path}, left by an interrupted write")
+            _train_held(members, plans, device, cuda_graph, env_workers, label, stop)
+    except (RunDirLocked, LocksUnsupported, UsageError) as error:  # nothing was written: say why, change nothing
+        for member in members:
+            member.skipped = str(error)
+        print(f"{label}: SKIPPED: {error}", file=sys.stderr)
+    except StopNow as error:  # a second signal outside the loop (building, loading, the final save)
+        for member in members:
+            record_failure(member.plan, error, status="interrupted")
+        if stop is None:
+            raise
+        stop.hand_over(f"{label}: stopped at once by a second {stop.name}; continue with: {resume_command()}")
+    except CheckpointWriteError as error:  # disk full: the previous checkpoint is intact
+        for member in members:
+            record_failure(member.plan, error)
+        print(f"{label}: FAILED: {error}; recorded in the members' summary.json", file=sys.stderr)
     except Exception as error:  # the whole population failed: every member says so
         for member in members:
             record_failure(member.plan, error)
             print(f"{member.plan.run_dir}: FAILED ({error!r}); recorded in summary.json", file=sys.stderr)
 
 
+def _resume_from_checkpoint(members: Sequence[Job], folder: Path) -> bool:
+    """With ``resume=true``: whether the population continues from its checkpoint (checked file by file, one line
+    if it cannot: :class:`~experiment.population_records.PopulationCheckpointProblem`) or, having stopped before its
+    first, starts again from scratch (its members' earlier logs removed, as on the SB3 path)."""
+    from experiment.population_records import PopulationCheckpointProblem, population_checkpoint_problem
+
+    run_dirs = [member.plan.run_dir for member in members]
+    if (problem := population_checkpoint_problem(folder, run_dirs)) is not None:
+        raise PopulationCheckpointProblem(problem)
+    if checkpoint_step(folder) is not None:
+        return True
+    if any(clear_run_outputs(run_dir) for run_dir in run_dirs):
+        print(f"note: {folder} has no checkpoint yet; starting its members again from scratch")
+    return False
+
+
 def _train_held(
-    members: Sequence[Job], plans: list[Plan], device: str, cuda_graph: bool, env_workers: int, label: str
+    members: Sequence[Job],
+    plans: list[Plan],
+    device: str,
+    cuda_graph: bool,
+    env_workers: int,
+    label: str,
+    stop: StopSignals | None = None,
 ) -> None:
     """Train the population whose run directories this process holds; record each member's score."""
     import torch
-    from tqdm import tqdm
 
-    from experiment.population_records import PopulationRun
+    from agents.callbacks import TrainingStopped
+    from experiment.population_records import PopulationRun, population_budget, probe_costs
+    from experiment.progress import RunProgress, start_line
 
     cfg = members[0].cfg
+    folder = population_dir(members)
+    resuming = bool(cfg.resume) and _resume_from_checkpoint(members, folder)
     torch.set_num_threads(int(cfg.torch_threads))  # as the SB3 path (experiment.sb3.train); part of the population key
-    trainer = PopulationRun(plans, members[0].net_arch, population_dir(members), device, cuda_graph, env_workers)
-    if cfg.resume:
+    costs = probe_costs(plans, members[0].net_arch, device) if cfg.progress_bar else None  # before the run seeds torch
+    trainer = PopulationRun(plans, members[0].net_arch, folder, device, cuda_graph, env_workers)
+    if resuming:
         trainer.load_checkpoint()
-    with tqdm(total=int(cfg.agent.total_timesteps), initial=trainer.num_timesteps, desc=label,
-              disable=not cfg.progress_bar, unit="step") as bar:  # fmt: skip
-        trainer.learn(bar.update, checkpoint_freq=int(cfg.checkpoint_freq), nan_check_freq=int(cfg.nan_check_freq))
+    budget = population_budget(cfg)
+    print(start_line(f"{label} ({folder})", budget, trainer.num_timesteps, costs, len(members)), flush=True)
+    try:
+        with RunProgress(label, budget, trainer.num_timesteps, costs, bool(cfg.progress_bar)) as progress:
+            trainer.learn(
+                progress.update, checkpoint_freq=int(cfg.checkpoint_freq), nan_check_freq=int(cfg.nan_check_freq),
+                stop=None if stop is None else (lambda: stop.requested),
+            )  # fmt: skip
+    except (TrainingStopped, StopNow) as stopped:  # a stop signal: the checkpoint is written (experiment.interrupts)
+        at_once = isinstance(stopped, StopNow)
+        saved = checkpoint_step(folder)
+        trainer.interrupt(stop.name if stop is not None else None, saved, at_once)
+        if stop is None:
+            raise
+        how = f"interrupted by {stop.name}" + (" (a second signal: stopped at once)" if at_once else "")
+        stop.hand_over(interrupted_line(label, trainer.num_timesteps, budget.total, saved, how, resume_command()))
     summaries = trainer.finish()
     for member, summary in zip(members, summaries):
         member.score = summary.get("score")
-        print(f"{member.plan.run_dir}: {summary['status']}, score {member.score}")
+        print(f"{member.plan.run_dir}: {summary['status']}, score {format_score(member.score)}")
 
 
 def env_workers_for(setting: int | str, device: str, members: int) -> int:
@@ -172,12 +256,18 @@ def run_jobs(
             seen.add(str(job.cfg.run_dir))
             job.plan = plan_member(job.cfg)
         except UsageError as error:
+            if isinstance(error, RunDirUsageError):  # a live writer explains the run directory's state best (as sb3)
+                error = holder_of(Path(job.cfg.run_dir)) or error
             job.skipped = str(error)
             print(f"{job.cfg.run_dir}: SKIPPED: {error}", file=sys.stderr)
     groups = group_jobs(jobs, max_members)
     print(f"population engine: {sum(len(g) for g in groups)} runs in {len(groups)} population(s) on {device}")
     if any(int(job.cfg.diagnostics.freq) > 0 for group in groups for job in group):
         print("note: the population engine computes no training diagnostics (diagnostics.*): use sparse_rl.run")
-    for members in groups:
-        train_population(members, device, cuda_graph, env_workers_for(env_workers, device, len(members)))
+    with StopSignals() as stop:  # Ctrl-C, SIGTERM, the scheduler's warning: checkpoint, record, one line
+        for members in groups:
+            train_population(members, device, cuda_graph, env_workers_for(env_workers, device, len(members)), stop)
+            if stop.requested:  # it completed while the signal was pending: start no other population
+                print(f"{stop.name} received: the remaining populations were not started", file=sys.stderr)
+                raise SystemExit(stop.exit_status)
     return jobs

@@ -8,13 +8,14 @@ ask which agent it is. A new population agent is one module defining a subclass 
 ==========================  ================================================================================
 ``name``, ``sb3_keys``      the config's ``agent.name``; the ``agent.sb3`` keys the agent implements
 ``from_config``             the batched agent of a validated config (K members' kernel decays)
-``member_networks``         member initialisation: the (network, rows) of a member, drawn from its generator
 ``member_groups``           the core's :class:`~sparse_rl.SparseGroup` views of one member
 ``optimizers``              every optimizer (checkpoints, CUDA-graph capture)
 ``target_pairs``            (target, online) parameters: targets start as copies
-``rollout_actions``         acting during training: warm-up, exploration and their random draws
+``warmup_actions``          SB3's uniform warm-up actions, from each member's seeded action space
+``policy_actions``          acting after warm-up (exploration included) on the device, from the members' streams
+``env_actions``             replay-form actions → env units (host)
 ``eval_actions``            the deterministic policy in env units (evaluation)
-``update_noise``            the random tensors one update consumes (drawn before it, outside a CUDA graph's inputs)
+``update_noise``            the random tensors one update consumes, from the members' streams
 ``update``                  one gradient step of every member
 ``after_env_step``          what the agent does after each env step (DQN: target sync)
 ``member_problem``          a non-finite member-level value outside the sparse groups (SAC: ``log_ent_coef``)
@@ -42,7 +43,7 @@ from sparse_rl.controller import SparseGroup
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
 
-    from agents.population.networks import BatchedMLP
+    from agents.population.streams import MemberStreams
 
 LayerPair = tuple[BatchedLinear, int, list[nn.Linear]]  # batched layer, row, SB3 linears whose output rows concatenate to it
 
@@ -68,6 +69,23 @@ class EnvClock:
     def progress_remaining(self) -> float:
         """SB3's ``_current_progress_remaining``."""
         return 1.0 - self.num_timesteps / self.total_timesteps
+
+
+@dataclass(frozen=True)
+class DeviceClock:
+    """The loop's clock as device tensors, so acting can run inside a captured CUDA graph.
+
+    ``step``: the env step being acted for (0-based: the number of env steps already taken), int64 scalar;
+    ``total``: ``total_timesteps`` as a float64 scalar (SB3's ``_total_timesteps``).
+    """
+
+    step: torch.Tensor
+    total: torch.Tensor
+
+    @property
+    def progress_remaining(self) -> torch.Tensor:
+        """SB3's ``_current_progress_remaining`` (float64)."""
+        return 1.0 - self.step.to(torch.float64) / self.total
 
 
 def adam(params: Sequence[torch.Tensor], lr: float, kwargs: Mapping[str, Any], capturable: bool) -> torch.optim.Adam:
@@ -115,10 +133,6 @@ class PopulationAgent(nn.Module):
         """The batched agent of ``len(decays)`` members for the shared run config ``cfg``."""
         raise NotImplementedError
 
-    def member_networks(self, member: int) -> list[tuple[BatchedMLP, list[int]]]:
-        """The networks and rows holding member ``member``'s trained weights, in initialisation order."""
-        raise NotImplementedError
-
     def member_groups(self, member: int) -> list[SparseGroup]:
         """The core's groups of member ``member``: views into the batched tensors (see :mod:`sparse_rl.batched`)."""
         raise NotImplementedError
@@ -131,14 +145,19 @@ class PopulationAgent(nn.Module):
         raise NotImplementedError
 
     # ----------------------------------------------------------------- acting
-    def rollout_actions(
-        self, obs: np.ndarray, rngs: Sequence[np.random.Generator], active: np.ndarray, clock: EnvClock
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(env actions, replay actions) ``[K, ·]`` for observations ``[K, obs]`` (SB3's ``_sample_action``).
+    def warmup_actions(self, action_spaces: Sequence[spaces.Space]) -> tuple[np.ndarray, np.ndarray]:
+        """(env actions, replay actions) ``[K, ·]`` of SB3's warm-up (``_sample_action`` before ``learning_starts``):
+        one ``action_space.sample()`` per member from its own space, seeded as SB3 seeds the model's."""
+        raise NotImplementedError
 
-        ``rngs`` are the members' own generators (warm-up and exploration draws); ``active``: the members still
-        training (the others' actions must merely keep their envs sane).
-        """
+    def policy_actions(self, obs: torch.Tensor, streams: MemberStreams, clock: DeviceClock) -> torch.Tensor:
+        """Replay-form actions ``[K, replay_action_dim]`` for observations ``[K, obs]`` after warm-up, exploration
+        included; random draws from ``streams`` at ``clock.step``. Device tensors only (graph-capturable)."""
+        raise NotImplementedError
+
+    def env_actions(self, replay_actions: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """Replay-form actions ``[K, ·]`` (host) in env units; members not ``active`` get actions that keep their env
+        sane (a failed member's may be NaN)."""
         raise NotImplementedError
 
     def eval_actions(self, obs: np.ndarray) -> np.ndarray:
@@ -154,8 +173,9 @@ class PopulationAgent(nn.Module):
         raise NotImplementedError
 
     # ----------------------------------------------------------------- training
-    def update_noise(self, batch_size: int) -> tuple[torch.Tensor, ...]:
-        """The random tensors :meth:`update` consumes, drawn from torch's default generator (none by default)."""
+    def update_noise(self, streams: MemberStreams, step: torch.Tensor | int, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """The random tensors :meth:`update` consumes at gradient step ``step`` (0-based), from the members' own
+        streams (none by default)."""
         return ()
 
     def update(self, *batch_and_noise: torch.Tensor, snapshot_dense: bool = False) -> dict[str, torch.Tensor]:
@@ -218,7 +238,9 @@ class PopulationAgent(nn.Module):
 def clip_member_grad_norm_(params: Sequence[torch.Tensor], k: int, max_norm: float) -> torch.Tensor:
     """Per-member ``clip_grad_norm_`` (torch's formula) over parameters whose leading dim is ``k × copies``."""
     grads = [p.grad for p in params if p.grad is not None]
-    squares = torch.stack([g.reshape(k, -1).pow(2).sum(dim=1) for g in grads]).sum(dim=0)
+    squares = grads[0].reshape(k, -1).pow(2).sum(dim=1)
+    for g in grads[1:]:  # elementwise adds: the same order at any K (a stacked sum over tensors reduces K-dependently)
+        squares = squares + g.reshape(k, -1).pow(2).sum(dim=1)
     norms = squares.sqrt()
     coefficients = torch.clamp(max_norm / (norms + 1e-6), max=1.0)
     for g in grads:

@@ -12,10 +12,8 @@ from gymnasium import spaces
 from omegaconf import OmegaConf
 
 from agents.build import check_agent_config
-from agents.initialization import init_linear_
 from agents.population.base import PopulationAgent, PopulationConfigError
 from agents.population.dqn import PopulationDQN
-from agents.population.networks import init_member_rows
 from agents.population.sac import PopulationSAC
 
 # the population agents by ``agent.name``: a new one is a module implementing agents.population.base.PopulationAgent
@@ -101,22 +99,6 @@ def build_agent(
         )
     agent_class = AGENT_CLASSES[cfg.agent.name]
     return agent_class.from_config(cfg, net_arch, obs_dim, action_space, decays, device, capturable)
-
-
-def init_cfg_of(cfg: Any) -> dict[str, Any]:
-    """The per-role init schemes of ``agent.init`` (``mode: sb3`` or absent: torch's default, what SB3 gets)."""
-    init = cfg.agent.get("init")
-    if init is None or init.get("mode") == "sb3":
-        default = {"scheme": "torch_default"}
-        return {"hidden": default, "output": default}
-    return {"hidden": dict(init.hidden), "output": dict(init.output)}
-
-
-def initialise_member(agent: PopulationAgent, member: int, seed: int, init_cfg: Mapping[str, Any]) -> None:
-    """Draw member ``member``'s initial weights from its own generator (seeded with its run seed)."""
-    generator = torch.Generator().manual_seed(seed)
-    for mlp, rows in agent.member_networks(member):
-        init_member_rows(mlp, rows, generator, init_cfg, init_linear_)
 
 
 def member_decay(cfg: Any) -> dict[str, float]:

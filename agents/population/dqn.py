@@ -17,6 +17,7 @@ from stable_baselines3.common.utils import LinearSchedule
 
 from agents.dqn import TD_LOSSES
 from agents.population.base import (
+    DeviceClock,
     EnvClock,
     LayerPair,
     PopulationAgent,
@@ -26,6 +27,7 @@ from agents.population.base import (
     sb3_linears,
 )
 from agents.population.networks import BatchedMLP, member_module, sb3_mlp_names
+from agents.population.streams import Draw, MemberStreams
 from sparse_rl.batched import BatchedLinear
 from sparse_rl.controller import SparseGroup
 
@@ -95,9 +97,6 @@ class PopulationDQN(PopulationAgent):
             target_update_interval=sb3.target_update_interval, tau=sb3.tau, action_space=action_space,
         )  # fmt: skip
 
-    def member_networks(self, member: int) -> list[tuple[BatchedMLP, list[int]]]:
-        return [(self.q_net, [member])]
-
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"q": self.optimizer}
 
@@ -121,18 +120,28 @@ class PopulationDQN(PopulationAgent):
         """SB3's ``exploration_rate``: 0 before the first env step, then the linear schedule."""
         return self.exploration(clock.progress_remaining) if clock.num_timesteps > 0 else 0.0
 
-    def rollout_actions(
-        self, obs: np.ndarray, rngs: Sequence[np.random.Generator], active: np.ndarray, clock: EnvClock
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Uniform actions in warm-up, else ε-greedy; each member draws from its own generator."""
-        n = self.action_space.n
-        if clock.warmup:
-            actions = np.array([rng.integers(n) for rng in rngs])
-        else:
-            greedy = self.act(self._obs_tensor(obs))[:, 0].cpu().numpy()
-            eps = self.exploration_rate(clock)
-            actions = np.array([rng.integers(n) if rng.random() < eps else a for rng, a in zip(rngs, greedy)])
+    def exploration_rate_tensor(self, clock: DeviceClock) -> torch.Tensor:
+        """:meth:`exploration_rate` as a float64 device scalar (SB3's ``LinearSchedule``, the same double ops)."""
+        start, end, fraction = self.exploration.start, self.exploration.end, self.exploration.end_fraction
+        elapsed = 1.0 - clock.progress_remaining
+        rate = torch.where(elapsed > fraction, end, start + elapsed * (end - start) / fraction)
+        return torch.where(clock.step > 0, rate, 0.0)
+
+    def warmup_actions(self, action_spaces: Sequence[spaces.Space]) -> tuple[np.ndarray, np.ndarray]:
+        actions = np.array([space.sample() for space in action_spaces])
         return actions, actions.astype(np.float32).reshape(self.k, 1)
+
+    def policy_actions(self, obs: torch.Tensor, streams: MemberStreams, clock: DeviceClock) -> torch.Tensor:
+        """ε-greedy (SB3's ``DQN.predict``): member k explores where its stream's coin falls below ε, with a uniform
+        action from its stream."""
+        greedy = self.act(self._obs_tensor(obs))[:, 0]
+        coin = streams.uniform(Draw.EXPLORE, clock.step, 1)[:, 0]
+        random = streams.below(Draw.EXPLORE_ACTION, clock.step, 1, self.n_actions)[:, 0]
+        actions = torch.where(coin < self.exploration_rate_tensor(clock), random, greedy)
+        return actions.to(torch.float32).view(self.k, 1)
+
+    def env_actions(self, replay_actions: np.ndarray, active: np.ndarray) -> np.ndarray:
+        return replay_actions[:, 0].astype(np.int64)
 
     def eval_actions(self, obs: np.ndarray) -> np.ndarray:
         actions = self.act(self._obs_tensor(obs))

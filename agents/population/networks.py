@@ -7,8 +7,7 @@ the paper's actor (ERK sees it as one layer), exported as SB3's ``mu`` (rows ``:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -42,25 +41,6 @@ class BatchedMLP(nn.Module):
 def sb3_mlp_names(prefix: str, n_layers: int) -> list[str]:
     """SB3's ``create_mlp`` names: Linear modules at even indices of a Sequential (``q_net.0``, ``q_net.2``, ...)."""
     return [f"{prefix}{2 * i}" for i in range(n_layers)]
-
-
-InitFn = Callable[..., None]
-
-
-@torch.no_grad()
-def init_member_rows(
-    mlp: BatchedMLP, rows: Sequence[int], generator: torch.Generator, init_cfg: Mapping[str, Any], init_fn: InitFn
-) -> None:
-    """Initialise rows ``rows`` of ``mlp`` with ``init_cfg`` (``hidden``/``output`` scheme kwargs) from ``generator``."""
-    last = len(mlp.layers) - 1
-    for row in rows:
-        for i, layer in enumerate(mlp.layers):
-            scheme = dict(init_cfg["output" if i == last else "hidden"])
-            weight = torch.empty_like(layer.weight[row], device="cpu")
-            bias = torch.empty_like(layer.bias[row], device="cpu")
-            init_fn(weight, bias, generator, **scheme)
-            layer.weight[row].copy_(weight)
-            layer.bias[row].copy_(bias)
 
 
 def member_module(layers: Mapping[str, MemberLinear]) -> nn.Module:

@@ -2,13 +2,16 @@
 
 Semantics follow SB3's ``ReplayBuffer``: uniform sampling over the filled part, ``done`` stored as
 ``terminated and not truncated`` (SB3's ``handle_timeout_termination``), the true last observation stored at episode
-ends. Capacity is ``min(buffer_size, total_timesteps)``: a buffer never wrapped needs no more.
+ends. Capacity is ``min(buffer_size, total_timesteps)``: a buffer never wrapped needs no more. The write position and
+the filled size live on the device too (and in Python, for checkpoints), so a write and a sample can be part of a
+captured CUDA graph; indices come from each member's own stream (:mod:`agents.population.streams`).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
+
+from agents.population.streams import Draw, MemberStreams
 
 
 class PopulationReplay:
@@ -20,35 +23,39 @@ class PopulationReplay:
         self.k, self.capacity, self.device = k, capacity, device
         shapes = {"observations": obs_dim, "actions": action_shape, "rewards": 1, "next_observations": obs_dim, "dones": 1}
         self.storage = {name: torch.zeros(k, capacity, dim, device=device) for name, dim in shapes.items()}
+        self.widths = [shapes[name] for name in self.FIELDS]
         self.pos = 0
         self.full = False
-        # the filled size as a device scalar, so sampling inside a captured CUDA graph sees it grow
-        self.size_tensor = torch.zeros((), device=device)
+        # the write position and filled size on the device: a captured graph reads and advances them
+        self.pos_tensor = torch.zeros(1, dtype=torch.int64, device=device)
+        self.size_tensor = torch.zeros((), dtype=torch.int64, device=device)
         self._member_index = torch.arange(k, device=device).view(k, 1)
-        self._widths = [shapes[name] for name in self.FIELDS]
-        self._staging = torch.zeros(k, sum(self._widths), pin_memory=device.type == "cuda")
 
     @property
     def size(self) -> int:
         return self.capacity if self.full else self.pos
 
-    def add(self, obs, actions, rewards, next_obs, dones) -> None:
-        """Append one transition per member (arrays ``[K, ·]``): one host-to-device copy for all fields."""
-        row = np.concatenate(
-            [np.asarray(v, dtype=np.float32).reshape(self.k, -1) for v in (obs, actions, rewards, next_obs, dones)], axis=1
-        )
-        self._staging.copy_(torch.from_numpy(row))
-        device_row = self._staging.to(self.device)  # synchronous: the staging buffer is reused next step
-        for name, part in zip(self.FIELDS, device_row.split(self._widths, dim=1)):
-            self.storage[name][:, self.pos].copy_(part)
+    @property
+    def row_width(self) -> int:
+        """Width of one member's transition row (observation, action, reward, next observation, done)."""
+        return sum(self.widths)
+
+    def write(self, row: torch.Tensor) -> None:
+        """Append one transition per member from a device row ``[K, row_width]`` (no host sync; graph-capturable)."""
+        for name, part in zip(self.FIELDS, row.split(self.widths, dim=1)):
+            self.storage[name].index_copy_(1, self.pos_tensor, part.unsqueeze(1))
+        self.pos_tensor.add_(1).remainder_(self.capacity)
+        self.size_tensor.add_(1).clamp_(max=self.capacity)
+
+    def advance(self) -> None:
+        """The host's copy of :meth:`write`'s counters (called once per write)."""
         self.pos += 1
         if self.pos == self.capacity:
             self.full, self.pos = True, 0
-        self.size_tensor.fill_(self.size)
 
-    def sample(self, batch_size: int) -> list[torch.Tensor]:
-        """A batch ``[K, B, ·]`` per field, indices uniform over each member's filled part (no host sync)."""
-        index = (torch.rand(self.k, batch_size, device=self.device) * self.size_tensor).long()
+    def sample(self, batch_size: int, streams: MemberStreams, step: torch.Tensor | int) -> list[torch.Tensor]:
+        """A batch ``[K, B, ·]`` per field; member k's indices uniform over its filled part from its own stream."""
+        index = streams.below(Draw.REPLAY_INDEX, step, batch_size, self.size_tensor)
         return [self.storage[name][self._member_index, index] for name in self.FIELDS]
 
     # ----------------------------------------------------------------- checkpoints (filled part only)
@@ -65,4 +72,5 @@ class PopulationReplay:
         self.pos, self.full = int(state["pos"]), bool(state["full"])
         for name, tensor in self.storage.items():
             tensor[rows, : self.size].copy_(state[name])
+        self.pos_tensor.fill_(self.pos)
         self.size_tensor.fill_(self.size)

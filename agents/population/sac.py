@@ -18,7 +18,7 @@ from torch import nn
 from torch.distributions import Normal
 
 from agents.population.base import (
-    EnvClock,
+    DeviceClock,
     LayerPair,
     PopulationAgent,
     PopulationConfigError,
@@ -28,6 +28,7 @@ from agents.population.base import (
     sb3_linears,
 )
 from agents.population.networks import BatchedMLP, member_module, sb3_mlp_names
+from agents.population.streams import Draw, MemberStreams
 from agents.sac import N_CRITICS
 from sparse_rl.batched import BatchedLinear
 from sparse_rl.controller import SparseGroup
@@ -116,9 +117,6 @@ class PopulationSAC(PopulationAgent):
         )  # fmt: skip
 
     # ----------------------------------------------------------------- networks
-    def member_networks(self, member: int) -> list[tuple[BatchedMLP, list[int]]]:
-        return [(self.actor, [member]), (self.critic, [N_CRITICS * member + c for c in range(N_CRITICS)])]
-
     def target_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return list(zip(self.critic_target.parameters(), self.critic.parameters()))
 
@@ -163,30 +161,36 @@ class PopulationSAC(PopulationAgent):
         return actions, log_prob
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
-        """Actions in [−1, 1] for observations ``[K, B, obs]``: ``tanh(μ)``, or ``tanh(μ + ε·σ)`` (no log-prob needed)."""
+    def act(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Actions in [−1, 1] for observations ``[K, B, obs]``: ``tanh(μ)``, or ``tanh(μ + ε·σ)`` with standard-normal
+        ``noise`` ``[K, B, A]`` (no log-prob needed)."""
         mean, log_std = self._distribution_params(obs)
-        if deterministic:
+        if noise is None:
             return torch.tanh(mean)
-        return torch.tanh(torch.addcmul(mean, torch.randn_like(mean), log_std.exp()))
+        return torch.tanh(torch.addcmul(mean, noise, log_std.exp()))
 
-    def rollout_actions(
-        self, obs: np.ndarray, rngs: Sequence[np.random.Generator], active: np.ndarray, clock: EnvClock
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Uniform actions from each member's generator in warm-up, else policy samples; replay stores [−1, 1] actions."""
-        low, high = self.action_space.low.astype(np.float32), self.action_space.high.astype(np.float32)
-        if clock.warmup:
-            env_actions = np.stack([rng.uniform(low, high).astype(np.float32) for rng in rngs])
-            scaled = 2.0 * (env_actions - low) / (high - low) - 1.0
-        else:
-            scaled = self.act(self._obs_tensor(obs), deterministic=False)[:, 0].cpu().numpy()
-            scaled[~active] = 0.0  # a failed member's actions may be NaN: keep its env sane
-            env_actions = low + 0.5 * (scaled + 1.0) * (high - low)
-        return env_actions, scaled
+    def warmup_actions(self, action_spaces: Sequence[spaces.Space]) -> tuple[np.ndarray, np.ndarray]:
+        """SB3's warm-up for Box actions: ``sample()``, then ``scale_action`` (the replay's form) and back through
+        ``unscale_action`` (what the env gets), with ``BasePolicy``'s formulas."""
+        low, high = self.action_space.low, self.action_space.high
+        unscaled = np.array([space.sample() for space in action_spaces])
+        scaled = 2.0 * ((unscaled - low) / (high - low)) - 1.0
+        return low + (0.5 * (scaled + 1.0) * (high - low)), scaled
+
+    def policy_actions(self, obs: torch.Tensor, streams: MemberStreams, clock: DeviceClock) -> torch.Tensor:
+        """A policy sample per member (SB3's ``predict(deterministic=False)``), noise from the member's stream."""
+        noise = streams.normal(Draw.ACT_NOISE, clock.step, self.act_dim).view(self.k, 1, self.act_dim)
+        return self.act(self._obs_tensor(obs), noise)[:, 0]
+
+    def env_actions(self, replay_actions: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """SB3's ``unscale_action`` of the [−1, 1] samples; a failed member's (maybe NaN) actions are 0."""
+        scaled = np.where(active[:, None], replay_actions, 0.0).astype(np.float32)
+        low, high = self.action_space.low, self.action_space.high
+        return low + (0.5 * (scaled + 1.0) * (high - low))
 
     def eval_actions(self, obs: np.ndarray) -> np.ndarray:
-        scaled = self.act(self._obs_tensor(obs), deterministic=True)
-        scaled = (scaled[:, 0] if obs.ndim == 2 else scaled).cpu().numpy()
+        scaled = self.act(self._obs_tensor(obs))
+        scaled = (scaled[:, 0] if obs.ndim == 2 else scaled).cpu().numpy()  # [K, B, obs]: B episodes per member
         low, high = self.action_space.low, self.action_space.high
         return low + 0.5 * (np.nan_to_num(scaled) + 1.0) * (high - low)
 
@@ -195,10 +199,15 @@ class PopulationSAC(PopulationAgent):
         return self.act_dim
 
     # ----------------------------------------------------------------- one gradient step of every member
-    def update_noise(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The standard-normal noise of the two policy samples (current and next observations), in that order."""
+    def update_noise(self, streams: MemberStreams, step: torch.Tensor | int, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """The standard-normal noise of the two policy samples (current and next observations), from each member's
+        streams at gradient step ``step``."""
         shape = (self.k, batch_size, self.act_dim)
-        return torch.randn(shape, device=self.device), torch.randn(shape, device=self.device)
+        n = batch_size * self.act_dim
+        return (
+            streams.normal(Draw.UPDATE_NOISE, step, n).view(shape),
+            streams.normal(Draw.UPDATE_NEXT_NOISE, step, n).view(shape),
+        )
 
     def update(
         self,

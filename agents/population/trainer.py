@@ -4,8 +4,15 @@ It reproduces SB3's off-policy loop per member (``OffPolicyAlgorithm.learn`` wit
 warm-up with uniform random actions, one env step, the caller's per-step records (evaluation happens there, before
 training on that step, as SB3's ``EvalCallback``), the agent's per-step work (DQN's target sync), storing the
 transition, then ``gradient_steps`` updates once ``num_timesteps > learning_starts``; after every gradient step each
-member's own :class:`~sparse_rl.TopologyController` advances (the SB3 path's optimizer-step clock). On CUDA the update
-is one captured CUDA graph; topology updates run outside it.
+member's own :class:`~sparse_rl.TopologyController` advances (the SB3 path's optimizer-step clock).
+
+Each member is reproducible on its own: it starts from the SB3 path's model of its run (weights, masks, the
+controller's generator, the seeded action space of SB3's warm-up; :class:`MemberStart`), and every later random
+draw comes from its own counter-based stream (:mod:`agents.population.streams`), so its numbers do not depend on
+the rest of the population. One population step after the env step is one device computation: write the
+transition, the update(s), the next action; on CUDA it is one captured CUDA graph, fed by one host→device copy and
+read by one device→host copy. Steps where a topology update is due run eagerly, with the controllers stepped
+between the update and the next action, as on the SB3 path.
 
 The loop knows members by their plain settings (:class:`MemberSettings`) and the agent only through the
 :class:`~agents.population.base.PopulationAgent` protocol. What is written where (logs, evaluations, summaries,
@@ -14,6 +21,8 @@ models, checkpoints) is the caller's, told through :class:`LoopHooks` (``experim
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -21,17 +30,28 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from gymnasium import spaces
+from stable_baselines3.common.base_class import BaseAlgorithm
 
-from agents.population.base import EnvClock, PopulationAgent, polyak_
-from agents.population.compose import initialise_member
+from agents.population.base import DeviceClock, EnvClock, PopulationAgent, polyak_
+from agents.population.export import copy_member
 from agents.population.member_envs import MemberEnvs
 from agents.population.replay import PopulationReplay
+from agents.population.streams import MemberStreams
 from agents.spec import off_policy_gradient_steps
 from envs import EnvSpec
 from sparse_rl.config import SparsityConfig
 from sparse_rl.controller import NonFiniteError, SparsityInvariantError, TopologyController
 
-CUDA_GRAPH_WARMUP = 3  # eager updates before capture (PyTorch's CUDA-graph recipe)
+CUDA_GRAPH_WARMUP = 3  # eager runs of a step before it is captured (PyTorch's CUDA-graph recipe)
+
+
+@dataclass(frozen=True)
+class MemberStart:
+    """A member's start as the SB3 path makes it: the SB3 model of its run (weights, masks, the action space SB3
+    seeded for its warm-up) and the controller attached to it (masks drawn, its generator where the SB3 run's is)."""
+
+    model: BaseAlgorithm
+    controller: TopologyController
 
 
 @dataclass(frozen=True)
@@ -41,11 +61,12 @@ class MemberSettings:
     seed: int
     sparsity: SparsityConfig  # the core's config of this member's method
     decay: Mapping[str, float]  # per-group kernel L2 coefficients (agents.decay.kernel_decay)
+    start: Callable[[], MemberStart]  # the SB3 path's start of this run (experiment.population.sb3_start)
 
 
 @dataclass(frozen=True)
 class LoopSettings:
-    """What the members share: SB3's off-policy loop settings and the initialisation schemes."""
+    """What the members share: SB3's off-policy loop settings."""
 
     total_timesteps: int
     learning_starts: int
@@ -53,23 +74,63 @@ class LoopSettings:
     gradient_steps: int
     batch_size: int
     buffer_size: int
-    init: Mapping[str, Any]  # per-role init schemes (agents.population.compose.init_cfg_of)
 
 
 # (observation space, action space, members' decays, device, capturable) -> the batched agent
 AgentFactory = Callable[[spaces.Space, spaces.Space, Sequence[Mapping[str, float]], torch.device, bool], PopulationAgent]
 
 
+class TopologyStats:
+    """A controller's :meth:`~sparse_rl.TopologyController.stats`, recomputed only when its masks change (they count
+    each layer's mask: a device sync per layer on CUDA). ``stats()`` is what logging reads."""
+
+    def __init__(self, controller: TopologyController) -> None:
+        self.controller = controller
+        self._stats = controller.stats()
+
+    def refresh(self) -> None:
+        self._stats = self.controller.stats()
+
+    def stats(self) -> dict[str, Any]:
+        return self._stats
+
+
 @dataclass
 class Member:
-    """One member as the loop sees it: its controller, its own random stream and whether it still trains."""
+    """One member as the loop sees it: its controller, its warm-up action space and whether it still trains."""
 
     index: int
     settings: MemberSettings
     controller: TopologyController
-    rng: np.random.Generator  # warm-up and exploration draws
+    action_space: spaces.Space  # SB3's warm-up draws (``action_space.sample()``), seeded as the SB3 path seeds it
+    topology: TopologyStats
+    next_update: float = math.inf  # the first gradient step at which the controller has work
     status: str = "running"
     error: str | None = None
+
+
+def next_update_step(controller: TopologyController, after: int) -> float:
+    """The first gradient step > ``after`` at which ``controller.step`` changes something (``inf``: none).
+
+    ``update_due`` is monotone in the step (an update point, once reached, stays due until applied), so a bisection
+    over the schedule's window finds it; a controller with per-step work (an N:M recipe's decay) is due every step.
+    """
+    if getattr(controller, "latent_active", False):
+        return after + 1
+    window = getattr(controller.updater, "window", None)
+    if window is None:
+        return math.inf
+    high = max(int(window.end), after + 1)
+    if not controller.update_due(high):
+        return math.inf
+    low = after + 1
+    while low < high:
+        middle = (low + high) // 2
+        if controller.update_due(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low
 
 
 class LoopHooks(Protocol):
@@ -89,7 +150,11 @@ class LoopHooks(Protocol):
 
 
 class PopulationTrainer:
-    """Trains ``members`` (one run each) of the agent ``make_agent`` builds, together, on ``env``."""
+    """Trains ``members`` (one run each) of the agent ``make_agent`` builds, together, on ``env``.
+
+    ``tf32``: on CUDA, let float32 matrix products use TensorFloat-32 (faster, ~1e-3 relative error; off by default:
+    it changes the numbers).
+    """
 
     def __init__(
         self,
@@ -100,41 +165,75 @@ class PopulationTrainer:
         device: str,
         cuda_graph: bool,
         env_workers: int = 0,
+        tf32: bool = False,
     ) -> None:
         self.settings = settings
         self.device = torch.device(device)
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
+        if self.device.type == "cuda":  # PyTorch "TensorFloat-32 (TF32) on Ampere (and later) devices"
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
         self.k = len(members)
-        self.total = settings.total_timesteps  # may be raised between learn() calls (benchmarks)
         self.learning_starts, self.batch_size = settings.learning_starts, settings.batch_size
         self.train_freq, self.gradient_steps = settings.train_freq, settings.gradient_steps
-        # the population's shared stream (replay indices, policy noise) is seeded by its first member, as SB3 seeds one run
-        torch.manual_seed(members[0].seed)
+        self.streams = MemberStreams([m.seed for m in members], self.device)
         self.envs = MemberEnvs(env, [m.seed for m in members], env_workers)
         self.action_space = self.envs.action_space
         self.agent = make_agent(
             self.envs.observation_space, self.action_space, [m.decay for m in members], self.device, self.cuda_graph
         )
-        for i, member in enumerate(members):
-            initialise_member(self.agent, i, member.seed, settings.init)
-        steps = off_policy_gradient_steps(self.total, self.learning_starts, self.train_freq, self.gradient_steps, 1)
+        steps = off_policy_gradient_steps(
+            settings.total_timesteps, self.learning_starts, self.train_freq, self.gradient_steps, 1
+        )
         self.members: list[Member] = []
         for i, member in enumerate(members):
-            controller = TopologyController(self.agent.member_groups(i), member.sparsity, steps, member.seed)
-            controller.init_masks()
-            self.members.append(Member(i, member, controller, np.random.default_rng(member.seed)))
+            self.members.append(self._start_member(i, member, steps))
         targets, sources = zip(*self.agent.target_pairs())
         polyak_(targets, sources, 1.0)  # targets start as copies (SB3)
         self.agent.refresh_masks()
-        capacity = min(settings.buffer_size, self.total)
+        capacity = min(settings.buffer_size, settings.total_timesteps)
         self.replay = PopulationReplay(self.k, capacity, self.agent.obs_dim, self.agent.replay_action_dim, self.device)
         self.num_timesteps = 0
         self.clock = 0  # gradient steps
+        # the same counters on the device (a captured graph reads and advances them) and the budget
+        self._step_t = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._clock_t = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._total_t = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.total = settings.total_timesteps  # may be raised between learn() calls (benchmarks)
         self.last_metrics: dict[str, torch.Tensor] = {}
         self._obs = self.envs.reset()
-        self._graph: torch.cuda.CUDAGraph | None = None
-        self._graph_out: dict[str, torch.Tensor] = {}
-        self._eager_updates = 0
+        # one step's input: the transition (replay row), then the observation the next action acts on
+        width = self.replay.row_width + self.agent.obs_dim
+        self._staging = torch.zeros(self.k, width, pin_memory=self.device.type == "cuda")
+        self._step_in = torch.zeros(self.k, width, device=self.device)
+        self._act_out = torch.zeros(self.k, self.agent.replay_action_dim, device=self.device)
+        self._act_host = torch.zeros(self.k, self.agent.replay_action_dim, pin_memory=self.device.type == "cuda")
+        self._actions: np.ndarray | None = None  # replay-form actions for env step ``_actions_step``
+        self._actions_step = -1
+        self._graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}
+        self._graph_metrics: dict[tuple[int, bool], dict[str, torch.Tensor]] = {}
+        self._eager_runs: dict[tuple[int, bool], int] = {}
+        self._next_update = min((m.next_update for m in self.members), default=math.inf)
+
+    def _start_member(self, index: int, member: MemberSettings, steps: int) -> Member:
+        """Copy the SB3 path's start of ``member`` into row ``index``; its controller adopts the masks and continues
+        the SB3 controller's generator."""
+        start = member.start()
+        copy_member(self.agent, index, start.model, to_sb3=False)
+        controller = TopologyController(self.agent.member_groups(index), member.sparsity, steps, member.seed)
+        controller.init_masks(existing=controller.sparse)
+        controller.generator.set_state(start.controller.generator.get_state())
+        action_space = copy.deepcopy(start.model.action_space)  # SB3 seeded it in set_random_seed
+        return Member(index, member, controller, action_space, TopologyStats(controller), next_update_step(controller, 0))
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    @total.setter
+    def total(self, value: int) -> None:
+        self._total = int(value)
+        self._total_t.fill_(float(value))
 
     @property
     def active(self) -> np.ndarray:
@@ -149,19 +248,18 @@ class PopulationTrainer:
         """Train until ``total`` env steps, telling ``hooks``; members with non-finite weights are failed alone."""
         while self.num_timesteps < self.total:
             self._env_step(hooks)
-            if self.num_timesteps > self.learning_starts and self.num_timesteps % self.train_freq == 0:
-                for _ in range(self.gradient_steps):
-                    self._gradient_step()
             if self.num_timesteps % nan_check_freq == 0:
                 self.check_members(hooks)
             hooks.step_done(self)
         self.check_members(hooks)
 
     def _env_step(self, hooks: LoopHooks) -> None:
-        """Act, step every member's env, report ended episodes, store the transitions."""
-        env_actions, replay_actions = self.agent.rollout_actions(
-            self._obs, [m.rng for m in self.members], self.active, self.env_clock
-        )
+        """Act, step every member's env, report ended episodes, then the population step on the device."""
+        if self.env_clock.warmup:
+            env_actions, replay_actions = self.agent.warmup_actions([m.action_space for m in self.members])
+        else:
+            replay_actions = self._policy_actions()
+            env_actions = self.agent.env_actions(replay_actions, self.active)
         result = self.envs.step(env_actions)
         self.num_timesteps += 1
         for member in self.members:
@@ -170,51 +268,118 @@ class PopulationTrainer:
                 hooks.episode_ended(self, member, episode)
         hooks.env_stepped(self)
         self.agent.after_env_step(self.env_clock)
-        self.replay.add(self._obs, replay_actions, result.rewards, result.real_next_obs, result.terminated)
+        row = [self._obs, replay_actions, result.rewards, result.real_next_obs, result.terminated, result.next_obs]
+        self._staging.copy_(torch.from_numpy(np.concatenate([np.asarray(v, np.float32).reshape(self.k, -1) for v in row], 1)))
+        self._step_in.copy_(self._staging)  # the step's one host→device copy (synchronous: staging is reused)
+        training = self.num_timesteps > self.learning_starts and self.num_timesteps % self.train_freq == 0
+        act = self.num_timesteps >= self.learning_starts and self.num_timesteps < self.total
+        self._population_step(self.gradient_steps if training else 0, act)
         self._obs = result.next_obs
 
-    def _update(self, snapshot_dense: bool) -> dict[str, torch.Tensor]:
-        """Sample a batch, then the agent's update noise (this order: the shared stream's), then update every member."""
-        batch = self.replay.sample(self.batch_size)
-        noise = self.agent.update_noise(self.batch_size)
-        return self.agent.update(*batch, *noise, snapshot_dense=snapshot_dense)
+    def _policy_actions(self) -> np.ndarray:
+        """The replay-form actions for the coming env step: the last population step's, or computed now (e.g. the
+        first step after a resume); the same numbers either way (the streams are counter-based)."""
+        if self._actions_step != self.num_timesteps:
+            self._step_in[:, self.replay.row_width :].copy_(torch.as_tensor(self._obs, dtype=torch.float32))
+            self._act_out.copy_(self._act(self._step_t))
+            self._actions, self._actions_step = self._read_actions(), self.num_timesteps
+        return self._actions
 
-    def _gradient_step(self) -> None:
-        """One update of every member (a CUDA-graph replay where possible), then each member's topology clock."""
-        snapshot = any(m.controller.wants_dense_grad(self.clock + 1) for m in self.members)  # controllers step at clock + 1
-        if not self.cuda_graph or snapshot:  # RigL's dense-gradient snapshot runs eagerly, outside the graph
-            self.last_metrics = self._update(snapshot)
+    def _act(self, step: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            obs = self._step_in[:, self.replay.row_width :]
+            return self.agent.policy_actions(obs, self.streams, DeviceClock(step, self._total_t))
+
+    def _read_actions(self) -> np.ndarray:
+        """The step's one device→host copy."""
+        if self.device.type != "cuda":
+            return self._act_out.numpy().copy()
+        self._act_host.copy_(self._act_out, non_blocking=True)
+        torch.cuda.current_stream().synchronize()
+        return self._act_host.numpy().copy()
+
+    def _population_step(self, updates: int, act: bool) -> None:
+        """Write the transition, run ``updates`` gradient steps, compute the next action: a CUDA-graph replay, or
+        eager where a topology update is due (the controllers step between the update and the next action)."""
+        topology = updates > 0 and self.clock + updates >= self._next_update  # once per step, not per member
+        key = (updates, act)
+        if topology or not self.cuda_graph:
+            metrics = self._step_body(updates, act, topology)
         else:
-            self.last_metrics = self._graphed_update()
-        self.clock += 1
-        updates_before = sum(m.controller.num_updates for m in self.members)
-        for member in self.members:
-            member.controller.step(self.clock)
-        if sum(m.controller.num_updates for m in self.members) != updates_before:  # pruning changes masks, grows nothing
-            self.agent.refresh_masks()
+            metrics = self._graphed_step(key)
+        if updates:
+            self.last_metrics = metrics
+            if not topology:
+                self.clock += updates
+        self.replay.advance()
+        if act:
+            self._actions, self._actions_step = self._read_actions(), self.num_timesteps
 
-    def _graphed_update(self) -> dict[str, torch.Tensor]:
-        """CUDA_GRAPH_WARMUP eager updates on a side stream, then capture once, then replay the captured update."""
-        if self._graph is None and self._eager_updates < CUDA_GRAPH_WARMUP:
+    def _step_body(self, updates: int, act: bool, topology: bool = False) -> dict[str, torch.Tensor]:
+        """The device work of one population step (graph-capturable when ``topology`` is false)."""
+        self._step_t.add_(1)
+        self.replay.write(self._step_in[:, : self.replay.row_width])
+        metrics: dict[str, torch.Tensor] = {}
+        for _ in range(updates):
+            snapshot = topology and any(m.controller.wants_dense_grad(self.clock + 1) for m in self._due(self.clock + 1))
+            batch = self.replay.sample(self.batch_size, self.streams, self._clock_t)
+            noise = self.agent.update_noise(self.streams, self._clock_t, self.batch_size)
+            metrics = self.agent.update(*batch, *noise, snapshot_dense=snapshot)
+            self._clock_t.add_(1)
+            if topology:
+                self.clock += 1
+                self._step_controllers()
+        if act:
+            self._act_out.copy_(self._act(self._step_t))
+        return metrics
+
+    def _graphed_step(self, key: tuple[int, bool]) -> dict[str, torch.Tensor]:
+        """CUDA_GRAPH_WARMUP eager runs on a side stream, then capture once, then replay the captured step."""
+        graph = self._graphs.get(key)
+        if graph is None and self._eager_runs.get(key, 0) < CUDA_GRAPH_WARMUP:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                metrics = self._update(False)
+                metrics = self._step_body(*key)
             torch.cuda.current_stream().wait_stream(stream)
-            self._eager_updates += 1
+            self._eager_runs[key] = self._eager_runs.get(key, 0) + 1
             return metrics
-        if self._graph is None:
-            self._graph = torch.cuda.CUDAGraph()
+        if graph is None:
+            graph = self._graphs[key] = torch.cuda.CUDAGraph()
             for optimizer in self.agent.optimizers().values():
                 optimizer.zero_grad(set_to_none=True)
-            with torch.cuda.graph(self._graph):
-                self._graph_out = self._update(False)
-        self._graph.replay()
-        return self._graph_out
+            with torch.cuda.graph(graph):
+                self._graph_metrics[key] = self._step_body(*key)
+        graph.replay()
+        return self._graph_metrics[key]
+
+    # ----------------------------------------------------------------- topology
+    def _due(self, t: int) -> list[Member]:
+        return [m for m in self.members if m.next_update <= t]
+
+    def _step_controllers(self) -> None:
+        """Step the controllers that have work at gradient step ``clock``; masks and statistics follow."""
+        changed = False
+        for member in self._due(self.clock):
+            updates_before = member.controller.num_updates
+            member.controller.step(self.clock)
+            member.next_update = next_update_step(member.controller, self.clock)
+            if member.controller.num_updates != updates_before:  # pruning changes masks, grows nothing
+                member.topology.refresh()
+                changed = True
+        if changed:
+            self.agent.refresh_masks()
+        self._next_update = min(m.next_update for m in self.members)
+
+    def sync_controller_clocks(self) -> None:
+        """Controllers are stepped only where they have work: bring their clocks to the loop's (summaries, checks)."""
+        for member in self.members:
+            member.controller.advance_to(self.clock)
 
     # ----------------------------------------------------------------- health
     def check_members(self, hooks: LoopHooks) -> None:
         """Mark members with NaN/Inf weights (or broken invariants) failed; the others go on."""
+        self.sync_controller_clocks()
         for member in self.members:
             if member.status != "running":
                 continue
@@ -227,6 +392,7 @@ class PopulationTrainer:
                 self.fail(member, str(error), hooks)
 
     def fail(self, member: Member, error: str, hooks: LoopHooks) -> None:
+        self.sync_controller_clocks()
         member.status, member.error = "failed", error
         hooks.member_failed(self, member)
 
@@ -235,16 +401,14 @@ class PopulationTrainer:
 
     # ----------------------------------------------------------------- state (for checkpoints)
     def state_tensors(self) -> dict[str, Any]:
-        """The loop's tensors: agent, optimizers, replay, controllers, torch's random streams, current observations."""
+        """The loop's tensors: agent, optimizers, replay, controllers, current observations (the members' streams
+        are counter-based: the counters are in :meth:`state_json`)."""
+        self.sync_controller_clocks()
         return {
             "agent": {k: v.detach().cpu() for k, v in self.agent.state_dict().items()},
             "optimizers": {name: opt.state_dict() for name, opt in self.agent.optimizers().items()},
             "replay": self.replay.state_dict(),
             "controllers": [m.controller.state_dict() for m in self.members],
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(self.device)
-            if self.device.type == "cuda"
-            else torch.zeros(0, dtype=torch.uint8),
             "obs": torch.as_tensor(self._obs),
         }
 
@@ -254,7 +418,8 @@ class PopulationTrainer:
 
     @staticmethod
     def member_state(member: Member) -> dict[str, Any]:
-        return {"status": member.status, "error": member.error, "rng": member.rng.bit_generator.state}
+        """A member's status and its warm-up action space's generator state."""
+        return {"status": member.status, "error": member.error, "rng": member.action_space.np_random.bit_generator.state}
 
     def load_state(self, tensors: Mapping[str, Any], state: Mapping[str, Any]) -> None:
         """Continue exactly where :meth:`state_tensors` / :meth:`state_json` / :meth:`member_state` were taken."""
@@ -262,14 +427,17 @@ class PopulationTrainer:
         for name, optimizer in self.agent.optimizers().items():
             optimizer.load_state_dict(tensors["optimizers"][name])
         self.replay.load_state_dict(tensors["replay"])
+        self.num_timesteps, self.clock = int(state["num_timesteps"]), int(state["clock"])
         for member, controller_state, saved in zip(self.members, tensors["controllers"], state["members"]):
             member.controller.load_state_dict(controller_state)
             member.status, member.error = saved["status"], saved["error"]
-            member.rng.bit_generator.state = saved["rng"]
+            member.action_space.np_random.bit_generator.state = saved["rng"]
+            member.next_update = next_update_step(member.controller, self.clock)
+            member.topology.refresh()
+        self._next_update = min(m.next_update for m in self.members)
         self.envs.restore(state["envs"], continue_streams=True)
         self._obs = tensors["obs"].numpy()
-        torch.set_rng_state(tensors["torch_rng"])
-        if self.device.type == "cuda" and tensors["cuda_rng"].numel():
-            torch.cuda.set_rng_state(tensors["cuda_rng"], self.device)
-        self.num_timesteps, self.clock = int(state["num_timesteps"]), int(state["clock"])
+        self._step_t.fill_(self.num_timesteps)
+        self._clock_t.fill_(self.clock)
+        self._actions, self._actions_step = None, -1
         self.agent.refresh_masks()
