@@ -25,7 +25,7 @@ from stable_baselines3.common.logger import Logger
 from agents.build import build_model
 from agents.callbacks import record_topology
 from agents.population.base import PopulationAgent
-from agents.population.compose import build_agent, init_cfg_of, member_decay
+from agents.population.compose import build_agent, member_decay
 from agents.population.export import copy_member
 from agents.population.member_envs import MemberEnvs
 from agents.population.trainer import LoopSettings, Member, MemberSettings, PopulationTrainer
@@ -33,6 +33,7 @@ from envs import EVAL_SEED_OFFSET, make_vec_env
 from experiment.checkpoint import latest_checkpoint, write_checkpoint
 from experiment.layout import EVALUATIONS_FILE, MODEL_FILE, SUMMARY_FILE, atomic_write, atomic_write_json, atomic_write_npz
 from experiment.plan import Plan
+from experiment.population import sb3_start
 from experiment.sb3_state import run_logger
 from experiment.summary import run_summary
 from sparse_rl.controller import SparsityInvariantError, TopologyController
@@ -41,8 +42,8 @@ LOG_INTERVAL = 4  # episodes between rollout logs: SB3's off-policy learn() defa
 
 
 def member_settings(plan: Plan) -> MemberSettings:
-    """The loop's view of one run: its seed, its core sparsity config, its kernel decay."""
-    return MemberSettings(int(plan.cfg.seed), plan.sparsity, member_decay(plan.cfg))
+    """The loop's view of one run: its seed, its core sparsity config, its kernel decay, its SB3 path start."""
+    return MemberSettings(int(plan.cfg.seed), plan.sparsity, member_decay(plan.cfg), functools.partial(sb3_start, plan))
 
 
 def loop_settings(cfg: DictConfig) -> LoopSettings:
@@ -51,7 +52,7 @@ def loop_settings(cfg: DictConfig) -> LoopSettings:
     return LoopSettings(
         total_timesteps=int(cfg.agent.total_timesteps), learning_starts=int(sb3.learning_starts),
         train_freq=int(sb3.get("train_freq", 1)), gradient_steps=int(sb3.get("gradient_steps", 1)),
-        batch_size=int(sb3.batch_size), buffer_size=int(sb3.buffer_size), init=init_cfg_of(cfg),
+        batch_size=int(sb3.batch_size), buffer_size=int(sb3.buffer_size),
     )  # fmt: skip
 
 
@@ -229,7 +230,7 @@ class PopulationRun:
             logger.record(f"train/{key}", float(values[member.index]))
         for key, value in self.agent.rollout_log(self.loop.env_clock).items():
             logger.record(key, value)
-        record_topology(logger, member.controller)
+        record_topology(logger, member.loop.topology)  # recomputed only when the masks change
         logger.dump(self.num_timesteps)
 
     # ----------------------------------------------------------------- outputs
@@ -255,7 +256,7 @@ class PopulationRun:
         """Write ``member`` as an SB3 ``model.zip`` (``SAC.load`` / ``DQN.load``; masks in the policy's state dict)."""
         plan = member.plan
         agent_cfg = OmegaConf.to_container(plan.cfg.agent, resolve=True)
-        agent_cfg["sb3"]["buffer_size"] = 1  # the export carries no replay data
+        agent_cfg["sb3"]["buffer_size"] = agent_cfg["sb3"]["batch_size"]  # the export carries no replay data
         env = make_vec_env(plan.env, 1, member.seed)  # for its spaces
         model = build_model(
             plan.agent, agent_cfg, env, net_arch=self.net_arch, sparse=plan.sparsity.method != "dense", seed=member.seed,
