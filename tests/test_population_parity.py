@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from stable_baselines3 import DQN, SAC
@@ -176,3 +177,35 @@ def test_dqn_mse_loss_and_member_clipping_match_a_hand_computation():
     for member in range(k):
         for g, e in zip(got, expected_grads[member]):
             torch.testing.assert_close(g[member], e, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("agent", ["sac", "dqn"])
+@pytest.mark.parametrize("method", ["dense", "static", "set", "rigl", "prune"])
+def test_a_member_starts_where_the_sb3_path_starts(agent, method, tmp_path):
+    """Issue 20: a member's initial weights, masks (online and target) and warm-up actions are the SB3 path's run
+    of the same config and seed (experiment.sb3: ``build_plan_model`` then ``attach_controller``; SB3's warm-up)."""
+    from agents import attach_controller
+    from experiment.population_records import PopulationRun
+    from experiment.sb3 import build_plan_model
+    from tests.test_population import _plans
+
+    plans = _plans(agent, tmp_path, [(1, method), (4, "rigl")])  # the member beside another: its start is its own
+    plan, warmup = plans[0], 60  # learning_starts is 100: every step below is a warm-up step on both paths
+    run = PopulationRun(plans, [32, 32], tmp_path / "population", "cpu", False)
+    env = make_vec_env(plan.env, 1, int(plan.cfg.seed))
+    model, _ = build_plan_model(plan, env, device="cpu")
+    attach_controller(model, plan.agent, plan.sparsity, int(plan.cfg.agent.total_timesteps), int(plan.cfg.seed))
+    for batched, row, linears in layer_pairs(run.agent, 0, model):
+        assert torch.equal(batched.weight[row], torch.cat([lin.weight.detach() for lin in linears]))
+        assert torch.equal(batched.bias[row], torch.cat([lin.bias.detach() for lin in linears]))
+        if method != "dense":
+            assert torch.equal(batched.weight_mask[row], torch.cat([lin.weight_mask for lin in linears]))
+    model.learn(total_timesteps=warmup)
+    run.total = warmup
+    run.learn()
+    replay = run.loop.replay.storage
+    sb3 = model.replay_buffer
+    np.testing.assert_array_equal(replay["actions"][0, :warmup].numpy(), sb3.actions[:warmup, 0].astype(np.float32))
+    np.testing.assert_array_equal(replay["observations"][0, :warmup].numpy(), sb3.observations[:warmup, 0])
+    run.close()
+    env.close()
