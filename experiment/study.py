@@ -5,8 +5,8 @@ A study is data (``configs/study/<name>.yaml``, :class:`analysis.study.StudyDefi
 1. reads the study's committed table of compact run records (``analysis.study.read_table``);
 2. harvests completed runs of the grid found under ``run_root`` into the table;
 3. launches the runs the table still lacks as ``python -m sparse_rl.run -m`` sweeps (so any launcher works:
-   ``hydra/launcher=local``, ``population``, ``slurm``), continuing unfinished run directories with ``resume=true``,
-   harvesting after each sweep so an interrupted study loses no finished run;
+   ``hydra/launcher=local``, ``population``, ``slurm``) with ``resume=auto`` (unfinished run directories are
+   continued), harvesting after each sweep so an interrupted study loses no finished run;
 4. rewrites the report and its figures from the table alone (``analysis.study.write_report``).
 """
 
@@ -110,20 +110,20 @@ def budget_steps(study: StudyDefinition) -> int:
     return int(OmegaConf.load(CONFIGS_DIR / "agent" / f"{study.agent}.yaml")["total_timesteps"])
 
 
-def plan_sweeps(study: StudyDefinition, missing: Sequence[RunKey], unfinished: set[RunKey]) -> list[list[str]]:
+def plan_sweeps(study: StudyDefinition, missing: Sequence[RunKey]) -> list[list[str]]:
     """The ``sparse_rl.run -m`` overrides that train exactly ``missing`` (each sweep a product Hydra can express).
 
-    Runs are grouped by (resume, sparsity, seed list); a group whose (env, method) pairs form a full product is one
-    sweep, otherwise one sweep per env.
+    Runs are grouped by (sparsity, seed list); a group whose (env, method) pairs form a full product is one sweep,
+    otherwise one sweep per env. ``resume=auto`` continues an unfinished run directory and starts a fresh one.
     """
-    seeds_of: dict[tuple[str, str, float, bool], list[int]] = defaultdict(list)
+    seeds_of: dict[tuple[str, str, float], list[int]] = defaultdict(list)
     for key in sorted(missing):
-        seeds_of[(key.env, key.method, key.sparsity, key in unfinished)].append(key.seed)
-    groups: dict[tuple[bool, float, tuple[int, ...]], list[tuple[str, str]]] = defaultdict(list)
-    for (env, method, sparsity, resume), seeds in seeds_of.items():
-        groups[(resume, sparsity, tuple(seeds))].append((env, method))
+        seeds_of[(key.env, key.method, key.sparsity)].append(key.seed)
+    groups: dict[tuple[float, tuple[int, ...]], list[tuple[str, str]]] = defaultdict(list)
+    for (env, method, sparsity), seeds in seeds_of.items():
+        groups[(sparsity, tuple(seeds))].append((env, method))
     sweeps = []
-    for (resume, sparsity, seeds), pairs in groups.items():
+    for (sparsity, seeds), pairs in groups.items():
         envs = [e for e in study.envs if any(p[0] == e for p in pairs)]
         methods = [m for m in study.methods if any(p[1] == m for p in pairs)]
         blocks = [(envs, methods)] if set(itertools.product(envs, methods)) == set(pairs) else []
@@ -132,23 +132,21 @@ def plan_sweeps(study: StudyDefinition, missing: Sequence[RunKey], unfinished: s
             sweep = [f"agent={study.agent}", f"env={','.join(block_envs)}", f"sparsity={','.join(block_methods)}"]
             if sparsity != DENSE_SPARSITY:
                 sweep.append(f"sparsity.sparsity={sparsity:g}")
-            sweep += [f"seed={','.join(map(str, seeds))}", f"run_root={study.run_root}", f"resume={str(resume).lower()}"]
+            sweep += [f"seed={','.join(map(str, seeds))}", f"run_root={study.run_root}", "resume=auto"]
             sweeps.append(sweep + list(study.overrides))
     return sweeps
 
 
-def _collect(
-    study: StudyDefinition, table: Path, records: list[dict[str, Any]], write: bool = True
-) -> tuple[list[dict], set[RunKey]]:
+def _collect(study: StudyDefinition, table: Path, records: list[dict[str, Any]], write: bool = True) -> tuple[list[dict], int]:
     """Harvest completed runs under the study's run_root into ``records`` (and the table, if ``write``); return
-    the unfinished ones."""
+    the number of unfinished run directories of the grid."""
     found = harvest(study, study.run_root, (key_of(r) for r in records), study.seeds)
     if found.added:
         records = records + found.added
     if found.added and write:
         write_table(table, records)
         print(f"recorded {len(found.added)} completed run(s) in {table}", flush=True)
-    return records, set(found.unfinished)
+    return records, len(found.unfinished)
 
 
 def run_study(
@@ -166,11 +164,11 @@ def run_study(
     hours = len(missing) * budget_steps(study) / study.steps_per_second / 3600
     print(
         f"study {study.name}: {len(study.run_keys())} runs ({len(study.cells())} cells x {study.seeds} seeds): "
-        f"{len(study.run_keys()) - len(missing)} recorded, {len(missing)} to run "
+        f"{len(study.run_keys()) - len(missing)} recorded, {len(missing)} to run ({unfinished} to continue) "
         f"(~{hours:.1f} process-hours at {study.steps_per_second:g} steps/s)",
         flush=True,
     )
-    sweeps = plan_sweeps(study, missing, unfinished) if run else []
+    sweeps = plan_sweeps(study, missing) if run else []
     for number, sweep in enumerate(sweeps, start=1):
         command = [sys.executable, "-m", "sparse_rl.run", "-m", *sweep, *args.forwarded]
         print(f"[sweep {number}/{len(sweeps)}] {shlex.join(command[1:])}", flush=True)
