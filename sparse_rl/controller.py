@@ -273,35 +273,39 @@ class TopologyController:
     @torch.no_grad()
     def _latent_pre_step(self, layers: list[MaskedLayer]) -> None:
         """Recipe, before an optimizer step: put the dense latent in the layer so the optimizer steps it, with the
-        straight-through gradient (unmasked; Zhou et al. 2021 eq. 6) plus SR-STE's ``λ_W · (¬mask ⊙ latent)``."""
+        straight-through gradient (unmasked; Zhou et al. 2021 eq. 6) plus SR-STE's ``λ_W · (¬mask ⊙ latent)``.
+
+        The latent and the effective weight swap storages (no copy): until the post-step hook the layer's
+        ``latent`` buffer is scratch space."""
         stepped = [layer for layer in layers if layer.module.weight.grad is not None]
         if not stepped:
             return
-        weights = [layer.module.weight for layer in stepped]
-        latents = [layer.latent for layer in stepped]
-        torch._foreach_copy_(weights, latents)
+        for layer in stepped:
+            weight = layer.module.weight
+            weight.data, layer.latent = layer.latent, weight.data
         lam = self.updater.recipe.sr_ste_lambda
         if lam > 0:
+            weights = [layer.module.weight for layer in stepped]
             grads = [weight.grad for weight in weights]
-            torch._foreach_add_(grads, latents, alpha=lam)  # + λ·latent − λ·mask·latent = λ·(¬mask ⊙ latent)
-            torch._foreach_addcmul_(grads, latents, [layer.float_mask() for layer in stepped], value=-lam)
+            torch._foreach_add_(grads, weights, alpha=lam)  # + λ·latent − λ·mask·latent = λ·(¬mask ⊙ latent)
+            torch._foreach_addcmul_(grads, weights, [layer.float_mask() for layer in stepped], value=-lam)
 
     def _make_latent_post_hook(self, layers: list[MaskedLayer]):
-        """Recipe, after an optimizer step: keep the stepped weight as the latent, put the effective weight
-        ``latent ⊙ where(mask, 1, β)`` back in the layer (β: :attr:`decay_factor`)."""
+        """Recipe, after an optimizer step: the stepped weight is the new latent; the effective weight
+        ``latent ⊙ where(mask, 1, β)`` (β: :attr:`decay_factor`) is written into the scratch buffer and the two
+        swap back, so the layer holds the effective weight and ``latent`` the latent (one multiply, no copy)."""
 
         @torch.no_grad()
         def hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
             if not self.latent_active:
                 return
-            stepped = [layer for layer in layers if layer.module.weight.grad is not None]
-            if not stepped:
-                return
-            weights = [layer.module.weight for layer in stepped]
-            torch._foreach_copy_([layer.latent for layer in stepped], weights)
             factor = self.decay_factor
-            torch._foreach_mul_(weights, [layer.soft_mask(factor) for layer in stepped])
-            for layer in stepped:
+            for layer in layers:
+                weight = layer.module.weight
+                if weight.grad is None:
+                    continue
+                torch.mul(weight.data, layer.soft_mask(factor), out=layer.latent)
+                weight.data, layer.latent = layer.latent, weight.data
                 layer.applied_factor = factor
 
         return hook

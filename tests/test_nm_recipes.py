@@ -276,3 +276,13 @@ def test_tiny_sb3_runs_hold_the_invariants_at_every_gradient_step(agent, recipe,
         counts = _counts_by_hand(mask, nm.m)
         assert torch.equal(counts, _want_by_hand(tuple(mask.shape), nm.n, nm.m).expand_as(counts)), key
         assert torch.count_nonzero(state[key.replace("weight_mask", "weight")][~mask]) == 0, key
+
+
+@pytest.mark.parametrize(
+    ("value", "stages"), [("[dense,4:8,2:8,1:8]", [None, "4:8", "2:8", "1:8"]), ("sparsify", ["7:8", "4:8", "2:8", "1:8"])]
+)
+def test_structure_decay_from_the_command_line(value: str, stages: list, tmp_path) -> None:
+    overrides = ["agent=dqn", "env=CartPole", "sparsity=prune", "sparsity.structure='1:8'", "sparsity.sparsity=0.875"]
+    plan = plan_run(compose_run([*overrides, f"sparsity.structure_decay={value}", f"run_dir={tmp_path}/r"]))
+    recipe = NMRecipe.from_config(plan.sparsity)
+    assert [None if s is None else str(s) for s in recipe.stages] == stages
