@@ -120,6 +120,49 @@ class CheckpointCallback(BaseCallback):
         return True
 
 
+class TrainingStopped(Exception):
+    """Raised out of ``learn()`` by :class:`StopCallback` once the checkpoint at ``num_timesteps`` is written."""
+
+    def __init__(self, num_timesteps: int) -> None:
+        super().__init__(f"training stopped at env step {num_timesteps} on request; checkpoint written")
+        self.num_timesteps = num_timesteps
+
+
+class StopCallback(BaseCallback):
+    """Stops ``learn()`` at the next rollout start once ``requested()`` is true, after ``save(num_timesteps)``.
+
+    The rollout start is :class:`CheckpointCallback`'s consistent point, so the run continues exactly from that
+    checkpoint. A signal handler only sets the request (``experiment.interrupts``): the step in progress finishes.
+    Stopping raises :class:`TrainingStopped` (``on_training_end`` hooks do not run: the run did not end, e.g. no
+    final evaluation is added).
+    """
+
+    def __init__(self, requested: Callable[[], bool], save: Callable[[int], None]) -> None:
+        super().__init__()
+        self.requested = requested
+        self.save = save
+
+    def _on_rollout_start(self) -> None:
+        if self.requested():
+            self.save(self.model.num_timesteps)
+            raise TrainingStopped(self.model.num_timesteps)
+
+    def _on_step(self) -> bool:
+        return True
+
+
+class ProgressCallback(BaseCallback):
+    """Tells ``update(num_timesteps)`` after every env step (the run's progress display, both training paths)."""
+
+    def __init__(self, update: Callable[[int], None]) -> None:
+        super().__init__()
+        self.update = update
+
+    def _on_step(self) -> bool:
+        self.update(self.model.num_timesteps)
+        return True
+
+
 class ResumableEvalCallback(EvalCallback):
     """SB3's EvalCallback that continues an existing ``evaluations.npz`` up to ``resume_from`` env steps.
 

@@ -20,13 +20,29 @@ from experiment.layout import CONTROLLER_FILE, MODEL_FILE, REPLAY_FILE, atomic_w
 CHECKPOINT_DIR = "checkpoint"
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, quota, read-only file system); the previous one is intact.
+
+    Its message is one line: the folder, the system's reason, and which checkpoint a resume continues from.
+    """
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 def write_checkpoint(run_dir: Path, write_files: Callable[[Path], None], num_timesteps: int) -> None:
     """Fill a fresh directory with ``write_files(dir)`` and ``meta.json`` (step and file list, written last),
-    then swap it in for ``run_dir/checkpoint``."""
+    then swap it in for ``run_dir/checkpoint``.
+
+    An ``OSError`` while writing (``ENOSPC``: disk full) leaves the previous checkpoint in place, removes the
+    partial copy (freeing its space for the summary that records the failure) and is raised as
+    :class:`CheckpointWriteError`.
+    """
     final = run_dir / CHECKPOINT_DIR
-    staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=".checkpoint."))
     old = run_dir / f"{CHECKPOINT_DIR}.old"
+    staging: Path | None = None
     try:
+        staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=".checkpoint."))
         write_files(staging)
         files = sorted(p.name for p in staging.iterdir())
         atomic_write_json(staging / "meta.json", {"num_timesteps": num_timesteps, "files": files})
@@ -35,8 +51,20 @@ def write_checkpoint(run_dir: Path, write_files: Callable[[Path], None], num_tim
             os.replace(final, old)
         os.replace(staging, final)
         shutil.rmtree(old, ignore_errors=True)
+    except CheckpointWriteError:
+        raise
+    except OSError as error:
+        previous = checkpoint_step(run_dir)
+        kept = "no earlier checkpoint exists" if previous is None else f"the checkpoint of env step {previous} is intact"
+        reason = error.strerror or str(error)
+        raise CheckpointWriteError(
+            error.errno,
+            f"cannot write the checkpoint of env step {num_timesteps} in {run_dir} ({reason}); {kept}; "
+            "free space, then continue with resume=true",
+        ) from error
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -46,6 +74,17 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
         if (candidate / "meta.json").exists():
             return candidate
     return None
+
+
+def checkpoint_step(run_dir: Path) -> int | None:
+    """The env step of the run's last complete checkpoint (``meta.json``), ``None`` if it has none or it is unreadable."""
+    folder = latest_checkpoint(run_dir)
+    if folder is None:
+        return None
+    try:
+        return int(json.loads((folder / "meta.json").read_text())["num_timesteps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # Keys that must equal the checkpoint's: they define the networks and what is being trained.

@@ -28,7 +28,7 @@ import os
 import shutil
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -120,6 +120,23 @@ def hold_run_dir(run_dir: Path) -> Iterator[None]:
             os.close(fd)  # releases the lock
 
 
+def holder_of(run_dir: Path) -> RunDirLocked | None:
+    """The refusal naming the process that holds ``run_dir`` now, or ``None`` if none does (or locks are unsupported).
+
+    Probes by taking the lock for an instant, only where a run has started (``run_dir/.lock`` exists): a refused
+    process names the live writer instead of describing the directory that writer is changing.
+    """
+    if not (Path(run_dir) / LOCK_FILE).exists():
+        return None
+    try:
+        with hold_run_dir(run_dir):
+            return None
+    except RunDirLocked as error:
+        return error
+    except LocksUnsupported:
+        return None
+
+
 def stale_staging(run_dir: Path) -> list[Path]:
     """Leftovers of interrupted writes in ``run_dir``: checkpoint staging folders and atomic-write temporaries."""
     run_dir = Path(run_dir)
@@ -129,14 +146,18 @@ def stale_staging(run_dir: Path) -> list[Path]:
     return sorted(found)
 
 
-def cleanup_stale_staging(run_dir: Path) -> list[Path]:
+def cleanup_stale_staging(run_dir: Path, owners: Sequence[Path] | None = None) -> list[Path]:
     """Remove :func:`stale_staging` leftovers of ``run_dir``; returns what was removed.
 
     Only the holder may call it (it raises ``RuntimeError`` otherwise): while this process holds the run
-    directory no other writer is alive in it, so every staging folder there belongs to a dead writer.
+    directory no other writer is alive in it, so every staging folder there belongs to a dead writer. A folder
+    that only the holder of other directories writes (a population's checkpoint folder, written by the process
+    holding all its members' run directories) passes those as ``owners``.
     """
-    if not is_held(run_dir):
-        raise RuntimeError(f"cleanup_stale_staging({run_dir}) needs the run directory held (hold_run_dir)")
+    for owner in [run_dir] if owners is None else owners:
+        if not is_held(owner):
+            which = "the run directory" if owners is None else f"its owner {owner}"
+            raise RuntimeError(f"cleanup_stale_staging({run_dir}) needs {which} held (hold_run_dir)")
     removed = stale_staging(run_dir)
     for path in removed:
         if path.is_dir():

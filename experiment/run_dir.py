@@ -18,11 +18,14 @@ may change it between the decision and the start.
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
-from experiment.checkpoint import CHECKPOINT_DIR, checkpoint_problem, latest_checkpoint
+from experiment.checkpoint import CHECKPOINT_DIR, checkpoint_problem, checkpoint_step, latest_checkpoint
 from experiment.layout import EVALUATIONS_FILE, HYDRA_CONFIG, MODEL_FILE, PROGRESS_FILE, SUMMARY_FILE
+from sparse_rl.controller import NonFiniteError
 
 # What a run writes besides its checkpoint; the marks of a started run, and what a restart replaces.
 RUN_OUTPUTS = (SUMMARY_FILE, PROGRESS_FILE, EVALUATIONS_FILE, MODEL_FILE, str(HYDRA_CONFIG))
@@ -120,3 +123,38 @@ def clear_run_outputs(run_dir: Path) -> list[Path]:
     for path in removed:
         path.unlink()
     return removed
+
+
+def resume_command(argv: list[str] | None = None) -> str:
+    """The command that continues this one: ``python -m sparse_rl.run`` with the same arguments and ``resume=true``
+    (``argv`` defaults to this process's; another program's arguments give a description instead)."""
+    if argv is None:
+        if Path(sys.argv[0]).name != "run.py" or Path(sys.argv[0]).parent.name != "sparse_rl":
+            return "the same command with resume=true"
+        argv = sys.argv[1:]
+    kept = [arg for arg in argv if arg.lstrip("+").split("=", 1)[0] != "resume"]
+    return shlex.join(["python", "-m", "sparse_rl.run", *kept, "resume=true"])
+
+
+def interrupted_line(run_dir: Path, reached: int, total: int, checkpoint: int | None, how: str, resume: str) -> str:
+    """One line: a run stopped by a signal (``how``: e.g. "interrupted by SIGINT"), where it is, how to continue."""
+    saved = (
+        f"checkpoint at env step {checkpoint:,}"
+        if checkpoint is not None
+        else "no checkpoint yet (resume=true starts it again from scratch)"
+    )
+    return f"{run_dir}: {how} at env step {reached:,} of {total:,}; {saved}; continue with: {resume}"
+
+
+def non_finite_message(problem: str, run_dir: Path, first_seen: BaseException | None = None) -> str:
+    """A NaN/Inf report: the weight and step (``problem``), whether a good checkpoint exists, and the error it first
+    surfaced as (a NaN often breaks something else first), each said once."""
+    kept = checkpoint_step(run_dir)
+    saved = (
+        f"the last good checkpoint (env step {kept:,}) is kept" if kept is not None else "no checkpoint was written before it"
+    )
+    message = f"{problem}; {saved}"
+    if first_seen is not None and not isinstance(first_seen, NonFiniteError) and str(first_seen) not in problem:
+        first_line = (str(first_seen).splitlines() or [""])[0]
+        message += f"; first seen as {type(first_seen).__name__}: {first_line}"
+    return message

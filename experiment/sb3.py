@@ -25,13 +25,17 @@ from agents.callbacks import (
     CheckpointCallback,
     ClockSyncCallback,
     FiniteWeightsCallback,
+    ProgressCallback,
     ResumableEvalCallback,
+    StopCallback,
     TopologyLoggerCallback,
+    TrainingStopped,
 )
 from agents.diagnostics_callback import DiagnosticsCallback, diagnostics_settings
 from agents.matching import equal_parameter_net_arch
 from envs import EVAL_SEED_OFFSET, make_vec_env
-from experiment.checkpoint import write_checkpoint
+from experiment.checkpoint import CheckpointWriteError, checkpoint_step, write_checkpoint
+from experiment.interrupts import StopNow, StopSignals
 from experiment.layout import (
     CONTROLLER_FILE,
     HYDRA_CONFIG,
@@ -41,7 +45,7 @@ from experiment.layout import (
     atomic_write,
     atomic_write_json,
 )
-from experiment.lock import LOCK_FILE, LocksUnsupported, RunDirLocked, cleanup_stale_staging, hold_run_dir
+from experiment.lock import LocksUnsupported, RunDirLocked, cleanup_stale_staging, hold_run_dir, holder_of
 from experiment.plan import (
     JobFailed,
     JobSkipped,
@@ -52,8 +56,9 @@ from experiment.plan import (
     plan_run,
     resume_checkpoint,
 )
+from experiment.progress import Budget, RunProgress, StepCosts, start_line, time_per_call
 from experiment.replay_io import load_replay_buffer, save_replay_buffer
-from experiment.run_dir import clear_run_outputs, completed_score
+from experiment.run_dir import clear_run_outputs, completed_score, interrupted_line, non_finite_message, resume_command
 from experiment.sb3_state import (
     VEC_NORMALIZE_FILE,
     callback_state,
@@ -64,7 +69,7 @@ from experiment.sb3_state import (
     run_logger,
     save_training_state,
 )
-from experiment.summary import record_failure, run_summary
+from experiment.summary import final_checks, format_score, record_failure, run_summary
 from sparse_rl.controller import NonFiniteError
 
 
@@ -90,7 +95,7 @@ def _save_checkpoint(
     states: dict[str, Any] | None = None,
 ) -> None:
     """Check the run is sound (finite weights, sparsity invariants), then replace the checkpoint atomically."""
-    controller.check_finite(f" at env step {num_timesteps}; the last good checkpoint is kept")
+    controller.check_finite(f" at env step {num_timesteps}")
     controller.check_invariants()
     callbacks = {} if topology is None else {"topology_logged_updates": topology.logged_updates}
     callbacks.update(states or {})  # other callbacks' small JSON states (diagnostics: its next measurement)
@@ -132,6 +137,57 @@ def build_plan_model(plan: Plan, env: VecEnv, device: str | None = None, **sb3_o
         device=cfg.device if device is None else device,
     )
     return model, extra
+
+
+PROBE_GRADIENT_CALLS = 3  # timed calls of the model's train() in the start-up probe (after one untimed call)
+PROBE_ENV_STEPS = 50  # timed env steps (policy action + env step) in the probe
+
+
+def _probe_costs(plan: Plan) -> StepCosts:
+    """Seconds per env step and per gradient step of this plan on this machine, measured on a throwaway model.
+
+    The throwaway model has its own env and a replay (or rollout) buffer of zeros; it is built before the run's
+    model, whose construction seeds every global generator again, so the run draws exactly what it draws unprobed.
+    """
+    from stable_baselines3.common.logger import Logger
+
+    cfg = plan.cfg
+    env = make_vec_env(plan.env, cfg.agent.n_envs, cfg.seed + EVAL_SEED_OFFSET)
+    try:
+        batch = int(cfg.agent.sb3.get("batch_size", 64))
+        model, _ = build_plan_model(plan, env, **({"buffer_size": batch} if "buffer_size" in cfg.agent.sb3 else {}))
+        model.set_logger(Logger(folder=None, output_formats=[]))
+        obs = env.reset()
+
+        def env_step() -> None:
+            nonlocal obs
+            action, _ = model.predict(obs, deterministic=False)
+            obs = env.step(action)[0]
+
+        env_s = time_per_call(env_step, PROBE_ENV_STEPS) / env.num_envs
+        if getattr(model, "replay_buffer", None) is not None:
+            model.replay_buffer.full = True  # batch_size rows of zeros
+            gradient = int(model.gradient_steps) if int(model.gradient_steps) > 0 else 1
+            seconds = time_per_call(lambda: model.train(gradient, model.batch_size), PROBE_GRADIENT_CALLS)
+            gradient_s = seconds / gradient
+        else:  # on-policy: one epoch over a rollout of zeros
+            model.rollout_buffer.full = True
+            model.n_epochs = 1
+            minibatches = -(-model.n_steps * model.n_envs // model.batch_size)
+            gradient_s = time_per_call(model.train, 1) / minibatches
+    finally:
+        env.close()
+    return StepCosts(env_s, gradient_s)
+
+
+def _budget(plan: Plan, model: Any) -> Budget:
+    """The run's env steps, warm-up (off-policy ``learning_starts``) and gradient steps (the agent's own count)."""
+    warmup = int(getattr(model, "learning_starts", 0))
+
+    def gradient_steps_until(t: int) -> int:
+        return 0 if t <= warmup else int(plan.agent.gradient_steps(model, t))
+
+    return Budget(int(plan.cfg.agent.total_timesteps), warmup, gradient_steps_until)
 
 
 def _diagnostics_callbacks(plan: Plan, controller: Any) -> list[DiagnosticsCallback]:
@@ -188,10 +244,14 @@ class _Callbacks:
     evaluation: ResumableEvalCallback
     diagnostics: DiagnosticsCallback | None
     save: Callable[[int], None]  # writes a checkpoint at an env step
+    saved_at: list[int]  # env steps at which a checkpoint was written by this process
 
 
-def _callbacks(plan: Plan, model: Any, controller: Any, eval_env: VecEnv, resumed_at: int | None) -> _Callbacks:
-    """Clock sync (PPO), topology logging, finite-weight checks, evaluation, checkpoints, diagnostics, in that order."""
+def _callbacks(
+    plan: Plan, model: Any, controller: Any, eval_env: VecEnv, resumed_at: int | None, stop: StopSignals | None = None
+) -> _Callbacks:
+    """Clock sync (PPO), topology logging, finite-weight checks, evaluation, checkpoints, diagnostics, in that order;
+    with ``stop``, last, the stop at the first rollout start after a stop signal (a checkpoint first)."""
     cfg = plan.cfg
     eval_cb = ResumableEvalCallback(
         eval_env,
@@ -210,14 +270,23 @@ def _callbacks(plan: Plan, model: Any, controller: Any, eval_env: VecEnv, resume
         callbacks.insert(0, ClockSyncCallback(controller, plan.agent.nominal_clock))
     diagnostics = next(iter(_diagnostics_callbacks(plan, controller)), None)
 
+    saved_at: list[int] = []
+
     def save(t: int) -> None:
         states = {"diagnostics": diagnostics.state()} if diagnostics is not None else {}
         _save_checkpoint(plan, model, controller, t, eval_env, topology, states)
+        saved_at.append(t)
+
+    def save_once(t: int) -> None:  # a stop right after a periodic checkpoint at the same step writes no second one
+        if not saved_at or saved_at[-1] != t:
+            save(t)
 
     if cfg.checkpoint_freq > 0:
         callbacks.append(CheckpointCallback(cfg.checkpoint_freq, save))
     callbacks += [diagnostics] if diagnostics is not None else []
-    return _Callbacks(callbacks, eval_cb, diagnostics, save)
+    if stop is not None:
+        callbacks.append(StopCallback(lambda: stop.requested, save_once))
+    return _Callbacks(callbacks, eval_cb, diagnostics, save, saved_at)
 
 
 def _failure(plan: Plan, model: Any, controller: Any, error: BaseException) -> BaseException:
@@ -226,39 +295,55 @@ def _failure(plan: Plan, model: Any, controller: Any, error: BaseException) -> B
     try:
         controller.check_finite(f" at env step {model.num_timesteps} (gradient step {controller.clock})")
     except NonFiniteError as non_finite:
-        return NonFiniteError(f"{non_finite}; the last good checkpoint is kept; first seen as {error!r}")
+        return NonFiniteError(non_finite_message(str(non_finite), plan.run_dir, error))
     return error
 
 
-def _final_checks(plan: Plan, controller: Any, summary: dict) -> None:
-    """``summary['checks']``: did the schedule reach its final allocation (a warning if not)."""
-    problem = controller.final_allocation_problem()
-    summary["checks"] = {"final_allocation": "failed" if problem else "passed"}
-    if problem:
-        summary["checks"]["final_allocation_problem"] = problem
-        print(f"warning: {plan.run_dir}: the final sparsity allocation was not reached: {problem}", file=sys.stderr)
+def train(plan: Plan, stop: StopSignals | None = None) -> dict:
+    """Build everything from a validated plan, train, and write the run directory. Returns the summary.
 
-
-def train(plan: Plan) -> dict:
-    """Build everything from a validated plan, train, and write the run directory. Returns the summary."""
+    With ``stop`` (:mod:`experiment.interrupts`) a stop signal ends training at the next rollout start, after a
+    checkpoint; the summary then says ``status: interrupted`` with the env step reached.
+    """
     cfg = plan.cfg
     torch.set_num_threads(cfg.torch_threads)
     _prepare_run_dir(plan)
+    costs = _probe_costs(plan) if cfg.progress_bar else None  # before the run's model, which seeds everything again
     train_env, eval_env = _make_envs(plan)
     model, extra = build_plan_model(plan, train_env)
     controller, resumed_at = _attach_and_restore(plan, model, eval_env, extra)
-    callbacks = _callbacks(plan, model, controller, eval_env, resumed_at)
+    callbacks = _callbacks(plan, model, controller, eval_env, resumed_at, stop)
     start = time.perf_counter()
     steps_before = model.num_timesteps
+    budget = _budget(plan, model)
+    print(start_line(plan.run_dir, budget, steps_before, costs), flush=True)
     running = run_summary(plan, "running", controller, None, 0.0, steps_before, **extra)
     atomic_write_json(plan.run_dir / SUMMARY_FILE, running)
+    progress = RunProgress(f"{plan.agent.name}/{plan.env.name}", budget, steps_before, costs, bool(cfg.progress_bar))
     try:
-        model.learn(
-            total_timesteps=cfg.agent.total_timesteps - steps_before,
-            callback=callbacks.all,
-            progress_bar=cfg.progress_bar,
-            reset_num_timesteps=plan.checkpoint is None,
+        with progress:
+            model.learn(
+                total_timesteps=cfg.agent.total_timesteps - steps_before,
+                callback=[*callbacks.all, ProgressCallback(progress.update)],
+                progress_bar=False,  # experiment.progress: steps of the whole run, an ETA that knows the warm-up
+                reset_num_timesteps=plan.checkpoint is None,
+            )
+    except (TrainingStopped, StopNow) as stopped:  # a stop signal (experiment.interrupts); the checkpoint is written
+        wall = time.perf_counter() - start
+        summary = run_summary(
+            plan, "interrupted", controller, callbacks.evaluation, wall, model.num_timesteps - steps_before, **extra
         )
+        summary["num_timesteps"] = model.num_timesteps
+        summary["interrupted"] = {
+            "signal": stop.name if stop is not None else None,
+            "checkpoint_step": checkpoint_step(plan.run_dir),
+            "at_once": isinstance(stopped, StopNow),  # a second signal: no checkpoint at the step reached
+        }
+        atomic_write_json(plan.run_dir / SUMMARY_FILE, summary)
+        model.logger.close()
+        train_env.close()
+        eval_env.close()
+        return summary
     except BaseException as error:
         wall = time.perf_counter() - start
         error = _failure(plan, model, controller, error)
@@ -276,24 +361,11 @@ def train(plan: Plan) -> dict:
         plan, "completed", controller, callbacks.evaluation, wall, model.num_timesteps - steps_before, **extra
     )
     summary["num_timesteps"] = model.num_timesteps
-    _final_checks(plan, controller, summary)
+    final_checks(plan.run_dir, controller, summary)
     atomic_write_json(plan.run_dir / SUMMARY_FILE, summary)
     train_env.close()
     eval_env.close()
     return summary
-
-
-def _holder_of(run_dir: Path) -> RunDirLocked | None:
-    """The refusal naming the process that holds ``run_dir`` if one does (only probed where a run has started)."""
-    if not (run_dir / LOCK_FILE).exists():
-        return None
-    try:
-        with hold_run_dir(run_dir):
-            return None
-    except RunDirLocked as error:
-        return error
-    except LocksUnsupported:
-        return None
 
 
 def _remove_empty_dirs(path: Path) -> None:
@@ -315,7 +387,7 @@ def run_job(cfg: DictConfig, multirun: bool) -> float | None:
         if isinstance(error, RunCompletedError) and cfg.resume == "auto":
             return _already_completed(Path(cfg.run_dir))
         if isinstance(error, RunDirUsageError):  # a live writer explains the run directory's state best
-            error = _holder_of(Path(cfg.run_dir)) or error
+            error = holder_of(Path(cfg.run_dir)) or error
         _remove_empty_dirs(Path(cfg.run_dir))
         if multirun:
             print(f"{cfg.run_dir}: SKIPPED: {error}", file=sys.stderr)
@@ -346,15 +418,31 @@ def _train_held(plan: Plan, multirun: bool) -> float | None:
     plan.checkpoint = resume_checkpoint(plan.cfg, plan.run_dir)
     for path in cleanup_stale_staging(plan.run_dir):
         print(f"note: removed {path}, left by an interrupted write")
+    stop = StopSignals()
     try:
-        summary = train(plan)
+        with stop:  # Ctrl-C, SIGTERM, the scheduler's warning: checkpoint, record, one line (experiment.interrupts)
+            summary = train(plan, stop)
+    except StopNow:  # a second signal outside learn() (building, the final save)
+        record_failure(plan, RuntimeError(f"stopped at once by a second {stop.name}"), status="interrupted")
+        stop.hand_over(f"{plan.run_dir}: stopped at once by a second {stop.name}; continue with: {resume_command()}")
     except Exception as error:
         record_failure(plan, error)
         if multirun:
             print(f"{plan.run_dir}: FAILED ({error!r}); recorded in summary.json", file=sys.stderr)
             raise JobFailed(f"{plan.run_dir}: {error!r}") from None
-        if isinstance(error, NonFiniteError):
+        if isinstance(error, (NonFiniteError, CheckpointWriteError)):
             sys.exit(f"error: {error}".splitlines()[0])
         raise
-    print(f"{plan.run_dir}: score {summary['score']}, {summary['env_steps_per_s']:.0f} env-steps/s")
+    if summary["status"] == "interrupted":
+        at_once = " (a second signal: stopped at once)" if summary["interrupted"]["at_once"] else ""
+        how = f"interrupted by {stop.name}{at_once}"
+        line = interrupted_line(
+            plan.run_dir, summary["num_timesteps"], int(plan.cfg.agent.total_timesteps),
+            summary["interrupted"]["checkpoint_step"], how, resume_command(),
+        )  # fmt: skip
+        stop.hand_over(line)
+    print(f"{plan.run_dir}: score {format_score(summary['score'])}, {summary['env_steps_per_s']:.0f} env-steps/s")
+    if stop.requested:  # the signal came during the final save: the run is complete; stop here all the same
+        print(f"{plan.run_dir}: completed; {stop.name} arrived during its final save: stopping", file=sys.stderr)
+        raise SystemExit(stop.exit_status)
     return summary["score"]

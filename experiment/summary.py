@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import sys
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,18 @@ def _score(eval_results: list) -> float | None:
     if len(eval_results) == 0:
         return None
     return last_fraction_mean(np.asarray(eval_results, dtype=float).mean(axis=1))
+
+
+def format_score(score: float | None) -> str:
+    """A score as people read it: 4 significant digits, no exponent (``-2.338``, ``4512``); ``none`` if absent.
+
+    ``summary.json`` keeps the full value; this is only for the lines a run prints.
+    """
+    if score is None:
+        return "none"
+    if abs(score) >= 1000:
+        return f"{score:.0f}"
+    return f"{score:.4g}"
 
 
 def _versions() -> dict[str, str]:
@@ -59,14 +72,25 @@ def run_summary(plan: Any, status: str, controller: Any, eval_cb: Any, wall: flo
     }
 
 
-def record_failure(plan: Any, error: BaseException) -> None:
-    """Make sure the run directory says it failed (train() writes a detailed summary when it got that far)."""
+def final_checks(run_dir: Any, controller: Any, summary: dict) -> None:
+    """``summary['checks']`` of a completed run (both paths): did the schedule reach its final allocation (a warning
+    on stderr if not)."""
+    problem = controller.final_allocation_problem()
+    summary["checks"] = {"final_allocation": "failed" if problem else "passed"}
+    if problem:
+        summary["checks"]["final_allocation_problem"] = problem
+        print(f"warning: {run_dir}: the final sparsity allocation was not reached: {problem}", file=sys.stderr)
+
+
+def record_failure(plan: Any, error: BaseException, status: str = "failed") -> None:
+    """Make sure the run directory says it failed (or was ``interrupted``); train() writes a detailed summary when it
+    got that far, and that one is kept."""
     path = plan.run_dir / SUMMARY_FILE
     try:
-        if json.loads(path.read_text()).get("status") == "failed":
+        if json.loads(path.read_text()).get("status") == status:
             return
     except (OSError, ValueError):
         pass
     identity = {"agent": plan.agent.name, "env": plan.env.name, "method": plan.method, "sparsity": plan.sparsity.sparsity}
     identity["structure"] = plan.sparsity.structure
-    atomic_write_json(path, {"status": "failed", "error": repr(error), "seed": int(plan.cfg.seed), **identity})
+    atomic_write_json(path, {"status": status, "error": repr(error), "seed": int(plan.cfg.seed), **identity})

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
+import shlex
 import signal
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from experiment.interrupts import DEFAULT_SIGNALS, StopNow, StopSignals, active
 
@@ -89,3 +101,79 @@ def test_unknown_signal_names_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown signal 'SIGFOO'"):
         StopSignals(["SIGFOO"])
     assert StopSignals(["usr1", signal.SIGTERM]).signals == (signal.SIGUSR1, signal.SIGTERM)
+
+
+# ---------------------------------------------------------------- a real run, a real signal (issue 24)
+ROOT = Path(__file__).resolve().parents[1]
+SB3_RUN = [
+    "agent=sac", "env=Pendulum", "sparsity=rigl", "agent.total_timesteps=1200", "agent.sb3.learning_starts=100",
+    "agent.eval_freq=300", "agent.eval_episodes=1", "agent.net_arch=[32,32]", "sparsity.update_interval=20",
+    "checkpoint_freq=100000", "progress_bar=false", "tensorboard=false",
+]  # fmt: skip
+WALL_COLUMNS = {"time/fps", "time/time_elapsed"}
+
+
+def _start(command: list[str]) -> subprocess.Popen:
+    """Start ``command`` with SIGINT at its default (a background job of a shell may inherit it ignored)."""
+    return subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+
+
+def _signal_when(process: subprocess.Popen, ready: Callable[[], bool], signum: int) -> tuple[str, str]:
+    """Send ``signum`` once ``ready()`` (training is under way), then wait for the process to end."""
+    deadline = time.monotonic() + 240
+    while not ready() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    process.send_signal(signum)
+    return process.communicate(timeout=240)
+
+
+def _logged_rows(run_dir: Path) -> int:
+    try:
+        return len((run_dir / "progress.csv").read_text().splitlines()) - 1
+    except FileNotFoundError:
+        return 0
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return [{k: v for k, v in row.items() if k not in WALL_COLUMNS} for row in csv.DictReader(f)]
+
+
+def _policy(run_dir: Path) -> dict[str, torch.Tensor]:
+    with zipfile.ZipFile(run_dir / "model.zip") as archive:
+        return torch.load(io.BytesIO(archive.read("policy.pth")), weights_only=True)
+
+
+def test_ctrl_c_checkpoints_records_the_step_says_how_to_continue_and_resumes_exactly(tmp_path: Path) -> None:
+    straight, run_dir = tmp_path / "straight", tmp_path / "interrupted"
+    command = [sys.executable, "-m", "sparse_rl.run", *SB3_RUN]
+    subprocess.run([*command, f"run_dir={straight}"], cwd=ROOT, check=True, capture_output=True, timeout=300)
+
+    process = _start([*command, f"run_dir={run_dir}"])
+    _, err = _signal_when(process, lambda: _logged_rows(run_dir) >= 1, signal.SIGINT)  # the first row: evaluation at 300
+    assert process.returncode == 128 + signal.SIGINT
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    step = summary["num_timesteps"]
+    assert summary["status"] == "interrupted" and 300 <= step < 1200  # after the first evaluation
+    assert summary["interrupted"] == {"signal": "SIGINT", "checkpoint_step": step, "at_once": False}
+    assert json.loads((run_dir / "checkpoint" / "meta.json").read_text())["num_timesteps"] == step  # none before it
+    assert lines[0] == (
+        f"{run_dir}: interrupted by SIGINT at env step {step:,} of 1,200; checkpoint at env step {step:,}; continue "
+        f"with: {shlex.join(['python', '-m', 'sparse_rl.run', *SB3_RUN, f'run_dir={run_dir}', 'resume=true'])}"
+    )
+    resumed = subprocess.run([*command, f"run_dir={run_dir}", "resume=true"], cwd=ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming from step {step:,}" in resumed.stdout
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    for name, tensor in _policy(straight).items():  # the interrupt's checkpoint continues exactly
+        assert torch.equal(tensor, _policy(run_dir)[name]), name
+    with np.load(straight / "evaluations.npz") as a, np.load(run_dir / "evaluations.npz") as b:
+        assert all(np.array_equal(a[key], b[key]) for key in ("timesteps", "results", "ep_lengths"))
+    assert _rows(straight / "progress.csv") == _rows(run_dir / "progress.csv")
