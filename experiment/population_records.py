@@ -23,22 +23,59 @@ from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.logger import Logger
 
 from agents.build import build_model
-from agents.callbacks import record_topology
+from agents.callbacks import TrainingStopped, record_topology
 from agents.population.base import PopulationAgent
 from agents.population.compose import build_agent, member_decay
 from agents.population.export import copy_member
 from agents.population.member_envs import MemberEnvs
+from agents.population.replay import PopulationReplay
+from agents.population.streams import MemberStreams
 from agents.population.trainer import LoopSettings, Member, MemberSettings, PopulationTrainer
+from agents.spec import off_policy_gradient_steps
 from envs import EVAL_SEED_OFFSET, make_vec_env
-from experiment.checkpoint import latest_checkpoint, write_checkpoint
+from experiment.checkpoint import checkpoint_file_problem, latest_checkpoint, write_checkpoint
 from experiment.layout import EVALUATIONS_FILE, MODEL_FILE, SUMMARY_FILE, atomic_write, atomic_write_json, atomic_write_npz
-from experiment.plan import Plan
+from experiment.plan import Plan, UsageError
 from experiment.population import sb3_start
+from experiment.progress import Budget, StepCosts, time_per_call
 from experiment.sb3_state import run_logger
-from experiment.summary import run_summary
+from experiment.summary import final_checks, run_summary
 from sparse_rl.controller import SparsityInvariantError, TopologyController
 
 LOG_INTERVAL = 4  # episodes between rollout logs: SB3's off-policy learn() default
+PROBE_UPDATES = 3  # timed population updates in the start-up probe (after one untimed)
+PROBE_ENV_STEPS = 50  # timed steps of one member's env in the probe
+CHECKPOINT_FILES = ("state.pt", "state.json")  # a population checkpoint, besides meta.json
+TIMING_NOTE = (
+    "wall_time_s and env_steps_per_s are this member's: its env steps over the wall time it trained, side by side with "
+    "the other members in one process; population.env_steps_per_s counts every member's env steps"
+)
+
+
+class PopulationCheckpointProblem(UsageError):
+    """The population's checkpoint cannot continue this population (missing, corrupt, other members): one line."""
+
+
+def population_checkpoint_problem(population_dir: Path, run_dirs: Sequence[Path]) -> str | None:
+    """Why ``population_dir``'s checkpoint cannot continue the members ``run_dirs`` (in order), or ``None``.
+
+    Every file is read completely as on the SB3 path (:func:`experiment.checkpoint.checkpoint_file_problem`:
+    ``meta.json`` and its file list, JSON parsed, ``state.pt`` loaded with ``weights_only``), then the members are
+    compared. No checkpoint at all is not a problem: the population starts again from scratch.
+    """
+    folder = latest_checkpoint(population_dir)
+    if folder is None:
+        damaged = population_dir / "checkpoint"
+        return f"checkpoint {damaged} lacks meta.json" if damaged.exists() else None
+    if (problem := checkpoint_file_problem(folder)) is not None:
+        return problem
+    missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
+    if missing:
+        return f"checkpoint {folder} lacks {missing[0]}"
+    saved = [m.get("run_dir") for m in json.loads((folder / "state.json").read_text()).get("members", [])]
+    if saved != [str(d) for d in run_dirs]:
+        return f"checkpoint {folder} holds other members ({len(saved)} run directories); it continues only its own"
+    return None
 
 
 def member_settings(plan: Plan) -> MemberSettings:
@@ -54,6 +91,51 @@ def loop_settings(cfg: DictConfig) -> LoopSettings:
         train_freq=int(sb3.get("train_freq", 1)), gradient_steps=int(sb3.get("gradient_steps", 1)),
         batch_size=int(sb3.batch_size), buffer_size=int(sb3.buffer_size),
     )  # fmt: skip
+
+
+def population_budget(cfg: DictConfig) -> Budget:
+    """Each member's env steps, warm-up and gradient steps (one gradient step updates every member)."""
+    loop = loop_settings(cfg)
+
+    def gradient_steps_until(t: int) -> int:
+        if t <= loop.learning_starts:
+            return 0
+        return off_policy_gradient_steps(t, loop.learning_starts, loop.train_freq, loop.gradient_steps, 1)
+
+    return Budget(loop.total_timesteps, loop.learning_starts, gradient_steps_until)
+
+
+def probe_costs(plans: Sequence[Plan], net_arch: Any, device: str) -> StepCosts:
+    """Seconds per population env step (every member's env step and action) and per population update on this
+    machine, measured on a throwaway agent with a replay of zeros and one throwaway env.
+
+    Call it before building the population: it draws from torch's global generator, which the population seeds again
+    when it is built, so the run draws exactly what it draws unprobed.
+    """
+    cfg = plans[0].cfg
+    k, batch_size, where = len(plans), int(cfg.agent.sb3.batch_size), torch.device(device)
+    sync = torch.cuda.synchronize if where.type == "cuda" else None
+    env = make_vec_env(plans[0].env, 1, int(cfg.seed) + EVAL_SEED_OFFSET)
+    try:
+        decays = [member_decay(p.cfg) for p in plans]
+        agent = build_agent(cfg, net_arch, env.observation_space, env.action_space, decays, where, False)
+        replay = PopulationReplay(k, batch_size, agent.obs_dim, agent.replay_action_dim, where)
+        replay.full = True  # batch_size rows of zeros
+        replay.size_tensor.fill_(replay.size)
+        streams = MemberStreams([int(p.cfg.seed) for p in plans], where)  # counter-based: the run's draws are its own
+
+        def update() -> None:
+            agent.update(*replay.sample(batch_size, streams, 0), *agent.update_noise(streams, 0, batch_size))
+
+        update_s = time_per_call(update, PROBE_UPDATES, sync=sync)
+        obs = np.zeros((k, agent.obs_dim), dtype=np.float32)
+        act_s = time_per_call(lambda: agent.eval_actions(obs), PROBE_UPDATES, sync=sync)
+        env.reset()
+        action = np.stack([env.action_space.sample()])
+        env_s = time_per_call(lambda: env.step(action), PROBE_ENV_STEPS)
+    finally:
+        env.close()
+    return StepCosts(k * env_s + act_s, update_s)
 
 
 @dataclass
@@ -120,7 +202,9 @@ class PopulationRun:
         self.eval_envs = MemberEnvs(plans[0].env, eval_seeds, env_workers, episodes=self.eval_episodes)
         self.members = [MemberRecord(plan, member) for plan, member in zip(plans, self.loop.members)]
         self._progress: Callable[[int], None] | None = None
+        self._stop: Callable[[], bool] | None = None
         self._checkpoint_freq = 0
+        self._saved_at: int | None = None
         self.wall_start = time.perf_counter()
         self.steps_at_start = 0
 
@@ -147,13 +231,21 @@ class PopulationRun:
 
     # ----------------------------------------------------------------- training
     def learn(
-        self, progress: Callable[[int], None] | None = None, checkpoint_freq: int = 0, nan_check_freq: int = 1000
+        self,
+        progress: Callable[[int], None] | None = None,
+        checkpoint_freq: int = 0,
+        nan_check_freq: int = 1000,
+        stop: Callable[[], bool] | None = None,
     ) -> None:
-        """Train until ``agent.total_timesteps``; ``progress(n)`` is told of every n env steps done."""
+        """Train until ``agent.total_timesteps``; ``progress(t)`` is told the env step after every step.
+
+        Once ``stop()`` is true (a stop signal, :mod:`experiment.interrupts`), the population writes a checkpoint
+        after the step in progress and raises :class:`~agents.callbacks.TrainingStopped`.
+        """
         for member in self.members:
             if member.logger is None:
                 self._open_run_dir(member)
-        self._progress, self._checkpoint_freq = progress, checkpoint_freq
+        self._progress, self._checkpoint_freq, self._stop = progress, checkpoint_freq, stop
         self.loop.learn(self, nan_check_freq)
 
     def _open_run_dir(self, member: MemberRecord) -> None:
@@ -180,10 +272,14 @@ class PopulationRun:
 
     def step_done(self, loop: PopulationTrainer) -> None:
         if self._progress is not None:
-            self._progress(1)
+            self._progress(loop.num_timesteps)
         steps, freq = loop.num_timesteps, self._checkpoint_freq
         if freq > 0 and steps % freq == 0 and steps < loop.total:
             self.save_checkpoint()
+        if self._stop is not None and self._stop() and steps < loop.total:  # between steps: a consistent state
+            if self._saved_at != steps:
+                self.save_checkpoint()
+            raise TrainingStopped(steps)
 
     def member_failed(self, loop: PopulationTrainer, member: Member) -> None:
         record = self.members[member.index]
@@ -223,32 +319,46 @@ class PopulationRun:
         elapsed = max(time.perf_counter() - self.wall_start, 1e-9)
         logger.record("time/episodes", member.episodes, exclude="tensorboard")
         logger.record("time/fps", int((self.num_timesteps - self.steps_at_start) / elapsed))
+        logger.record("time/time_elapsed", int(elapsed), exclude="tensorboard")  # since this process started training
         logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
         logger.record("rollout/ep_rew_mean", float(np.mean(member.episode_rewards)))
         logger.record("rollout/ep_len_mean", float(np.mean(member.episode_lengths)))
         for key, values in self.loop.last_metrics.items():
             logger.record(f"train/{key}", float(values[member.index]))
+        if self.loop.clock > 0:  # SB3 records these in train(), i.e. once gradient steps have begun
+            logger.record("train/learning_rate", self.learning_rate)
+            logger.record("train/n_updates", self.loop.clock, exclude="tensorboard")
         for key, value in self.agent.rollout_log(self.loop.env_clock).items():
             logger.record(key, value)
         record_topology(logger, member.loop.topology)  # recomputed only when the masks change
         logger.dump(self.num_timesteps)
 
     # ----------------------------------------------------------------- outputs
-    def _write_summary(self, member: MemberRecord, status: str) -> dict:
+    @property
+    def learning_rate(self) -> float:
+        """The optimizers' learning rate (SB3's ``train/learning_rate``; the population takes a constant one)."""
+        return float(next(iter(self.agent.optimizers().values())).param_groups[0]["lr"])
+
+    def _write_summary(self, member: MemberRecord, status: str, **more: Any) -> dict:
         wall = time.perf_counter() - self.wall_start
+        steps = self.num_timesteps - self.steps_at_start
         extra = {
             "engine": "population",
             "population": {"size": self.loop.k, "device": str(self.loop.device), "cuda_graph": self.cuda_graph,
-                           "checkpoint": str(self.population_dir)},
+                           "checkpoint": str(self.population_dir),
+                           "env_steps_per_s": self.loop.k * steps / wall if wall > 0 else None},
+            "timing": TIMING_NOTE,
             "equal_parameters_net_arch": self.net_arch if member.plan.variant else None,
+            **more,
         }  # fmt: skip
         if member.error:
             extra["error"] = member.error
         summary = run_summary(
-            member.plan, status, member.controller, _Evaluations(member.eval_results), wall,
-            self.num_timesteps - self.steps_at_start, **extra,
+            member.plan, status, member.controller, _Evaluations(member.eval_results), wall, steps, **extra
         )  # fmt: skip
         summary["num_timesteps"] = self.num_timesteps
+        if status == "completed":
+            final_checks(member.run_dir, member.controller, summary)
         atomic_write_json(member.run_dir / SUMMARY_FILE, summary)
         return summary
 
@@ -279,6 +389,19 @@ class PopulationRun:
             if member.status == "running":
                 self.export_member(member, member.run_dir / MODEL_FILE)
                 summaries.append(self._write_summary(member, "completed"))
+            else:
+                summaries.append(json.loads((member.run_dir / SUMMARY_FILE).read_text()))
+        self.close()
+        return summaries
+
+    def interrupt(self, signal: str | None, checkpoint_step: int | None, at_once: bool) -> list[dict]:
+        """A stop signal ended training: every running member's ``summary.json`` says ``interrupted`` (failed members
+        keep theirs), with the step reached and the checkpoint a resume continues from; logs and envs closed."""
+        record = {"signal": signal, "checkpoint_step": checkpoint_step, "at_once": at_once}
+        summaries = []
+        for member in self.members:
+            if member.status == "running":
+                summaries.append(self._write_summary(member, "interrupted", interrupted=record))
             else:
                 summaries.append(json.loads((member.run_dir / SUMMARY_FILE).read_text()))
         self.close()
@@ -317,16 +440,15 @@ class PopulationRun:
 
         self.population_dir.mkdir(parents=True, exist_ok=True)
         write_checkpoint(self.population_dir, write_files, self.num_timesteps)
+        self._saved_at = self.num_timesteps
 
     def load_checkpoint(self) -> None:
         """Continue from the population's last checkpoint (the members and their order must be the same)."""
+        problem = population_checkpoint_problem(self.population_dir, [m.run_dir for m in self.members])
         folder = latest_checkpoint(self.population_dir)
-        if folder is None:
-            raise FileNotFoundError(f"{self.population_dir} has no population checkpoint")
+        if problem is not None or folder is None:
+            raise PopulationCheckpointProblem(problem or f"{self.population_dir} has no population checkpoint")
         state = json.loads((folder / "state.json").read_text())
-        saved_dirs = [m["run_dir"] for m in state["members"]]
-        if saved_dirs != [str(m.run_dir) for m in self.members]:
-            raise ValueError(f"checkpoint {folder} holds other members: {saved_dirs}")
         tensors = torch.load(folder / "state.pt", weights_only=True, map_location="cpu")
         self.loop.load_state(tensors, state)
         for member, saved in zip(self.members, state["members"]):

@@ -84,10 +84,9 @@ def start_line(
 ) -> str:
     """One line: where, how much, from where, how long (``costs`` None: not measured, e.g. ``progress_bar=false``)."""
     gradient = budget.gradient_steps_until(budget.total)
-    parts = [f"{run_dir}: {budget.total:,} {what}"]
+    parts = [f"{run_dir}: {budget.total:,} {what}{' per member' if members > 1 else ''}"]
     detail = [f"{budget.warmup:,} warm-up"] if budget.warmup > 0 else []
-    parts.append(f" ({', '.join([*detail, f'{gradient:,} gradient steps'])}")
-    parts.append(f"{' per member' if members > 1 else ''})")
+    parts.append(f" ({', '.join([*detail, f'{gradient:,} gradient steps'])})")
     if start > 0:
         parts.append(f", resuming from step {start:,}")
     if costs is not None:

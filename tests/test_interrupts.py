@@ -177,3 +177,42 @@ def test_ctrl_c_checkpoints_records_the_step_says_how_to_continue_and_resumes_ex
     with np.load(straight / "evaluations.npz") as a, np.load(run_dir / "evaluations.npz") as b:
         assert all(np.array_equal(a[key], b[key]) for key in ("timesteps", "results", "ep_lengths"))
     assert _rows(straight / "progress.csv") == _rows(run_dir / "progress.csv")
+
+
+POPULATION_RUN = [
+    "-m", "hydra/launcher=population", "agent=dqn", "env=CartPole", "sparsity=rigl", "seed=0,1",
+    "agent.total_timesteps=3000", "agent.sb3.learning_starts=100", "agent.eval_freq=500", "agent.eval_episodes=1",
+    "agent.net_arch=[16,16]", "checkpoint_freq=100000", "progress_bar=false", "tensorboard=false",
+]  # fmt: skip
+
+
+def test_sigterm_stops_a_population_with_a_checkpoint_and_it_resumes_exactly(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "sparse_rl.run", *POPULATION_RUN]
+    straight, root = tmp_path / "straight", tmp_path / "interrupted"
+    subprocess.run([*command, f"run_root={straight}"], cwd=ROOT, check=True, capture_output=True, timeout=300)
+    members = [Path("dqn/CartPole/rigl_s0.9") / f"seed_{seed}" for seed in (0, 1)]
+
+    process = _start([*command, f"run_root={root}"])
+    _, err = _signal_when(process, lambda: _logged_rows(root / members[0]) >= 1, signal.SIGTERM)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "interrupted by SIGTERM at env step" in lines[0], err
+    (meta,) = root.glob(".populations/*/checkpoint/meta.json")
+    step = json.loads(meta.read_text())["num_timesteps"]
+    assert 0 < step < 3000 and f"checkpoint at env step {step:,}; continue with: " in lines[0]
+    assert lines[0].endswith(" resume=true")
+    for member in members:
+        summary = json.loads((root / member / "summary.json").read_text())
+        assert summary["status"] == "interrupted" and summary["num_timesteps"] == step
+        assert summary["interrupted"] == {"signal": "SIGTERM", "checkpoint_step": step, "at_once": False}
+
+    resumed = subprocess.run([*command, f"run_root={root}", "resume=true"], cwd=ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming from step {step:,}" in resumed.stdout
+    for member in members:
+        assert json.loads((root / member / "summary.json").read_text())["status"] == "completed"
+        for name, tensor in _policy(straight / member).items():
+            assert torch.equal(tensor, _policy(root / member)[name]), (member, name)
+        with np.load(straight / member / "evaluations.npz") as a, np.load(root / member / "evaluations.npz") as b:
+            assert all(np.array_equal(a[key], b[key]) for key in ("timesteps", "results", "ep_lengths"))
