@@ -17,6 +17,7 @@ from torch import nn
 
 from agents.decay import kernel_decay
 from agents.initialization import INIT_MODES, check_init_node
+from agents.rules import check_agent_values
 from agents.spec import AgentSpec, agent_spec
 from sparse_rl.config import SparsityConfig
 from sparse_rl.controller import TopologyController
@@ -36,9 +37,11 @@ def _linear_schedule(initial: float):
 
 
 def check_agent_config(agent_cfg: Mapping[str, Any]) -> None:
-    """Validate the ``agent`` config node: ``lr_schedule``, no bias-decaying ``optimizer_kwargs.weight_decay``,
-    ``weight_decay`` >= 0, ``init`` (mode and scheme nodes), then the agent's own rules
-    (:meth:`agents.spec.AgentSpec.check_config`). Raises a one-line ``ValueError`` naming the key and valid choices."""
+    """Validate the ``agent`` config node: every number against its declared range (:mod:`agents.rules`: budgets,
+    SB3 kwargs, optimizer kwargs, batch vs buffer), ``lr_schedule``, no bias-decaying ``optimizer_kwargs.weight_decay``,
+    ``init`` (mode and scheme nodes), then the agent's own rules (:meth:`agents.spec.AgentSpec.check_config`). Raises
+    a one-line ``ValueError`` naming the key and valid choices."""
+    check_agent_values(agent_cfg)
     if agent_cfg.get("lr_schedule") not in LR_SCHEDULES:
         raise ValueError(
             f"unknown agent.lr_schedule '{agent_cfg.get('lr_schedule')}'; valid choices: {', '.join(LR_SCHEDULES)}"

@@ -5,6 +5,7 @@ Nothing is built or written here: bad input is one :class:`UsageError` line befo
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from omegaconf import DictConfig
 from agents import AGENTS, AgentSpec
 from agents.build import check_agent_config
 from agents.diagnostics_callback import diagnostics_settings
+from agents.rules import Range
 from envs import EnvSpec, check_action_space
 from experiment.checkpoint import schedule_change
 from experiment.layout import EQUAL_PARAMETER_METHOD
@@ -65,27 +67,72 @@ class Plan:
         return {group: self.sparsity.sparsity_of(group) for group in self.agent.group_names}
 
 
-def _positive(name: str, value: int, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise UsageError(f"{name} must be {'>= 0' if allow_zero else 'positive'}, got {value}")
+# the run's own numbers (configs/config.yaml); the agent node's are agents.rules' (checked by check_agent_config)
+RUN_RULES: dict[str, Range] = {
+    "seed": Range(low=0, high=2**32 - 1, integer=True),  # numpy's SeedSequence range, which SB3 seeds from
+    "checkpoint_freq": Range(low=0, integer=True, why="(0: only at the end)"),
+    "torch_threads": Range(low=1, integer=True),
+    "nan_check_freq": Range(low=1, integer=True),
+}
 
 
 def _check_counts(cfg: DictConfig) -> None:
-    """Budgets, cadences and thread counts are positive (``checkpoint_freq`` may be 0: only at the end)."""
-    _positive("agent.total_timesteps", cfg.agent.total_timesteps)
-    _positive("agent.n_envs", cfg.agent.n_envs)
-    _positive("agent.eval_freq", cfg.agent.eval_freq)
-    _positive("agent.eval_episodes", cfg.agent.eval_episodes)
-    _positive("checkpoint_freq", cfg.checkpoint_freq, allow_zero=True)
-    _positive("torch_threads", cfg.torch_threads)
-    _positive("nan_check_freq", cfg.nan_check_freq)
+    """The run's numbers against :data:`RUN_RULES` (the agent node's: :func:`agents.build.check_agent_config`)."""
+    for key, rule in RUN_RULES.items():
+        if (problem := rule.problem(key, cfg[key])) is not None:
+            raise UsageError(problem)
+
+
+def device_problem(device: str, key: str = "device") -> str | None:
+    """One line if torch cannot use ``device`` here (``cuda`` without CUDA, a GPU index it lacks), else ``None``.
+
+    Checked before anything is created: SB3 would otherwise fall back to the CPU without a word.
+    """
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        return f"{key}={device} is not a torch device; valid choices: cpu, cuda, cuda:N"
+    if parsed.type == "cpu":
+        return None
+    if parsed.type != "cuda":
+        return f"{key}={device} is not supported; valid choices: cpu, cuda, cuda:N"
+    if not torch.cuda.is_available():
+        return f"{key}={device} but CUDA is not available on this machine (torch {torch.__version__}); use {key}=cpu"
+    if parsed.index is not None and parsed.index >= (count := torch.cuda.device_count()):
+        return f"{key}={device} but this machine has {count} CUDA device(s); use cuda:0 to cuda:{count - 1}"
+    return None
+
+
+def unusable_dir_problem(path: str | Path, key: str) -> str | None:
+    """One line if a run cannot create or write ``path`` (a file on the way, a read-only folder or file system).
+
+    Tried, not inferred from permission bits (root passes ``os.access`` on read-only folders): a temporary folder is
+    made and removed in the deepest existing folder on the way; nothing is left behind.
+    """
+    target = Path(path).expanduser().absolute()
+    existing = next(p for p in (target, *target.parents) if p.exists() or p == Path(p.anchor))
+    if not existing.is_dir():
+        return f"{key}={path}: {existing} is a file, not a folder; choose another {key}"
+    try:
+        tempfile.TemporaryDirectory(prefix=".sparse_rl_probe_", dir=existing).cleanup()
+    except OSError as error:
+        return f"{key}={path}: cannot write in {existing} ({error.strerror or error}); choose another {key}"
+    return None
+
+
+def output_problem(cfg: DictConfig) -> str | None:
+    """:func:`unusable_dir_problem` of ``run_root`` (what a user sets), then of ``run_dir`` (it may lie elsewhere)."""
+    return unusable_dir_problem(cfg.run_root, "run_root") or unusable_dir_problem(cfg.run_dir, "run_dir")
 
 
 def plan_run(cfg: DictConfig, check_run_dir: bool = True) -> Plan:
     """Validate the whole config (agent, env, method, budgets, run directory); writes nothing.
 
     A ``dense`` run's ``sparsity.sparsity`` is set to 0 (what it trains), with a warning if it was not.
-    ``check_run_dir=False`` skips the run directory's state (a saved run's config, rebuilt to evaluate it).
+    ``check_run_dir=False`` skips what concerns training here: the run directory's state and whether it can be
+    written, and ``device`` (a saved run's config, rebuilt to evaluate it).
     """
     dense_note = normalize_dense(cfg)
     _check_structure_method(cfg)
@@ -125,6 +172,8 @@ def plan_run(cfg: DictConfig, check_run_dir: bool = True) -> Plan:
     run_dir = Path(cfg.run_dir)
     warnings = [dense_note] if dense_note else []
     warnings += budget_warnings(cfg)
+    if check_run_dir and (problem := device_problem(str(cfg.device)) or output_problem(cfg)) is not None:
+        raise UsageError(problem)
     checkpoint = resume_checkpoint(cfg, run_dir) if check_run_dir else None
     return Plan(cfg, agent, env, sparsity, run_dir, checkpoint, variant, warnings)
 

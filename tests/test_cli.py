@@ -63,13 +63,27 @@ def test_a_misspelled_key_names_the_closest_valid_keys(overrides, message):
         ["-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2", "sparsity=dense,rigl", "seed=range(3)"],
         ["-m", "+experiment=paper_dqn_classic", "agent.eval_freq=500"],
         ["+agent.sb3.optimize_memory_usage=false", "env=dmc/cheetah-run", "run_dir=${run_root}/x_${seed}"],
-        ["env=Nope"],  # Hydra's own message lists the options
-        ["seed=zero"],  # Hydra's own message says the value is bad
         ["--help"],
+        ["--cfg", "job", "device=cuda"],  # inspection shows the config; only training checks the device
     ],
 )
-def test_valid_overrides_and_other_problems_are_left_to_hydra(argv):
+def test_valid_overrides_and_inspection_are_left_to_hydra(argv):
     assert argv_problem(argv) is None
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["env=Nope"], "unknown env 'Nope'; closest valid choices: Hopper"),  # Hydra's: 17 lines, no dmc/ envs
+        (["env=Qwxz"], "unknown env 'Qwxz'; valid choices: Acrobot, Ant, "),
+        (["seed=zero"], "seed=zero: Value 'zero' of type 'str' could not be converted to Integer"),
+        (["-m", "seed=0,zero"], "seed=zero: Value 'zero' of type 'str' could not be converted to Integer"),
+        (["-m", "hydra/launcher=populaton"], "unknown hydra/launcher 'populaton'; closest valid choices: population"),
+    ],
+)
+def test_unknown_choices_and_bad_values_are_one_line_instead_of_hydras_message(argv, message):
+    problem = argv_problem(argv)
+    assert problem is not None and problem.startswith(message) and "\n" not in problem, problem
 
 
 def test_cli_misspelled_key_is_one_line_without_a_plus_suggestion_and_no_directory(tmp_path):
