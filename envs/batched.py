@@ -232,6 +232,7 @@ class GymEnvs(BatchedEnvs):
             raise ValueError(f"env '{spec.name}': only classic-control and MuJoCo envs run several episodes per stream")
         self.envs = [make_single_env(spec) for _ in range(len(seeds) * copies)]
         super().__init__(spec, seeds, copies, int(np.prod(self.envs[0].observation_space.shape)))
+        self._flat = len(self.envs[0].observation_space.shape) == 1
         self.threads = min(int(threads), self.n)
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         if self.mujoco:
@@ -256,16 +257,19 @@ class GymEnvs(BatchedEnvs):
         obs = np.empty((m, self.obs_dim), dtype=np.float32)
         rewards, terminated, truncated = np.empty(m), np.empty(m, dtype=bool), np.empty(m, dtype=bool)
 
-        def run(rows: range | np.ndarray) -> None:
+        envs, members = self.envs, idx.tolist()
+        flat = obs.reshape(m, *self.envs[0].observation_space.shape) if not self._flat else obs
+
+        def run(rows: range) -> None:
             for row in rows:
-                i = idx[row]
-                o, r, te, tr, _ = self.envs[i].step(actions[i])
-                obs[row], rewards[row], terminated[row], truncated[row] = np.asarray(o).reshape(-1), r, te, tr
+                i = members[row]
+                flat[row], rewards[row], terminated[row], truncated[row], _ = envs[i].step(actions[i])
 
         if self._pool is None or m < 2:
             run(range(m))
         else:
-            list(self._pool.map(run, np.array_split(np.arange(m), self.threads)))
+            bounds = np.linspace(0, m, self.threads + 1).astype(int).tolist()
+            list(self._pool.map(run, [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]))
         return obs, rewards, terminated, truncated
 
     def _env_state(self, i: int) -> dict[str, Any]:
