@@ -11,6 +11,10 @@ with two extra constructor arguments that SB3 stores in ``policy_kwargs`` and pa
 - ``kernel_decay``: per group (``actor``, ``critic``, ``q``) the Adam ``weight_decay`` of that group's kernels
   (:func:`agents.decay.kernel_decay`). Each optimizer is rebuilt with one parameter group per sparse group's
   kernels and one group without decay for everything else (biases, PPO's log-std).
+- ``ift``: ``{"kind": parallel | factorized | doped, "sparsity": {group: s}}`` or ``None``: every hidden Linear
+  layer of the networks SB3's ``make_actor``/``make_critic``/``make_q_net`` build (targets included, so they match)
+  is replaced by its Sparse-IFT transformation (:mod:`sparse_rl.ift`) before the optimizers are built; ``load``
+  rebuilds the same layers from the stored argument.
 
 Sparse classes also carry a boolean ``weight_mask`` buffer on every maskable layer (all ones until the
 :class:`~sparse_rl.TopologyController` draws them; ``save``/``load`` round-trip them) and a **mask guard**: an
@@ -31,7 +35,11 @@ from torch import nn
 from torch.optim import Optimizer
 
 from agents.initialization import INIT_MODES, init_linear_
+from sparse_rl.ift import transform_hidden_layers_
 from sparse_rl.masks import MaskedLayer, attach_mask, find_maskable_layers
+
+# SB3's network builders and the sparse group each one's networks belong to (Sparse-IFT construction)
+IFT_BUILDERS = {"make_actor": "actor", "make_critic": "critic", "make_q_net": "q"}
 
 
 def attach_masks(*modules: nn.Module) -> None:
@@ -92,17 +100,49 @@ class AdaptedPolicy:
 
     masked_modules: tuple[str, ...] = ()
 
-    def __init__(self, *args: Any, kernel_decay: dict[str, float] | None = None, init: dict | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        kernel_decay: dict[str, float] | None = None,
+        init: dict | None = None,
+        ift: dict | None = None,
+        **kwargs: Any,
+    ):
         # set before SB3's __init__, which calls _build
         object.__setattr__(self, "kernel_decay", dict(kernel_decay or {}))
         object.__setattr__(self, "init", dict(init) if init else {"mode": "sb3"})
+        object.__setattr__(self, "ift", dict(ift) if ift else None)
         object.__setattr__(self, "_mask_guard", [])
         super().__init__(*args, **kwargs)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()  # type: ignore[misc]
         data.update(kernel_decay=self.kernel_decay, init=self.init)
+        if self.ift is not None:
+            data.update(ift=self.ift)
         return data
+
+    # ---- Sparse-IFT: SB3's builders, then the hidden layers transformed (before SB3 builds the optimizers)
+    def _transformed(self, network: nn.Module, builder: str) -> nn.Module:
+        if self.ift is None:
+            return network
+        group = IFT_BUILDERS[builder]
+        if not self.masked_modules:
+            raise ValueError("agent.sb3.policy_kwargs.ift transforms a sparse network; the method is dense")
+        sparsity = (self.ift.get("sparsity") or {}).get(group)
+        if sparsity is None:
+            raise ValueError(f"agent.sb3.policy_kwargs.ift needs sparsity.{group}: {{kind: ..., sparsity: {{{group}: s}}}}")
+        transform_hidden_layers_(network, str(self.ift.get("kind")), float(sparsity))
+        return network
+
+    def make_actor(self, *args: Any, **kwargs: Any) -> nn.Module:
+        return self._transformed(super().make_actor(*args, **kwargs), "make_actor")  # type: ignore[misc]
+
+    def make_critic(self, *args: Any, **kwargs: Any) -> nn.Module:
+        return self._transformed(super().make_critic(*args, **kwargs), "make_critic")  # type: ignore[misc]
+
+    def make_q_net(self, *args: Any, **kwargs: Any) -> nn.Module:
+        return self._transformed(super().make_q_net(*args, **kwargs), "make_q_net")  # type: ignore[misc]
 
     # ---- per-algorithm layout (overridden by each agent's policy classes)
     def _init_layout(self) -> list[tuple[list[nn.Linear], str]]:

@@ -20,6 +20,7 @@ from torch.utils.hooks import RemovableHandle
 from sparse_rl.accounting import forward_flops, training_flops_per_sample
 from sparse_rl.config import SparsityConfig
 from sparse_rl.distributions import allocate_joint
+from sparse_rl.ift import fixed_active, iso_flop_blocks
 from sparse_rl.masks import LinearView, MaskedLayer, attach_mask, find_maskable_layers
 from sparse_rl.sparse_init import unit_scaled_init_stacked_
 from sparse_rl.updaters import UPDATERS, Updater
@@ -187,12 +188,19 @@ class TopologyController:
                 self._hooks.append(optimizer.register_step_post_hook(self._make_latent_post_hook(layers)))
 
     def _allocate(self, group: SparseGroup) -> list[int]:
-        """Final active count per layer: the distribution's, or fixed by the shape under an N:M structure."""
+        """Final active count per layer: the distribution's, or fixed by the shape under an N:M structure; a
+        Sparse-IFT sub-layer keeps its own fixed count (:data:`sparse_rl.ift.FIXED_ACTIVE`: iso-FLOP per layer)."""
         nm = self.config.nm
         shapes = [layer.shape for layer in group.layers]
         if nm is not None:  # N:M fixes every layer's count; the distribution has nothing to allocate
+            if any(fixed_active(layer.module) is not None for layer in group.layers):
+                raise ValueError(f"group '{group.name}' has Sparse-IFT layers (fixed counts): no sparsity.structure")
             return [nm.allocation(shape) for shape in shapes]
-        return allocate_joint(self.config.distribution, shapes, self.config.sparsity_of(group.name), group.joint_indices)
+        counts = allocate_joint(self.config.distribution, shapes, self.config.sparsity_of(group.name), group.joint_indices)
+        return [
+            count if fixed_active(layer.module) is None else fixed_active(layer.module)
+            for layer, count in zip(group.layers, counts)
+        ]
 
     def _initial_mask(self, layer: MaskedLayer, count: int) -> torch.Tensor:
         """All-ones (pruning), a random N:M mask, or ``count`` uniformly random positions; on the CPU."""
@@ -584,7 +592,24 @@ class TopologyController:
             entry["training_flops_per_sample"] = training_flops_per_sample(
                 f_sparse, f_dense, self.updater.needs_gradients, self.config.update_interval
             )
+        if blocks := iso_flop_blocks(group.module):
+            entry["iso_flop_layers"] = self._iso_flop_stats(group, blocks, layers)
         return entry
+
+    @staticmethod
+    def _iso_flop_stats(group: SparseGroup, blocks: dict[str, Any], layers: list[dict[str, Any]]) -> dict[str, Any]:
+        """Per Sparse-IFT layer: its kind, the dense layer's forward FLOPs per sample and the transformed one's (the
+        active weights of its sub-layers), equal once the allocation is reached (:mod:`sparse_rl.ift`)."""
+        out = {}
+        for name, block in blocks.items():
+            active = sum(e["active"] for e in layers if e["name"].startswith(f"{name}."))
+            out[name] = {
+                "kind": block.kind,
+                "sparsity": block.sparsity,
+                "dense_flops": forward_flops(block.dense_macs, 1),
+                "flops": forward_flops(active, 1),
+            }
+        return out
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:
