@@ -88,12 +88,31 @@ class DeviceClock:
         return 1.0 - self.step.to(torch.float64) / self.total
 
 
+ACT_COPIES = 2  # observation copies per member when acting (PopulationAgent._obs_tensor)
+# float32 lanes of the widest CPU vector torch's fused Adam uses (AVX-512: 16; AVX2's 8 divides it)
+FUSED_LANES = 16
+
+
 def adam(params: Sequence[torch.Tensor], lr: float, kwargs: Mapping[str, Any], capturable: bool) -> torch.optim.Adam:
-    """Adam as the SB3 path builds it (``optimizer_kwargs``), minus weight decay (applied to kernels only, explicitly)."""
+    """Adam as the SB3 path builds it (``optimizer_kwargs``), minus weight decay (applied to kernels only, explicitly).
+
+    With ``fused``, a parameter whose per-member row is not a whole number of vector lanes goes to a second param
+    group stepped by ``foreach`` Adam (the same update): the fused CPU kernel computes the vector lanes and the
+    tail of a tensor with different roundings, so such a member's last bits would depend on how many members the
+    tensor holds (``FUSED_LANES``). These are small tensors (output biases, odd widths).
+    """
     options = {k: v for k, v in kwargs.items() if k != "weight_decay"}
     if capturable:
         options["capturable"] = True
-    return torch.optim.Adam(list(params), lr=lr, **options)
+    params = list(params)
+    if not options.get("fused"):
+        return torch.optim.Adam(params, lr=lr, **options)
+    aligned = [p for p in params if p[0].numel() % FUSED_LANES == 0]
+    tails = [p for p in params if p[0].numel() % FUSED_LANES != 0]
+    groups = [{"params": aligned}] if aligned else []
+    if tails:
+        groups.append({"params": tails, "fused": False, "foreach": True})
+    return torch.optim.Adam(groups, lr=lr, **options)
 
 
 def hidden_sizes(net_arch: Any, key: str) -> list[int]:
@@ -228,10 +247,16 @@ class PopulationAgent(nn.Module):
     def target_layers(self) -> list[BatchedLinear]:
         return []
 
-    def _obs_tensor(self, obs: np.ndarray) -> torch.Tensor:
-        """Observations ``[K, obs]`` as a batch of one per member ``[K, 1, obs]`` (``[K, B, obs]`` as is), on the device."""
-        tensor = torch.as_tensor(obs, device=self.device)
-        return tensor.unsqueeze(1) if tensor.dim() == 2 else tensor
+    def _obs_tensor(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Observations ``[K, obs]`` as a batch of one per member ``[K, 1, obs]`` (``[K, B, obs]`` as is), on the
+        device; a batch of one is handed to the networks as ``ACT_COPIES`` copies: take the rows you passed.
+
+        Copies, not one row: torch's CPU ``bmm`` of one matrix-vector product per member takes another kernel when
+        the population has one member (``mm``), so a member acting alone would round differently (issue 20).
+        """
+        tensor = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        tensor = tensor.unsqueeze(1) if tensor.dim() == 2 else tensor
+        return tensor.expand(-1, ACT_COPIES, -1) if tensor.shape[1] == 1 else tensor
 
 
 @torch.no_grad()

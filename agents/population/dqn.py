@@ -145,7 +145,7 @@ class PopulationDQN(PopulationAgent):
 
     def eval_actions(self, obs: np.ndarray) -> np.ndarray:
         actions = self.act(self._obs_tensor(obs))
-        return (actions[:, 0] if obs.ndim == 2 else actions).cpu().numpy()
+        return (actions[:, 0] if obs.ndim == 2 else actions[:, : obs.shape[1]]).cpu().numpy()
 
     @property
     def replay_action_dim(self) -> int:

@@ -8,6 +8,7 @@ the paper's actor (ERK sees it as one layer), exported as SB3's ``mu`` (rows ``:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,11 +32,31 @@ class BatchedMLP(nn.Module):
             x = layer(x)
             if i < len(self.layers) - 1:
                 x = self.activation(x)
-        return x
+        return _GradInOutputLayout.apply(x)
 
     def member_layers(self, row: int, optimizer: torch.optim.Optimizer | None, prefix: str = "") -> dict[str, MemberLinear]:
         """Row ``row`` of every layer, keyed by its SB3 name."""
         return {f"{prefix}{name}": layer.member(row, optimizer) for name, layer in zip(self.names, self.layers)}
+
+
+class _GradInOutputLayout(torch.autograd.Function):
+    """Identity whose backward hands the gradient on in the output's own memory layout.
+
+    A ``BatchedLinear`` output is a transposed view (``[N, B, out]`` over ``[N, out, B]``); autograd would hand its
+    gradient back with the strides of the consumer's gradient, and for ``out = 1`` (critic heads) the CPU ``bmm``
+    then sums a member's weight gradient in an order that depends on ``N`` (measured: torch 2.13, MKL). In the
+    output's layout every member's gradient is summed the same way at any population size (issue 20).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, y: torch.Tensor) -> torch.Tensor:
+        ctx.layout = (y.shape, y.stride())
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        shape, stride = ctx.layout
+        return torch.empty_strided(shape, stride, dtype=grad.dtype, device=grad.device).copy_(grad)
 
 
 def sb3_mlp_names(prefix: str, n_layers: int) -> list[str]:

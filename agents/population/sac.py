@@ -190,7 +190,7 @@ class PopulationSAC(PopulationAgent):
 
     def eval_actions(self, obs: np.ndarray) -> np.ndarray:
         scaled = self.act(self._obs_tensor(obs))
-        scaled = (scaled[:, 0] if obs.ndim == 2 else scaled).cpu().numpy()  # [K, B, obs]: B episodes per member
+        scaled = (scaled[:, 0] if obs.ndim == 2 else scaled[:, : obs.shape[1]]).cpu().numpy()  # [K, B, obs]: B episodes
         low, high = self.action_space.low, self.action_space.high
         return low + 0.5 * (np.nan_to_num(scaled) + 1.0) * (high - low)
 

@@ -25,6 +25,7 @@ import torch
 GAMMA = 0x9E3779B97F4A7C15  # SplittableRandom's GOLDEN_GAMMA
 MIX1, MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # SplitMix64's mix64 multipliers (Stafford's variant 13)
 _U64 = (1 << 64) - 1
+LANES = 16  # float32 lanes of an AVX-512 vector (AVX2's 8 divides it)
 
 
 class Draw(enum.IntEnum):
@@ -98,8 +99,14 @@ class MemberStreams:
         return _shr(self.bits(purpose, step, n), 11).to(torch.float64) * 2.0**-53
 
     def normal(self, purpose: Draw, step: torch.Tensor | int, n: int) -> torch.Tensor:
-        """``n`` float32 standard normals per member ``[K, n]``: Box–Muller on two 32-bit halves of each word."""
-        words = self.bits(purpose, step, n)
+        """``n`` float32 standard normals per member ``[K, n]``: Box–Muller on two 32-bit halves of each word.
+
+        Each member's row is computed ``LANES``-wide (the first ``n`` kept): torch's CPU ``log``/``cos`` round a
+        vector's lanes and a tensor's scalar tail differently, and a row of whole vectors takes the same path at
+        any K.
+        """
+        width = -(-n // LANES) * LANES
+        words = self.bits(purpose, step, width)
         radius = torch.sqrt(-2.0 * torch.log((_shr(words, 32).to(torch.float32) + 1.0) * 2.0**-32))
         angle = (words & 0xFFFFFFFF).to(torch.float32) * (2.0 * torch.pi * 2.0**-32)
-        return radius * torch.cos(angle)
+        return (radius * torch.cos(angle))[:, :n]
