@@ -107,6 +107,16 @@ def sb3_start(plan: Plan) -> Any:
     return MemberStart(model, controller)
 
 
+def use_tf32(enabled: bool) -> None:
+    """``tf32``: float32 matrix products on CUDA in TensorFloat-32 (PyTorch's ``allow_tf32`` switches; "TensorFloat-32
+    (TF32) on Ampere (and later) devices" in its CUDA semantics notes). Off by default: it changes the numbers
+    (tests/test_population_cuda.py bounds by how much)."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
 def group_jobs(jobs: Sequence[Job], max_members: int) -> list[list[Job]]:
     """Compatible jobs in order of first appearance, split into populations of at most ``max_members``."""
     from agents.population.compose import compatibility_key
@@ -204,6 +214,7 @@ def _train_held(
     folder = population_dir(members)
     resuming = bool(cfg.resume) and _resume_from_checkpoint(members, folder)
     torch.set_num_threads(int(cfg.torch_threads))  # as the SB3 path (experiment.sb3.train); part of the population key
+    use_tf32(bool(cfg.tf32))
     costs = probe_costs(plans, members[0].net_arch, device) if cfg.progress_bar else None  # before the run seeds torch
     trainer = PopulationRun(plans, members[0].net_arch, folder, device, cuda_graph, env_workers)
     if resuming:

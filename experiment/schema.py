@@ -104,6 +104,7 @@ class RunSchema:
     seed: int = MISSING
     device: str = MISSING
     torch_threads: int = MISSING
+    tf32: bool = MISSING  # CUDA, population engine: TensorFloat-32 matrix products
     run_root: str = MISSING
     run_dir: str = MISSING
     resume: Any = MISSING  # false, true or auto (experiment.run_dir.RESUME_MODES)

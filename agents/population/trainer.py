@@ -150,11 +150,7 @@ class LoopHooks(Protocol):
 
 
 class PopulationTrainer:
-    """Trains ``members`` (one run each) of the agent ``make_agent`` builds, together, on ``env``.
-
-    ``tf32``: on CUDA, let float32 matrix products use TensorFloat-32 (faster, ~1e-3 relative error; off by default:
-    it changes the numbers).
-    """
+    """Trains ``members`` (one run each) of the agent ``make_agent`` builds, together, on ``env``."""
 
     def __init__(
         self,
@@ -165,14 +161,10 @@ class PopulationTrainer:
         device: str,
         cuda_graph: bool,
         env_workers: int = 0,
-        tf32: bool = False,
     ) -> None:
         self.settings = settings
         self.device = torch.device(device)
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
-        if self.device.type == "cuda":  # PyTorch "TensorFloat-32 (TF32) on Ampere (and later) devices"
-            torch.backends.cuda.matmul.allow_tf32 = tf32
-            torch.backends.cudnn.allow_tf32 = tf32
         self.k = len(members)
         self.learning_starts, self.batch_size = settings.learning_starts, settings.batch_size
         self.train_freq, self.gradient_steps = settings.train_freq, settings.gradient_steps
