@@ -16,7 +16,8 @@ For each (agent, env, K), side by side in one process on one thread (rounds alte
 
 Ratios are member-env-steps/s over ``plain`` (issue 20's target: batched env-and-act >= 0.7x). On a CPU the paper's
 networks make acting memory-bound (DQN 512-512: K weight matrices of 1 MB read per step), so ``env+act`` there
-measures the forward more than the envs; ``--device cuda`` acts on a GPU as a real run does.
+measures the forward more than the envs; ``--device cuda`` acts on a GPU as a real run does, and ``--net-arch 64 64``
+shows the loop with a forward that is not memory-bound.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ ROUNDS = 3  # alternating rounds per configuration; the best of each kind counts
 ACTION_BANK = 512  # pre-drawn action rows per env, cycled
 
 
-def _population(agent: str, k: int, scratch: Path, threads: int, device: str):
+def _population(agent: str, k: int, scratch: Path, threads: int, device: str, net_arch: list[int] | None):
     """A ``PopulationRun`` of K dense members with the paper's agent settings (a tiny replay: nothing is stored)."""
     from omegaconf import open_dict
 
@@ -53,6 +54,8 @@ def _population(agent: str, k: int, scratch: Path, threads: int, device: str):
         cfg = compose(agent, "dense", seed, scratch / f"{agent}_{k}_{seed}")
         with open_dict(cfg):
             cfg.agent.sb3.buffer_size = int(cfg.agent.sb3.batch_size)
+            if net_arch is not None:
+                cfg.agent.net_arch = net_arch
         plans.append(plan_run(cfg))
     return PopulationRun(plans, list(plans[0].cfg.agent.net_arch), scratch / f"pop_{agent}_{k}", device, False, threads)
 
@@ -74,13 +77,13 @@ def _timed(step, seconds: float, k: int) -> float:
     return steps * k / (time.perf_counter() - start)
 
 
-def bench(agent: str, k: int, seconds: float, scratch: Path, threads: int, device: str) -> dict:
+def bench(agent: str, k: int, seconds: float, scratch: Path, threads: int, device: str, net_arch: list[int] | None) -> dict:
     """Every loop's member-env-steps/s for one (agent, K), in alternating rounds."""
     import gymnasium as gym
 
     from envs import make_single_env, make_vec_env
 
-    run = _population(agent, k, scratch, threads, device)
+    run = _population(agent, k, scratch, threads, device, net_arch)
     spec, policy = run.loop.envs.spec, run.agent.eval_actions
     batched = run.loop.envs
     bank = _actions(batched.action_space, k, np.random.default_rng(0))
@@ -138,13 +141,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per loop (over all rounds)")
     parser.add_argument("--threads", type=int, default=0, help="env_workers: threads stepping non-classic envs")
     parser.add_argument("--device", default="cpu", help="where the agent acts (cpu or cuda); the envs are on the CPU")
+    parser.add_argument("--net-arch", nargs="+", type=int, default=None, help="hidden widths (default: the paper's)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
     with tempfile.TemporaryDirectory(prefix="sparse_rl_envbench_") as scratch:
         for agent, k in itertools.product(args.agents, args.sizes):
-            row = bench(agent, k, args.seconds, Path(scratch), args.threads, args.device)
+            row = bench(agent, k, args.seconds, Path(scratch), args.threads, args.device, args.net_arch)
             rows.append(row)
             rates = "  ".join(
                 f"{name} {rate:>8.0f} ({row['ratio_to_plain'][name]:.2f}x)" for name, rate in row["member_steps_per_s"].items()
