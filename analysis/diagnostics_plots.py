@@ -1,6 +1,8 @@
 """Training-diagnostics curves (``diagnostics/<group>/<metric>`` columns of ``progress.csv``, design decision 28):
-per agent/env, a grid of metric × group, a line per method-at-sparsity label: mean over seeds against the gradient
-step of the measurement, with the learning curves' bootstrap band."""
+per agent/env, a grid of (group, metric) panels, three to a row, a line per method-at-sparsity label: mean over seeds
+against the gradient step of the measurement, with the learning curves' bootstrap band; one legend for the figure.
+When every run measured once (a smoke budget), each panel shows the labels side by side instead: every seed's value
+as a dot and the mean over seeds with its band as an error bar (a one-point curve would say nothing)."""
 
 from __future__ import annotations
 
@@ -8,13 +10,14 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.aggregate import BOOTSTRAP_REPS
 from analysis.curves import BAND_DESCRIPTION, mean_curves
 from analysis.frame import method_rank
-from analysis.plots import PANEL_SIZE, draw_mean_with_band, method_color, slug
+from analysis.plots import SEED_ALPHA, _panels, draw_mean_with_band, method_color, method_linestyle, slug
 from analysis.records import RunRecord
 from analysis.savefig import atomic_savefig
 from experiment.layout import PROGRESS_FILE
@@ -47,26 +50,44 @@ def diagnostics_frame(runs: Sequence[RunRecord]) -> pd.DataFrame:
 
 
 def diagnostics_figure(data: pd.DataFrame, title: str, reps: int = BOOTSTRAP_REPS, seed: int = 0) -> Figure:
-    """A panel per (metric, group): per label, the mean over seeds at each measured gradient step and its band."""
-    metrics = sorted(data["metric"].unique())
-    groups = sorted(data["group"].unique())
+    """A panel per (group, metric), three to a row: per label, the mean over seeds at each measured gradient step
+    and its band; with one measurement per run, the labels side by side (see the module docstring)."""
+    panels = sorted(data[["group", "metric"]].drop_duplicates().itertuples(index=False))
     labels = data[["label", "method"]].drop_duplicates()
     labels = sorted(labels.itertuples(index=False), key=lambda r: (method_rank(r.method), r.label))
-    fig = Figure(figsize=(PANEL_SIZE[0] * len(groups), PANEL_SIZE[1] * len(metrics)), layout="constrained")
-    axes = fig.subplots(len(metrics), len(groups), squeeze=False)
-    for i, metric in enumerate(metrics):
-        for j, group in enumerate(groups):
-            ax = axes[i][j]
-            cell = data[(data["metric"] == metric) & (data["group"] == group)].rename(columns={"value": "return"})
-            stats = mean_curves(cell, reps, seed)
-            for row in labels:
-                c = stats[stats["label"] == row.label]
-                if c.empty:
-                    continue
-                draw_mean_with_band(ax, c, method_color(row.method), row.label, markersize=3)
+    once = bool((data.groupby(["label", "seed"])["step"].nunique() == 1).all())
+    fig, axes = _panels(len(panels))
+    for ax, (group, metric) in zip(axes, panels):
+        cell = data[(data["metric"] == metric) & (data["group"] == group)].rename(columns={"value": "return"})
+        stats = mean_curves(cell, reps, seed)
+        for x, row in enumerate(labels):
+            c = stats[stats["label"] == row.label]
+            if c.empty:
+                continue
+            color, style = method_color(row.method), method_linestyle(row.method)
+            if once:
+                values = cell.loc[cell["label"] == row.label, "return"]
+                ax.scatter(np.full(len(values), x), values, s=12, color=color, alpha=SEED_ALPHA, linewidths=0)
+                draw_mean_with_band(ax, c.assign(step=x), color, row.label, linestyle=style, markersize=5)
+            else:
+                draw_mean_with_band(ax, c, color, row.label, linestyle=style, markersize=3)
+        if once:
+            ax.set_xticks(range(len(labels)), [r.label for r in labels], rotation=30, ha="right", fontsize="small")
+            ax.set_xlim(-0.5, len(labels) - 0.5)
+            ax.set(title=f"{group}: {metric}", ylabel=metric)
+        else:
             ax.set(title=f"{group}: {metric}", xlabel="gradient steps", ylabel=metric)
-            ax.legend(fontsize="x-small")
-    fig.suptitle(f"{title}: training diagnostics, mean over seeds, band = {BAND_DESCRIPTION}", fontsize="medium")
+    handles, names = axes[0].get_legend_handles_labels()
+    unique = dict(zip(names, handles))
+    fig.legend(unique.values(), unique.keys(), loc="outside lower center", ncols=min(len(unique), 4), fontsize="small")
+    steps = sorted(int(step) for step in data["step"].unique())
+    at = f"gradient step {steps[0]}" if len(steps) == 1 else f"gradient steps {steps[0]}-{steps[-1]}"
+    when = (
+        f"one measurement per run ({at}):\ndots = seeds, error bar = {BAND_DESCRIPTION}"
+        if once
+        else f"mean over seeds, band = {BAND_DESCRIPTION}"
+    )
+    fig.suptitle(f"{title}: training diagnostics, {when}", fontsize="medium")
     return fig
 
 

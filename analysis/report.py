@@ -40,6 +40,22 @@ class AnalysisResult:
     files: list[Path] = field(default_factory=list)
 
     @property
+    def poi_note(self) -> str | None:
+        """Why ``poi_vs_matched`` is empty where it is: no ``dense_matched`` run at that sparsity (``None`` if
+        every sparse label has its comparison)."""
+        compared = ~self.aggregate["method"].isin([REFERENCE_METHOD, agg.MATCHED_METHOD])
+        missing = self.aggregate[compared & self.aggregate["poi_vs_matched"].isna()]
+        if missing.empty:
+            return None
+        labels = ", ".join(f"{a}/{lab}" for a, lab in zip(missing["agent"], missing["label"]))
+        levels = ",".join(f"{s:g}" for s in sorted(missing["sparsity"].unique()))
+        return (
+            f"poi_vs_matched is empty for {labels}: no completed {agg.MATCHED_METHOD} run at the same sparsity to compare "
+            f"with (train one: sparsity={agg.MATCHED_METHOD} sparsity.sparsity={levels}); {REFERENCE_METHOD} and "
+            f"{agg.MATCHED_METHOD} themselves have none"
+        )
+
+    @property
     def problem_runs(self) -> pd.DataFrame:
         """Runs excluded from scores (or from everything), with the reasons."""
         table = runs_table(self.runs, str(self.root))
@@ -48,7 +64,7 @@ class AnalysisResult:
 
 def score_unit(normalization: str) -> str:
     """Axis/table unit of the scores."""
-    return "return" if normalization == "raw" else f"score / {REFERENCE_METHOD}:100%"
+    return "return" if normalization == "raw" else f"score ÷ {REFERENCE_METHOD} mean (1 = {REFERENCE_METHOD})"
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> Path:
@@ -70,6 +86,8 @@ def results_markdown(result: AnalysisResult, reps: int, seed: int) -> str:
     ]
     if result.normalization == "raw" and (result.scores.groupby("agent")["env"].nunique() > 1).any():
         lines.append("- Warning: raw returns of different envs are pooled in the IQM; use `--normalize dense`.")
+    if result.poi_note is not None:
+        lines.append(f"- Note: {result.poi_note}.")
     lines += ["", "## Aggregate", "", markdown_table(result.aggregate), "", "## Per environment", ""]
     lines += [markdown_table(result.per_env), "", "## Runs excluded from scores", ""]
     problems = result.problem_runs
@@ -91,7 +109,9 @@ def _plot(result: AnalysisResult, reps: int, seed: int) -> list[Path]:
         profiles = agg.performance_profiles(matrices, taus, reps, seed)
         labels = frame[["label", "method", "sparsity"]].drop_duplicates()
         stem = out / f"profile_{plots.slug(agent)}"
-        written += plots.plot_performance_profiles(profiles, taus, labels, stem, unit, f"{agent}: performance profiles")
+        runs = {label: int(matrix.scores.size) for label, matrix in matrices.items()}  # the runs profiled
+        title = f"{agent}: performance profiles"
+        written += plots.plot_performance_profiles(profiles, taus, labels, stem, unit, title, runs)
     return written
 
 

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from analysis import aggregate as agg
 from analysis.frame import method_rank
-from analysis.plots import BAND_ALPHA, _fit_limits, _panels, method_color
+from analysis.plots import BAND_ALPHA, _fit_limits, _panels, method_color, method_linestyle
 from analysis.savefig import atomic_savefig
 
 RETURN_COLUMNS = ["path", "agent", "env", "method", "sparsity", "seed", "sigma", "episode", "return"]
@@ -58,8 +58,9 @@ def robustness_figure(table: pd.DataFrame, title: str) -> Figure:
                 line = by_method[by_method["sparsity"] == sparsity].sort_values("sigma")
                 color = method_color(method)
                 n = int(line["n_seeds"].min())
-                ax.plot(line["sigma"], line["mean"], color=color, linestyle=LINESTYLES[i % len(LINESTYLES)], marker="o",
-                        markersize=3, label=f"{method} s={sparsity:g} (n={n})")  # fmt: skip
+                style = method_linestyle(method, LINESTYLES[i % len(LINESTYLES)])  # dense: as in analyze's figures
+                ax.plot(line["sigma"], line["mean"], color=color, linestyle=style, marker="o", markersize=3,
+                        label=f"{method} s={sparsity:g} (n={n})")  # fmt: skip
                 ax.fill_between(line["sigma"], line["ci_low"], line["ci_high"], color=color, alpha=BAND_ALPHA, linewidth=0)
         _fit_limits(ax, pd.concat([cell["mean"], cell["ci_low"], cell["ci_high"]]))
         ax.set(title=f"{agent} / {env}", xlabel="noise sigma", ylabel="return")

@@ -66,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         markdown_table(result.aggregate.drop(columns=["method", "sparsity"])) if n_scored else "No completed run to score yet."
     )
+    if n_scored and result.poi_note is not None:
+        print(f"\nnote: {result.poi_note}")
     problems = result.problem_runs
     if not problems.empty:
         print(f"\n{len(problems)} runs excluded from scores:")
