@@ -1,13 +1,21 @@
 """Population engine throughput: member-env-steps/s for K members against plain SB3, side by side in one run.
 
     python benchmarks/population.py                                  # CPU: K = 1, 4; SAC HalfCheetah and DQN CartPole
-    python benchmarks/population.py --device cuda --sizes 1 4 16 64  # one GPU (update as a CUDA graph)
+    python benchmarks/population.py --device cuda --sizes 1 4 16 64  # one GPU (the population step as a CUDA graph)
     python benchmarks/population.py --agents dqn --methods dense rigl --sizes 1 4 --seconds 20 --out results.json
+    python benchmarks/population.py --real-run --sizes 64 --device cuda   # + a real run with the paper's cadence
 
-Every configuration uses the paper's agent settings (configs/agent/*.yaml: SAC 256-256 batch 256, DQN 512-512 batch 128)
-except a short warm-up (``learning_starts`` = one batch) and a 100k replay buffer, and measures steady-state training:
-env step, action selection, one gradient step per env step, topology updates on the paper's schedule (RigL every 1,000
-gradient steps of a 1M-step run). Evaluation is excluded. It prints where the time goes (env, act, update, topology).
+Every steady-state configuration uses the paper's agent settings (configs/agent/*.yaml: SAC 256-256 batch 256, DQN
+512-512 batch 128) except a short warm-up (``learning_starts`` = one batch) and a 100k replay buffer, and measures
+steady-state training: env step, the population step (transition write, one gradient step per env step, the next
+action), topology updates on the paper's schedule (RigL every 1,000 gradient steps of a 1M-step run). Evaluation is
+excluded there. It prints where the time goes (env, population step, topology).
+
+``--real-run`` adds, per agent, method and K, a real run through ``PopulationRun`` with everything a run does: the
+paper's warm-up, replay buffer, evaluation cadence (DQN CartPole: 20 episodes every 2,000 steps; SAC HalfCheetah: 10
+every 10,000), checkpoints (``checkpoint_freq``), logs and the final export, over ``--real-steps`` env steps of the
+paper's budget (default: DQN's whole 100k, a 50k slice of SAC's 1M). It reports wall time per member-step against the
+steady-state figure of the same configuration in the same run, and the share of evaluation and checkpoints.
 """
 
 from __future__ import annotations
@@ -30,18 +38,23 @@ ENVS = {"sac": "HalfCheetah", "dqn": "CartPole"}
 BENCH_BUFFER = 100_000  # replay rows per member: enough for the measured steps, bounded memory at K = 64
 
 
-def compose(agent: str, method: str, seed: int, run_dir: Path):
+def compose(agent: str, method: str, seed: int, run_dir: Path, real: list[str] | None = None):
+    """The steady-state configuration, or with ``real`` (extra overrides) the paper's run as configured."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     import sparse_rl.run  # noqa: F401  (registers the schema)
 
     batch = {"sac": 256, "dqn": 128}[agent]
-    overrides = [
-        f"agent={agent}", f"env={ENVS[agent]}", f"sparsity={method}", f"seed={seed}", f"run_dir={run_dir}",
-        f"agent.sb3.learning_starts={batch}", f"agent.sb3.buffer_size={BENCH_BUFFER}", "agent.eval_freq=100000000",
-        "progress_bar=false", "tensorboard=false", "checkpoint_freq=0",
-    ]  # fmt: skip
+    overrides = [f"agent={agent}", f"env={ENVS[agent]}", f"sparsity={method}", f"seed={seed}", f"run_dir={run_dir}",
+                 "progress_bar=false"]  # fmt: skip
+    if real is None:
+        overrides += [
+            f"agent.sb3.learning_starts={batch}", f"agent.sb3.buffer_size={BENCH_BUFFER}", "agent.eval_freq=100000000",
+            "tensorboard=false", "checkpoint_freq=0",
+        ]  # fmt: skip
+    else:
+        overrides += real
     if method != "dense":
         overrides.append("sparsity.sparsity=0.9")
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
@@ -57,11 +70,10 @@ class Timers:
     """Wall time per phase of the trainer's loop (synchronised on CUDA)."""
 
     def __init__(self, trainer, device: torch.device) -> None:
-        self.totals = {"env": 0.0, "act": 0.0, "update": 0.0}
+        self.totals = {"env": 0.0, "step": 0.0}
         self.device = device
         loop = trainer.loop  # agents.population.trainer.PopulationTrainer
-        phases = (("env", "step", loop.envs), ("act", "rollout_actions", loop.agent), ("update", "_gradient_step", loop))
-        for name, attribute, owner in phases:
+        for name, attribute, owner in (("env", "step", loop.envs), ("step", "_population_step", loop)):
             self._wrap(owner, attribute, name)
 
     def _wrap(self, owner, attribute: str, name: str) -> None:
@@ -135,6 +147,65 @@ def bench_population(
     return result
 
 
+def real_run(
+    agent: str,
+    method: str,
+    k: int,
+    device: str,
+    cuda_graph: bool,
+    steps: int,
+    real: list[str],
+    scratch: Path,
+    env_workers: str,
+) -> dict:
+    """A run as the launcher trains it (``PopulationRun``: warm-up, evaluations, checkpoints, logs, export) for the
+    first ``steps`` env steps of the configured budget; wall time per member-step and the share of evaluation and
+    checkpoints."""
+    from experiment.plan import plan_run
+    from experiment.population import env_workers_for
+    from experiment.population_records import PopulationRun
+
+    folder = scratch / f"real_{agent}_{method}_{k}"
+    plans = [plan_run(compose(agent, method, seed, folder / f"seed_{seed}", real)) for seed in range(k)]
+    cfg = plans[0].cfg
+    workers = env_workers_for(env_workers, device, k)
+    dev = torch.device(device)
+    start = time.perf_counter()
+    trainer = PopulationRun(plans, list(cfg.agent.net_arch), folder / "population", device, cuda_graph, workers)
+    trainer.total = min(steps, int(cfg.agent.total_timesteps))  # a slice of the configured budget
+    spent = {"evaluate": 0.0, "save_checkpoint": 0.0}
+    calls = dict.fromkeys(spent, 0)
+    for name in spent:
+        original = getattr(trainer, name)
+
+        def timed(*args, original=original, name=name, **kwargs):
+            sync(dev)
+            begin = time.perf_counter()
+            result = original(*args, **kwargs)
+            sync(dev)
+            spent[name] += time.perf_counter() - begin
+            calls[name] += 1
+            return result
+
+        setattr(trainer, name, timed)
+    built = time.perf_counter()
+    trainer.learn(checkpoint_freq=int(cfg.checkpoint_freq), nan_check_freq=int(cfg.nan_check_freq))
+    sync(dev)
+    learned = time.perf_counter()
+    trainer.finish()
+    wall = time.perf_counter() - start
+    return {
+        "engine": "population real run", "agent": agent, "method": method, "k": k, "device": device,
+        "cuda_graph": trainer.cuda_graph, "env_workers": workers, "env_steps": trainer.total,
+        "learning_starts": int(cfg.agent.sb3.learning_starts), "eval_freq": int(cfg.agent.eval_freq),
+        "eval_episodes": int(cfg.agent.eval_episodes), "checkpoint_freq": int(cfg.checkpoint_freq),
+        "wall_s": wall, "build_s": built - start, "learn_s": learned - built, "finish_s": time.perf_counter() - learned,
+        "member_steps_per_s": trainer.total * k / wall, "ms_per_member_step": 1000 * wall / (trainer.total * k),
+        "evaluations": calls["evaluate"], "checkpoints": calls["save_checkpoint"],
+        "evaluation_share": spent["evaluate"] / wall, "checkpoint_share": spent["save_checkpoint"] / wall,
+    }  # fmt: skip
+
+
 def bench_sb3(agent: str, method: str, seconds: float, scratch: Path) -> dict:
     """Plain SB3 (our SB3 path: the same agent, sparse policy and controller) in this process, one thread."""
     from omegaconf import OmegaConf
@@ -171,6 +242,16 @@ def main() -> None:
     parser.add_argument("--env-workers", default="auto", help="processes stepping the envs (auto: the launcher's default)")
     parser.add_argument("--no-sb3", action="store_true", help="skip the plain SB3 reference")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON (appended as they come)")
+    parser.add_argument("--real-run", action="store_true", help="also a real run per configuration (see above)")
+    parser.add_argument(
+        "--real-steps", type=int, nargs=2, metavar=("SAC", "DQN"), default=[50_000, 100_000],
+        help="env steps of the real runs (default: a 50k slice of SAC's 1M budget, DQN's whole 100k)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--real-override", nargs="*", default=[],
+        help="config overrides of the real runs, e.g. agent.sb3.learning_starts=1000 checkpoint_freq=5000 for a short "
+        "CPU slice (default: the paper's configs as they are)",
+    )  # fmt: skip
     parser.add_argument(
         "--scratch",
         type=Path,
@@ -191,6 +272,19 @@ def measure(args: argparse.Namespace) -> None:
 
     def report(row: dict) -> None:
         results.append(row)
+        if row["engine"] == "population real run":
+            steady = next((r for r in results if r["engine"] == "population" and r["agent"] == row["agent"]
+                           and r["method"] == row["method"] and r["k"] == row["k"]), None)  # fmt: skip
+            row["steady_member_steps_per_s"] = steady["member_steps_per_s"] if steady else None
+            ratio = f" = {steady['member_steps_per_s'] / row['member_steps_per_s']:.2f}x steady-state time" if steady else ""
+            print(f"{'real run':>10} {row['agent']} {row['method']:>5} K={row['k']:<3} {row['device']:>4} "
+                  f"{row['env_steps']} steps: {row['member_steps_per_s']:>9.0f} member-steps/s "
+                  f"({row['ms_per_member_step']:.2f} ms/member-step{ratio}); evaluation {row['evaluation_share']:.1%} "
+                  f"({row['evaluations']}), checkpoints {row['checkpoint_share']:.1%} ({row['checkpoints']}); "
+                  f"wall {row['wall_s']:.0f} s", flush=True)  # fmt: skip
+            if args.out is not None:
+                args.out.write_text(json.dumps(results, indent=1))
+            return
         share = " ".join(f"{k} {v:.0%}" for k, v in row.get("share", {}).items())
         extra = f" topology {row['topology_share']:.1%} | {share}" if "share" in row else ""
         memory = f" gpu {row['gpu_peak_mib']:.0f} MiB" if row.get("gpu_peak_mib") else ""
@@ -210,6 +304,12 @@ def measure(args: argparse.Namespace) -> None:
                         agent, method, k, args.device, not args.no_cuda_graph, args.seconds, args.scratch, args.env_workers
                     )
                 )
+                if args.real_run:
+                    steps = dict(zip(("sac", "dqn"), args.real_steps))[agent]
+                    graph = not args.no_cuda_graph
+                    row = real_run(agent, method, k, args.device, graph, steps, args.real_override, args.scratch,
+                                   args.env_workers)  # fmt: skip
+                    report(row)
 
 
 if __name__ == "__main__":
