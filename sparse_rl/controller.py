@@ -174,6 +174,9 @@ class TopologyController:
             attach_mask(target)
             if not existing:
                 target.weight.copy_(layer.weight)  # targets start equal to the online network, as in SB3
+            if existing and self.updater.recipe is not None:  # a recipe's target may hold decayed weights off the mask
+                target.weight_mask.copy_(layer.mask)
+                continue
             _mirror_into_target(target, layer.mask)
 
     def _install_grad_hooks(self) -> None:
@@ -222,6 +225,8 @@ class TopologyController:
             )
         if not self.updater.starts_dense and (problem := self._structure_problem(layer, final=True)) is not None:
             raise ValueError(f"layer '{group.name}/{layer.name}' is not {self.config.nm}-sparse: {problem}")
+        if self.updater.recipe is not None:  # mid-window the layer holds β·latent off the mask and Adam steps the
+            return  # latent: load_state_dict restores both; nothing is zeroed here
         layer.set_mask(layer.mask.clone())
         # a model trained without this controller (e.g. SB3 load + learn) may carry optimizer state outside its mask
         _reset_optimizer_state(group.optimizer, layer, ~layer.mask)

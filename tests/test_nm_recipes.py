@@ -286,3 +286,56 @@ def test_structure_decay_from_the_command_line(value: str, stages: list, tmp_pat
     plan = plan_run(compose_run([*overrides, f"sparsity.structure_decay={value}", f"run_dir={tmp_path}/r"]))
     recipe = NMRecipe.from_config(plan.sparsity)
     assert [None if s is None else str(s) for s in recipe.stages] == stages
+
+
+# ---------------------------------------------------------------- learning (test_learning.py's budgets and thresholds)
+LEARNING = {
+    "dqn": [
+        "sparsity.structure='1:4'",
+        "sparsity.sparsity=0.75",
+        "sparsity.mask_decay=linear",
+        "sparsity.structure_decay=sparsify",
+    ],
+    "sac": ["sparsity.structure='2:4'", "sparsity.sparsity=0.5", "sparsity.sr_ste=true", "sparsity.start_fraction=0.1"],
+}
+
+
+@pytest.mark.parametrize("agent", list(LEARNING))
+def test_recipes_learn_within_the_learning_tests_budget(agent, tmp_path) -> None:
+    from tests.test_learning import CASES
+    from tests.test_learning import COMMON as LEARNING_COMMON
+
+    overrides, threshold = CASES[agent]
+    cfg = compose_run(
+        [f"agent={agent}", "sparsity=prune", *overrides, *LEARNING[agent], *LEARNING_COMMON, f"run_dir={tmp_path}"]
+    )
+    summary = train(plan_run(cfg))
+    assert summary["score"] > threshold, f"{agent}/{LEARNING[agent]} scored {summary['score']:.1f} <= {threshold}"
+    assert summary["checks"]["final_allocation"] == "passed"
+    nm = NMStructure.parse(LEARNING[agent][0].split("=")[1].strip("'"))
+    assert summary["sparsity_reached"] == pytest.approx(nm.sparsity, abs=0.05)  # partial groups keep min(N, r)
+
+
+@pytest.mark.parametrize("recipe", [["sparsity.mask_decay=linear", "sparsity.sr_ste=true"], []], ids=["recipe", "hard"])
+def test_a_run_resumed_mid_window_continues_exactly(recipe, tmp_path, monkeypatch) -> None:
+    """Checkpoint at gradient step 100 of 200 (window 40-160): latents, β and Adam's latent state come back."""
+    import zipfile
+
+    from tests.agent_helpers import crash_after_checkpoint, tiny_run
+
+    extra = ["env=Pendulum", "sparsity.structure='2:4'", "sparsity.sparsity=0.5", *recipe, "checkpoint_freq=200"]
+
+    def weights(run_dir):
+        with zipfile.ZipFile(run_dir / "model.zip") as archive, archive.open("policy.pth") as f:
+            return torch.load(f, weights_only=True)
+
+    train(plan_run(tiny_run("sac", "prune", tmp_path / "straight", *extra)))
+    with crash_after_checkpoint(monkeypatch):
+        train(plan_run(tiny_run("sac", "prune", tmp_path / "resumed", *extra)))
+    state = torch.load(tmp_path / "resumed" / "checkpoint" / "controller.pt", weights_only=True)
+    if recipe:
+        assert state["latents"] and 0 < state["decay_factor"] < 1  # the checkpoint is inside the window
+    train(plan_run(tiny_run("sac", "prune", tmp_path / "resumed", *extra, "resume=true")))
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
