@@ -60,6 +60,7 @@ class SweepComposer:
         self.loader, self.master = config_loader, master_config
         self.parser = OverridesParser.create(config_loader=config_loader)
         self._bases: dict[tuple[str, ...], DictConfig] = {}
+        self._tasks: dict[tuple[str, ...], tuple[DictConfig, bool]] = {}
         self._groups: dict[str, bool] = {}
 
     def _is_group(self, override: Override) -> bool:
@@ -70,15 +71,21 @@ class SweepComposer:
             self._groups[key] = bool(self.loader.repository.group_exists(key))
         return self._groups[key]
 
-    def compose(self, overrides: Sequence[str]) -> DictConfig:
-        """The job's sweep config (with its ``hydra`` node), as Hydra's launchers compose it."""
+    def _split(self, overrides: Sequence[str]) -> tuple[list[Override], list[Override], tuple[str, ...]]:
+        """(every override, the value overrides, the group-choice key)."""
         parsed = self.parser.parse_overrides(list(overrides))
         groups = [o for o in parsed if self._is_group(o)]
-        values = [o for o in parsed if not self._is_group(o)]
-        key = tuple(o.input_line for o in groups)
+        return parsed, [o for o in parsed if not self._is_group(o)], tuple(o.input_line for o in groups)
+
+    def _base(self, key: tuple[str, ...]) -> DictConfig:
         if key not in self._bases:
             self._bases[key] = self.loader.load_sweep_config(self.master, list(key))
-        cfg = copy.deepcopy(self._bases[key])
+        return self._bases[key]
+
+    def compose(self, overrides: Sequence[str]) -> DictConfig:
+        """The job's sweep config (with its ``hydra`` node), as Hydra's launchers compose it."""
+        parsed, values, key = self._split(overrides)
+        cfg = copy.deepcopy(self._base(key))
         if not values:
             return cfg
         with read_write(cfg):
@@ -92,6 +99,30 @@ class SweepComposer:
                 )
         OmegaConf.copy_cache(from_config=self.master, to_config=cfg)
         return cfg
+
+    def compose_task(self, overrides: Sequence[str], job_num: int = 0) -> dict[str, Any]:
+        """The job's own config (no ``hydra`` node), resolved, as a plain dict: what resolving
+        ``task_config(compose(overrides))`` gives, but only the job's part is copied per job (the ``hydra`` node
+        is composed per job only if the config interpolates it, ``${hydra:...}``)."""
+        _, values, key = self._split(overrides)
+        if key not in self._tasks:
+            task = task_config(self._base(key))
+            self._tasks[key] = (task, "${hydra:" in OmegaConf.to_yaml(task))
+        task_base, uses_hydra = self._tasks[key]
+        task = copy.deepcopy(task_base)
+        with read_write(task):
+            type(self.loader)._apply_overrides_to_config(values, task)
+        OmegaConf.copy_cache(from_config=self.master, to_config=task)
+        if uses_hydra:
+            from hydra.core.hydra_config import HydraConfig
+
+            sweep = self.compose(overrides)
+            with open_dict(sweep):
+                sweep.hydra.job.num = sweep.hydra.job.id = job_num
+            HydraConfig.instance().set_config(sweep)
+        container = OmegaConf.to_container(task, resolve=True)
+        assert isinstance(container, dict)
+        return container
 
 
 _COMPOSERS: dict[int, SweepComposer] = {}
@@ -176,20 +207,29 @@ def sweep_report(returns: Sequence[JobReturn]) -> SweepReport:
     return SweepReport(counts, problems)
 
 
-def check_sweep_jobs(cfgs: Sequence[DictConfig]) -> list[tuple[int, str, Any]]:
+def _config_class(config: dict[str, Any]) -> str:
+    """A job's config without what distinguishes seeds of one setting (``seed``, ``run_dir``): jobs of one class
+    pass or fail the config checks together."""
+    return json.dumps({k: v for k, v in config.items() if k not in ("seed", "run_dir")}, sort_keys=True, default=str)
+
+
+def check_sweep_jobs(configs: Sequence[dict[str, Any]]) -> list[tuple[int, str, Any]]:
     """Check a sweep's job configs on the submit host; ``(index, outcome, value)`` for each job not to submit:
     ``skipped`` (bad input, or a run directory another job of the sweep writes, with the one-line reason),
     ``completed`` (``resume=auto`` on a completed run; value: its score), ``running`` (a live job holds it).
 
+    The whole config is planned (:func:`experiment.plan.plan_run`) once per class of jobs that differ only in
+    ``seed`` and ``run_dir`` (the paper's SAC grid: 225 classes of 10 seeds); every job's run directory is checked.
     ``device`` is checked on the node that runs the job, not here (a login node often has no GPU).
     """
-    from experiment.plan import RunCompletedError, UsageError, plan_run
+    from experiment.plan import RunCompletedError, RunDirUsageError, UsageError, plan_run, resume_checkpoint
     from experiment.run_dir import completed_score
 
     out: list[tuple[int, str, Any]] = []
     seen: set[str] = set()
-    for index, cfg in enumerate(cfgs):
-        run_dir = Path(str(cfg.run_dir))
+    classes: dict[str, str | None] = {}  # class -> why its configs are refused (None: they pass)
+    for index, config in enumerate(configs):
+        run_dir = Path(str(config["run_dir"]))
         if str(run_dir) in seen:
             out.append((index, "skipped", f"{run_dir}: another job of this sweep writes it; give each job its own run_dir"))
             continue
@@ -197,16 +237,25 @@ def check_sweep_jobs(cfgs: Sequence[DictConfig]) -> list[tuple[int, str, Any]]:
         if is_held(run_dir):
             out.append((index, "running", f"{run_dir}: held by a live job"))
             continue
-        probe = copy.deepcopy(cfg)
-        with open_dict(probe):
-            probe.device = "cpu"
+        cfg = OmegaConf.create({**config, "device": "cpu"})
         try:
-            plan_run(probe)
+            kind = _config_class(config)
+            if kind not in classes:
+                try:
+                    plan_run(cfg)
+                    classes[kind] = None
+                except RunDirUsageError:  # raised after every config check: the class passes, the run dir decides
+                    classes[kind] = None
+                except UsageError as error:
+                    classes[kind] = str(error)
+            if classes[kind] is not None:
+                raise UsageError(classes[kind])
+            resume_checkpoint(cfg, run_dir)
         except RunCompletedError as error:
-            if cfg.resume == "auto":
+            if config["resume"] == "auto":
                 out.append((index, "completed", completed_score(run_dir)))
             else:
-                out.append((index, "skipped", str(error)))
+                out.append((index, "skipped", f"{error}"))
         except UsageError as error:
             out.append((index, "skipped", f"{run_dir}: {error}"))
     return out
@@ -329,7 +378,7 @@ def sweep_job_configs(overrides: Sequence[str]) -> list[DictConfig]:
         params = [f"{key}={value}" for key, value in (master.hydra.sweeper.params or {}).items()]
         jobs = BasicSweeper.split_arguments(parser.parse_overrides([*params, *swept]), None)[0] if params or swept else [[]]
         composer = SweepComposer(GlobalHydra.instance().config_loader(), master)
-        return [task_config(composer.compose([*fixed, *job])) for job in jobs]
+        return [OmegaConf.create(composer.compose_task([*fixed, *job], i)) for i, job in enumerate(jobs)]
 
 
 def main(argv: Sequence[str]) -> int:

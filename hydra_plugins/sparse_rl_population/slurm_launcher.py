@@ -22,6 +22,7 @@ What it adds to hydra-submitit-launcher's ``SlurmLauncher`` (whose settings it t
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.sparse_rl_population.slurm_jobs import Ended, make_executor, say, submit_chunked, wait_all
 
@@ -65,11 +66,11 @@ class SweepJob:
         return submitit.helpers.DelayedSubmission(self, {**config, "resume": "auto"})
 
 
-def estimate_mem_gb(cfgs: Sequence[DictConfig]) -> int:
-    """Memory to request for these jobs: the largest replay buffer among them, from their configs (experiment.memory)."""
+def estimate_mem_gb(config: dict[str, Any]) -> int:
+    """Memory to request for a job, from its replay buffer (:func:`experiment.memory.job_mem_gb`)."""
     from experiment.memory import job_mem_gb
 
-    return max(job_mem_gb(cfg) for cfg in cfgs)
+    return job_mem_gb(OmegaConf.create(config))
 
 
 class GridSlurmLauncher(Launcher):
@@ -103,22 +104,26 @@ class GridSlurmLauncher(Launcher):
             raise SystemExit(f"error: hydra.launcher.max_array_size must be >= 1, got {self.max_array_size}")
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        cfgs = self._compose(job_overrides)
-        checked = check_sweep_jobs(cfgs)  # (index, outcome, value) for jobs not to submit; the rest are submitted
+        start = time.perf_counter()
+        configs = self._compose(job_overrides)
+        checked = check_sweep_jobs(configs)  # (index, outcome, value) for jobs not to submit; the rest are submitted
         done = {index: (outcome, value) for index, outcome, value in checked}
-        to_submit = [i for i in range(len(cfgs)) if i not in done]
-        returns: list[JobReturn | None] = [None] * len(cfgs)
+        to_submit = [i for i in range(len(configs)) if i not in done]
+        returns: list[JobReturn | None] = [None] * len(configs)
         for index, (outcome, value) in done.items():
-            returns[index] = job_return(job_overrides[index], cfgs[index], outcome, value)
+            returns[index] = job_return(job_overrides[index], None, outcome, value)
         say(
-            f"slurm: {len(cfgs)} job(s): {len(to_submit)} to submit, "
+            f"slurm: {len(configs)} job(s) composed and checked in {time.perf_counter() - start:.0f} s: "
+            f"{len(to_submit)} to submit, "
             + ", ".join(f"{n} {o}" for o, n in _count(o for o, _ in done.values()).items())
         )
         if to_submit:
-            jobs = self._submit([cfgs[i] for i in to_submit])
+            start = time.perf_counter()
+            jobs = self._submit([configs[i] for i in to_submit])
+            say(f"slurm: submitted in {time.perf_counter() - start:.0f} s")
             if not self.wait:
                 for index, job in zip(to_submit, jobs):
-                    returns[index] = job_return(job_overrides[index], cfgs[index], "submitted", job.job_id)
+                    returns[index] = job_return(job_overrides[index], None, "submitted", job.job_id)
                 say(
                     f"slurm: submitted {len(jobs)} job(s) ({_arrays(jobs)}); check later with: "
                     f"python -m sparse_rl.grid status {' '.join(_user_overrides(self.config))}"
@@ -128,69 +133,57 @@ class GridSlurmLauncher(Launcher):
 
                 def finished(position: int, result: Any) -> None:
                     index = to_submit[position]
-                    cfg = cfgs[index]
+                    run_dir = Path(str(configs[index]["run_dir"]))
                     if isinstance(result, Ended):
-                        status = record_ended(Path(str(cfg.run_dir)), result.state, jobs[position].job_id)
-                        outcome, value = _ended_outcome(cfg, status, result.state, jobs[position].job_id)
+                        record_ended(run_dir, result.state, jobs[position].job_id)
+                        outcome, value = _ended_outcome(run_dir, result.state, jobs[position].job_id)
                     elif isinstance(result, tuple):
                         outcome, value = result
                     else:
-                        outcome, value = "failed", f"{cfg.run_dir}: {str(result).strip().splitlines()[-1]}"
-                    returns[index] = job_return(job_overrides[index], cfg, outcome, value)
+                        outcome, value = "failed", f"{run_dir}: {str(result).strip().splitlines()[-1]}"
+                    returns[index] = job_return(job_overrides[index], None, outcome, value)
 
                 wait_all(jobs, self.poll_s, finished)
         return [ret for ret in returns if ret is not None]
 
-    def _compose(self, job_overrides: Sequence[Sequence[str]]) -> list[DictConfig]:
+    def _compose(self, job_overrides: Sequence[Sequence[str]]) -> list[dict[str, Any]]:
         """Every job's own config, resolved here (``${hydra:...}`` too), ``resume`` set unless the sweep sets it."""
-        from experiment.grid import composer_for, has_override, task_config
+        from experiment.grid import composer_for, has_override
 
         assert self.config is not None and self.hydra_context is not None
         composer = composer_for(self.hydra_context.config_loader, self.config)
-        cfgs = []
+        configs = []
         for index, overrides in enumerate(job_overrides):
-            sweep_config = composer.compose(overrides)
-            with open_dict(sweep_config):
-                sweep_config.hydra.job.num = sweep_config.hydra.job.id = index
-            HydraConfig.instance().set_config(sweep_config)
-            task = task_config(sweep_config)
-            OmegaConf.resolve(task)
+            config = composer.compose_task(overrides, index)
             if not has_override(overrides, "resume"):
-                with open_dict(task):
-                    task.resume = self.resume
-            cfgs.append(task)
+                config["resume"] = self.resume
+            configs.append(config)
         HydraConfig.instance().set_config(self.config)
-        return cfgs
+        return configs
 
-    def _submit(self, cfgs: list[DictConfig]) -> list[Any]:
+    def _submit(self, configs: list[dict[str, Any]]) -> list[Any]:
         """Submit in arrays of at most ``max_array_size``, one array per memory request."""
         params = dict(self.params)
         if self.mem_gb != "auto":
             executor = make_executor({**params, "mem_gb": self.mem_gb}, self.folder)
-            return submit_chunked(executor, SweepJob(), [_payload(c) for c in cfgs], self.max_array_size)
+            return submit_chunked(executor, SweepJob(), configs, self.max_array_size)
         by_mem: dict[int, list[int]] = {}
-        for index, cfg in enumerate(cfgs):
-            by_mem.setdefault(estimate_mem_gb([cfg]), []).append(index)
-        jobs: list[Any] = [None] * len(cfgs)
+        for index, config in enumerate(configs):
+            by_mem.setdefault(estimate_mem_gb(config), []).append(index)
+        jobs: list[Any] = [None] * len(configs)
         for mem_gb, indices in sorted(by_mem.items()):
             executor = make_executor({**params, "mem_gb": mem_gb}, self.folder)
-            submitted = submit_chunked(executor, SweepJob(), [_payload(cfgs[i]) for i in indices], self.max_array_size)
+            submitted = submit_chunked(executor, SweepJob(), [configs[i] for i in indices], self.max_array_size)
             for index, job in zip(indices, submitted):
                 jobs[index] = job
         return jobs
 
 
-def _payload(cfg: DictConfig) -> dict[str, Any]:
-    container = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(container, dict)
-    return container
-
-
-def _ended_outcome(cfg: DictConfig, status: str | None, state: str, job_id: str) -> tuple[str, Any]:
+def _ended_outcome(run_dir: Path, state: str, job_id: str) -> tuple[str, Any]:
+    """A job without a result: ``completed`` if its run says so, else ``interrupted`` or ``failed`` as recorded."""
     from experiment.grid import run_state
     from experiment.run_dir import completed_score
 
-    run_dir = Path(str(cfg.run_dir))
     now = run_state(run_dir)
     if now == "completed":
         return "completed", completed_score(run_dir)
