@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from envs import EVAL_SEED_OFFSET, make_vec_env
+from agents.population.member_envs import MemberEnvs
+from envs import EVAL_SEED_OFFSET, EnvSpec, make_vec_env
 from experiment.population import plan_member
 from experiment.population_records import PopulationRun
 from tests.agent_helpers import compose_run
@@ -97,3 +98,33 @@ def test_batched_evaluation_returns_equal_the_sequential_ones(agent, env, member
         assert [len(x) for x in lengths] == [episodes if m else 0 for m in round_members]
         assert len({r for rs in batched for r in rs}) > 1  # episodes differ: the comparison can fail
     run.close()
+
+
+def _heuristic(column: int, actions: int):
+    """A deterministic policy on ``[K, obs]`` or ``[K, B, obs]``: push along ``obs[..., column]`` (no network)."""
+    return lambda obs: np.where(obs[..., column] >= 0, actions - 1, 0)
+
+
+SPECS = [  # (env spec, policy, batched side by side)
+    (EnvSpec("Acrobot", "gym", "Acrobot-v1", "discrete", {}), _heuristic(5, 3), True),
+    (EnvSpec("MountainCar", "gym", "MountainCar-v0", "discrete", {}), _heuristic(1, 3), True),
+    (  # other physics: stepped by gymnasium itself, episodes one after another
+        EnvSpec("Pendulum", "gym", "Pendulum-v1", "continuous", {"g": 9.81}),
+        lambda obs: np.clip(-obs[..., 2:3], -2.0, 2.0).astype(np.float32),
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize("spec, policy, side_by_side", SPECS, ids=["Acrobot", "MountainCar", "Pendulum-other-g"])
+def test_member_envs_evaluate_as_sb3s_episodes_one_after_another(spec, policy, side_by_side):
+    """Without a population: batched where the env allows it, else one episode after another (stepped by gymnasium)."""
+    seeds = [10_003, 10_007, 10_011]
+    envs = MemberEnvs(spec, seeds, episodes=4)
+    assert envs.batched_episodes == side_by_side
+    references = [make_vec_env(spec, 1, seed) for seed in seeds]
+    members = np.ones(len(seeds), dtype=bool)
+    for _ in range(2):
+        returns, _ = envs.evaluate(policy, members)
+        assert returns == _sequential_evaluation(references, policy, members, 4)
+    assert len({r for rs in returns for r in rs}) > 1
