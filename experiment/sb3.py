@@ -408,7 +408,7 @@ def run_job(cfg: DictConfig, multirun: bool) -> float | None:
 def _already_completed(run_dir: Path) -> float | None:
     """``resume=auto`` on a completed run: say so, return its recorded score."""
     score = completed_score(run_dir)
-    print(f"{run_dir}: completed earlier (score {score}); left untouched")
+    print(f"{run_dir}: completed earlier (score {format_score(score)}); left untouched")
     return score
 
 
