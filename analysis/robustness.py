@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from analysis import aggregate as agg
 from analysis.frame import method_rank
-from analysis.plots import BAND_ALPHA, _fit_limits, _panels, method_color, method_linestyle
+from analysis.plots import BAND_ALPHA, _figure_legend, _fit_limits, _panels, method_color, method_linestyle
 from analysis.savefig import atomic_savefig
 
 RETURN_COLUMNS = ["path", "agent", "env", "method", "sparsity", "seed", "sigma", "episode", "return"]
@@ -46,7 +46,8 @@ def robustness_table(returns: pd.DataFrame, reps: int = agg.BOOTSTRAP_REPS, seed
 
 
 def robustness_figure(table: pd.DataFrame, title: str) -> Figure:
-    """A panel per agent/env: mean return vs sigma, a line per method and sparsity, its CI as a band."""
+    """A panel per agent/env: mean return vs sigma (a tick per sigma, symmetric log scale), a line per method and
+    sparsity, its CI as a band; the dense reference black and dashed as in the analysis' figures; one legend below."""
     panels = table[["agent", "env"]].drop_duplicates().sort_values(["agent", "env"]).itertuples(index=False)
     panels = list(panels)
     fig, axes = _panels(len(panels))
@@ -63,8 +64,14 @@ def robustness_figure(table: pd.DataFrame, title: str) -> Figure:
                         label=f"{method} s={sparsity:g} (n={n})")  # fmt: skip
                 ax.fill_between(line["sigma"], line["ci_low"], line["ci_high"], color=color, alpha=BAND_ALPHA, linewidth=0)
         _fit_limits(ax, pd.concat([cell["mean"], cell["ci_low"], cell["ci_high"]]))
-        ax.set(title=f"{agent} / {env}", xlabel="noise sigma", ylabel="return")
-        ax.legend(fontsize="small")
+        sigmas = sorted(cell["sigma"].unique())
+        nonzero = [v for v in sigmas if v > 0]
+        if nonzero:  # sigma grids are roughly geometric (0.1, 0.2, 0.5, ...): log spacing, 0 on its linear stretch
+            ax.set_xscale("symlog", linthresh=nonzero[0], linscale=0.5)
+            ax.set_xlim(-0.3 * nonzero[0], nonzero[-1] * 1.15)
+        ax.set_xticks(sigmas, [f"{v:g}" for v in sigmas])
+        ax.set(title=f"{agent} / {env}", xlabel="noise sigma (symmetric log scale)", ylabel="return")
+    _figure_legend(fig, axes)
     fig.suptitle(f"{title}: mean over seeds, {agg.CI_LEVEL:.0%} bootstrap CI\n{SIGMA_UNITS}", fontsize="medium")
     return fig
 

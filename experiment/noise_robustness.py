@@ -8,10 +8,15 @@ method, sparsity and sigma), ``returns.csv`` (every episode's return) and ``robu
 - vector observations: sigma in units of each dimension's standard deviation, measured on the run's own
   noise-free (sigma=0) evaluation episodes, added before any VecNormalize.
 
+Each kind has its own default sigma grid (``configs/robustness.yaml``: vector observations lose their return between
+sigma 0.1 and 2 stds, pixels over tens of pixel units); ``noise=...`` sets one grid for both.
+
 Models are rebuilt from each run's ``.hydra/config.yaml``; only ``policy.pth`` is read from ``model.zip``
-(``torch.load(weights_only=True)``, nothing unpickled). Nothing is written inside a run directory. Envs are
-seeded as the run's evaluation env was (run seed + 10000) and the noise from (seed, run seed): the output is
-deterministic, and sigma=0 is the plain evaluation.
+(``torch.load(weights_only=True)``, nothing unpickled). Nothing is written inside a run directory: the output goes
+to RUNS_DIR_robustness beside RUNS_DIR, and for RUNS_DIR that is one run directory ``<root>/<agent>/<env>/<label>/
+seed_N`` to ``<root>_robustness/<agent>/<env>/<label>/seed_N`` (not among the seed folders). Envs are seeded as the
+run's evaluation env was (run seed + 10000) and the noise from (seed, run seed): the output is deterministic, and
+sigma=0 is the plain evaluation.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from analysis.records import RunRecord
 from analysis.robustness import RETURN_COLUMNS, SIGMA_UNITS, plot_robustness, robustness_table
 from analysis.tables import markdown_table
 from envs import EVAL_SEED_OFFSET, make_vec_env
-from envs.noise import ObservationNoise, noise_kind
+from envs.noise import NOISE_KINDS, ObservationNoise, noise_kind
 from experiment.checkpoint import latest_checkpoint
 from experiment.cli import CONFIGS_DIR
 from experiment.layout import HYDRA_CONFIG, MODEL_FILE, atomic_write, atomic_write_text
@@ -51,10 +56,17 @@ from experiment.schema import RunSchema
 DEFAULTS_FILE = CONFIGS_DIR / "robustness.yaml"
 # key, how to write its value, what it does (its default comes from configs/robustness.yaml)
 KEY_HELP = (
-    ("noise", "S1,S2,...", "sigmas (numbers >= 0); 0 is always evaluated (the reference, and the vector std)"),
+    ("noise", "S1,S2,...", "sigmas (numbers >= 0) for every observation kind; 0 is always evaluated"),
+    ("noise.vector", "S1,S2,...", "sigmas for vector observations, in each dimension's std"),
+    ("noise.pixels", "S1,S2,...", "sigmas for pixel observations, in pixel units"),
     ("episodes", "N", "episodes per run and sigma (null: each run's agent.eval_episodes)"),
     ("seed", "S", "seeds the noise, with each run's seed"),
-    ("out", "DIR", "output folder (null: RUNS_DIR_robustness, beside RUNS_DIR); never inside a run directory"),
+    (
+        "out",
+        "DIR",
+        "output folder (null: RUNS_DIR_robustness beside RUNS_DIR; for one run directory beside its runs "
+        "root, see above); never inside a run directory",
+    ),
     ("deterministic", "BOOL", "greedy actions, as the training path's evaluations"),
     ("device", "cpu|cuda", "where the models run"),
     ("reps", "N", "bootstrap replications of the CIs"),
@@ -73,6 +85,8 @@ def load_defaults() -> dict[str, Any]:
 
 
 def _format_default(value: Any) -> str:
+    if isinstance(value, dict):
+        return "; ".join(f"{kind} {_format_default(grid)}" for kind, grid in value.items())
     if isinstance(value, list):
         return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
@@ -84,7 +98,9 @@ def usage() -> str:
     lines = ["usage: python -m sparse_rl.evaluate RUNS_DIR [KEY=VALUE ...]", ""]
     lines += [__doc__.split("\n\n", 1)[1].replace("``", "").rstrip(), "", "Keys (defaults: configs/robustness.yaml):"]
     for key, value, text in KEY_HELP:
-        lines.append(f"  {f'{key}={value}':<22}{text} (default {_format_default(defaults[key])})")
+        default = OmegaConf.select(OmegaConf.create(defaults), key)
+        default = OmegaConf.to_container(default) if OmegaConf.is_config(default) else default
+        lines.append(f"  {f'{key}={value}':<22}{text} (default {_format_default(default)})")
     return "\n".join([*lines, "", f"example: {EXAMPLE}"])
 
 
@@ -96,7 +112,7 @@ class Settings:
     """A validated command line."""
 
     root: Path
-    noise: tuple[float, ...]
+    noise: dict[str, tuple[float, ...]]  # sigmas per observation kind (envs.noise.NOISE_KINDS)
     episodes: int | None
     seed: int
     out: Path
@@ -155,6 +171,12 @@ def parse_args(argv: Sequence[str]) -> Settings:
     root = Path(positional[0])
     if not root.is_dir():
         raise UsageError(f"RUNS_DIR {root} is not a directory")
+    grids = {kind: parse_noise(defaults["noise"][kind]) for kind in NOISE_KINDS}
+    if "noise" in argv_keys(argv):
+        grids = dict.fromkeys(NOISE_KINDS, parse_noise(values["noise"]))
+    for kind in NOISE_KINDS:
+        if f"noise.{kind}" in argv_keys(argv):
+            grids[kind] = parse_noise(values[f"noise.{kind}"])
     episodes = values["episodes"]
     if episodes is not None and str(episodes).lower() not in ("null", "none"):
         episodes = _as_int("episodes", episodes, 1)
@@ -165,14 +187,10 @@ def parse_args(argv: Sequence[str]) -> Settings:
         raise UsageError(f"device={device!r}; valid choices: cpu, cuda, cuda:N")
     if device != "cpu" and not torch.cuda.is_available():
         raise UsageError(f"device={device} but torch sees no CUDA device; valid choices here: cpu")
-    out = (
-        Path(values["out"])
-        if values["out"] not in (None, "", "null")
-        else root.resolve().parent / f"{root.resolve().name}{OUT_SUFFIX}"
-    )
+    out = Path(values["out"]) if values["out"] not in (None, "", "null") else default_out(root)
     return Settings(
         root,
-        parse_noise(values["noise"]),
+        grids,
         episodes,
         _as_int("seed", values["seed"], 0),
         out,
@@ -181,6 +199,31 @@ def parse_args(argv: Sequence[str]) -> Settings:
         _as_int("reps", values["reps"], 1),
         _as_bool("plots", values["plots"]),
     )
+
+
+def argv_keys(argv: Sequence[str]) -> set[str]:
+    """The keys given as KEY=VALUE on the command line."""
+    return {arg.split("=", 1)[0] for arg in argv if "=" in arg}
+
+
+def default_out(root: Path) -> Path:
+    """RUNS_DIR_robustness beside RUNS_DIR; for one run directory laid out as ``<root>/<agent>/<env>/<label>/seed_N``
+    (configs/config.yaml's run_dir), ``<root>_robustness/<agent>/<env>/<label>/seed_N``: beside the runs, not among
+    the seed folders. A run directory elsewhere gets its own sibling ``<name>_robustness``."""
+    root = root.resolve()
+    sibling = root.parent / f"{root.name}{OUT_SUFFIX}"
+    if not (root / HYDRA_CONFIG).is_file():
+        return sibling
+    try:
+        saved = OmegaConf.load(root / HYDRA_CONFIG)
+        tail = Path(str(saved.agent.name), str(saved.env.name))
+    except Exception:  # an unreadable config: the run is reported as such later; the sibling is still outside it
+        return sibling
+    depth = len(tail.parts) + 2  # agent, env (dmc/... has two parts), label, seed_N
+    if len(root.parts) <= depth or Path(*root.parts[-depth:-2]) != tail:
+        return sibling
+    runs_root = Path(*root.parts[:-depth])
+    return runs_root.parent / f"{runs_root.name}{OUT_SUFFIX}" / Path(*root.parts[-depth:])
 
 
 def check_out(out: Path, run_dirs: Sequence[Path]) -> None:
@@ -212,9 +255,18 @@ class SavedRun:
 
 
 def on_current_schema(saved: Any) -> Any:
-    """A run's saved config on the current schema: keys added after the run was trained take the values that
-    reproduce it (no ``sparsity.structure``; diagnostics off, with the configured settings)."""
+    """A run's saved config on the current schema: keys added after the run was trained take the configured
+    defaults of its agent, env and method (new options default to off: no ``sparsity.structure``, no mask decay),
+    and diagnostics are off (they draw no randomness, but an old run had none)."""
+    from hydra import compose, initialize_config_dir
+
     layers = [OmegaConf.structured(RunSchema)]
+    choices = [f"agent={saved.agent.name}", f"env={saved.env.name}", f"sparsity={saved.sparsity.method}"]
+    try:
+        with initialize_config_dir(config_dir=str(CONFIGS_DIR), version_base="1.3"):
+            layers.append(compose(config_name="config", overrides=choices))
+    except Exception:  # e.g. an env config removed since: the saved values alone must do
+        pass
     if "diagnostics" not in saved:
         configured = OmegaConf.load(CONFIGS_DIR / "config.yaml").diagnostics
         layers.append({"diagnostics": OmegaConf.merge(configured, {"freq": 0})})
@@ -268,7 +320,7 @@ def evaluate_run(run: SavedRun, settings: Settings, progress: tqdm | None = None
     """Returns per sigma; sigma 0 first, its clean observations give the vector std."""
     std = None
     results = {}
-    for sigma in settings.noise:
+    for sigma in settings.noise[run.kind]:
         seed = noise_seed(settings.seed, int(run.record.seed))
         record = sigma == 0 and run.kind == "vector"
         env = evaluation_env(run, {"sigma": sigma, "seed": seed, "std": std, "record": record})
@@ -330,12 +382,15 @@ def run(settings: Settings) -> tuple[pd.DataFrame, list[str], list[Path]]:
     if not usable:
         raise UsageError(f"no run under {settings.root} has a {MODEL_FILE} to evaluate ({len(records)} run directories)")
     rows = []
-    bar = tqdm(total=len(usable) * len(settings.noise), desc="runs x sigmas", unit="eval", file=sys.stderr)
+    longest = max(len(grid) for grid in settings.noise.values())
+    bar = tqdm(total=len(usable) * longest, desc="runs x sigmas", unit="eval", file=sys.stderr)
     with bar:
         for record in usable:
-            done = bar.n + len(settings.noise)
+            done = bar.n + longest
             try:
                 saved = load_saved_run(record, settings.device, settings.episodes)
+                bar.total -= longest - len(settings.noise[saved.kind])  # this run's grid
+                done = bar.n + len(settings.noise[saved.kind])
                 results = evaluate_run(saved, settings, bar)
             except Exception as error:  # this run only (bad config, missing ROM, unfit weights): say why, go on
                 skipped.append(f"{record.path}: {type(error).__name__}: {' '.join(str(error).split())}")

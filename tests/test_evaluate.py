@@ -19,7 +19,15 @@ from analysis.loading import load_run
 from envs import EVAL_SEED_OFFSET, make_vec_env
 from envs.noise import ObservationNoise
 from experiment.layout import HYDRA_CONFIG
-from experiment.noise_robustness import evaluate_run, load_saved_run, main, parse_args
+from experiment.noise_robustness import (
+    default_out,
+    evaluate_run,
+    load_defaults,
+    load_saved_run,
+    main,
+    on_current_schema,
+    parse_args,
+)
 from experiment.plan import plan_run
 from experiment.sb3 import train
 from tests.agent_helpers import tiny_run
@@ -156,7 +164,7 @@ def test_vector_noise_scales_with_each_dimensions_std() -> None:
     [
         (["noise=0,x"], "is not a number"),
         (["noise=-1"], "must be a finite number >= 0"),
-        (["episode=3"], "unknown key 'episode'; valid keys: noise, episodes"),
+        (["episode=3"], "unknown key 'episode'; valid keys: noise, noise.vector, noise.pixels, episodes"),
         (["deterministic=maybe"], "valid choices: true, false"),
         (["out=RUN/inside"], "lies inside the run directory"),
     ],
@@ -188,7 +196,10 @@ def test_empty_folder_and_runs_without_model_are_one_line(tmp_path: Path, runs_d
 def test_help_lists_every_key_with_its_configured_default(capsys) -> None:
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
-    for line in ("noise=S1,S2,...", "(default 0,1,2,5,10,20)", "episodes=N", "deterministic=BOOL", "out=DIR"):
+    grids = load_defaults()["noise"]
+    vector, pixels = (",".join(f"{v:g}" for v in grids[kind]) for kind in ("vector", "pixels"))
+    for line in ("noise=S1,S2,...", f"(default vector {vector}; pixels {pixels})", "noise.vector=S1,S2,...",
+                 f"(default {vector})", f"(default {pixels})", "episodes=N", "deterministic=BOOL", "out=DIR"):  # fmt: skip
         assert line in text
 
 
@@ -250,3 +261,56 @@ def test_a_run_saved_before_newer_config_keys_still_evaluates(tmp_path):
     OmegaConf.save(saved, run_dir / HYDRA_CONFIG)
     returns = evaluate(tmp_path / "runs", tmp_path / "out", "noise=0,1")
     assert sorted(returns["sigma"].unique()) == [0, 1]
+
+
+def test_each_observation_kind_has_its_own_default_grid_and_noise_sets_both(runs_dir: Path) -> None:
+    grids = load_defaults()["noise"]
+    settings = parse_args([str(runs_dir)])
+    assert settings.noise == {kind: tuple(sorted({0.0, *map(float, grids[kind])})) for kind in ("vector", "pixels")}
+    # vector agents lose their return between 0.1 and 2 stds (configs/robustness.yaml): most points lie there
+    assert len([v for v in settings.noise["vector"] if 0.1 <= v <= 2]) >= 4 and max(settings.noise["vector"]) <= 5
+    assert parse_args([str(runs_dir), "noise=0,3"]).noise == {"vector": (0.0, 3.0), "pixels": (0.0, 3.0)}
+    one = parse_args([str(runs_dir), "noise.vector=0.5"]).noise
+    assert one["vector"] == (0.0, 0.5) and one["pixels"] == settings.noise["pixels"]
+
+
+def test_a_vector_run_is_evaluated_on_the_vector_grid(runs_dir: Path, tmp_path: Path) -> None:
+    returns = evaluate(runs_dir, tmp_path / "out", "noise.vector=0.25", "noise.pixels=7")
+    assert sorted(returns["sigma"].unique()) == [0.0, 0.25]  # CartPole observes a vector
+
+
+@pytest.mark.parametrize(
+    "run, out",
+    [
+        ("runs/dqn/CartPole/rigl_s0.9/seed_0", "runs_robustness/dqn/CartPole/rigl_s0.9/seed_0"),
+        ("x/runs/sac/dmc/cheetah-run/dense_s0.0/seed_3", "x/runs_robustness/sac/dmc/cheetah-run/dense_s0.0/seed_3"),
+        ("my_run", "my_run_robustness"),  # a run_dir of the user's own: beside it
+    ],
+)
+def test_one_run_directory_is_evaluated_into_a_folder_beside_the_runs_not_among_its_seeds(tmp_path, run, out):
+    agent, env = ("dqn", "CartPole") if "dqn" in run or run == "my_run" else ("sac", "dmc/cheetah-run")
+    run_dir = tmp_path / run
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"agent": {"name": agent}, "env": {"name": env}}), run_dir / HYDRA_CONFIG)
+    assert default_out(run_dir) == (tmp_path / out).resolve()
+    assert not default_out(run_dir).is_relative_to(run_dir.resolve().parent) or run == "my_run"
+    assert default_out(tmp_path / "runs") == (tmp_path / "runs_robustness").resolve()  # a folder of runs: as before
+
+
+def test_keys_added_after_a_run_take_their_configured_defaults(runs_dir: Path) -> None:
+    """A run saved before a sparsity key existed (e.g. sparsity.mask_decay) gets the value configs/ composes for its
+    agent, env and method, not a missing-value error."""
+    from hydra import compose, initialize_config_dir
+
+    from experiment.cli import CONFIGS_DIR
+
+    saved = OmegaConf.load(runs_dir / "rigl" / "seed_0" / HYDRA_CONFIG)
+    with initialize_config_dir(config_dir=str(CONFIGS_DIR), version_base="1.3"):
+        configured = compose(config_name="config", overrides=["agent=dqn", "env=CartPole", "sparsity=rigl"]).sparsity
+    dropped = [key for key in configured if key not in ("method", "sparsity")]
+    for key in dropped:
+        del saved.sparsity[key]  # as if the run predated them all
+    current = on_current_schema(saved)
+    for key in dropped:
+        assert current.sparsity[key] == configured[key], key
+    assert current.sparsity.sparsity == saved.sparsity.sparsity  # what the run recorded wins
