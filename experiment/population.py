@@ -42,6 +42,7 @@ class Job:
     cfg: DictConfig
     plan: Plan | None = None
     skipped: str | None = None
+    failed: str | None = None  # why it did not complete (its summary.json says so), for the launcher's exit status
     net_arch: Any = None
     key: str | None = None
     score: float | None = None
@@ -171,10 +172,12 @@ def train_population(
     except CheckpointWriteError as error:  # disk full: the previous checkpoint is intact
         for member in members:
             record_failure(member.plan, error)
+            member.failed = str(error)
         print(f"{label}: FAILED: {error}; recorded in the members' summary.json", file=sys.stderr)
     except Exception as error:  # the whole population failed: every member says so
         for member in members:
             record_failure(member.plan, error)
+            member.failed = repr(error)
             print(f"{member.plan.run_dir}: FAILED ({error!r}); recorded in summary.json", file=sys.stderr)
 
 
@@ -238,6 +241,8 @@ def _train_held(
     summaries = trainer.finish()
     for member, summary in zip(members, summaries):
         member.score = summary.get("score")
+        if summary["status"] != "completed":
+            member.failed = str(summary.get("error", summary["status"]))
         print(f"{member.plan.run_dir}: {summary['status']}, score {format_score(member.score)}")
 
 

@@ -98,7 +98,8 @@ def test_population_disk_full_is_one_line_records_the_failure_and_resumes_exactl
     with monkeypatch.context() as patch:
         _fail_from_the_nth_call(patch, experiment.population_records.torch, "save", 2)  # the checkpoint at 400 fails
         capsys.readouterr()
-        jobs(root)
+        failed = jobs(root)
+    assert all("No space left on device" in job.failed and job.score is None for job in failed)  # for the exit status
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "FAILED: cannot write the checkpoint of env step 400" in err[0], err
     assert "No space left on device); the checkpoint of env step 200 is intact" in err[0]
