@@ -82,7 +82,7 @@ class Cluster:
         stop(self.root)
 
 
-def _write_config(root: Path) -> None:
+def _write_config(root: Path, max_array_size: int) -> None:
     user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
     host = socket.gethostname()
     (root / "state").mkdir(parents=True, exist_ok=True)
@@ -112,7 +112,7 @@ def _write_config(root: Path) -> None:
         "JobRequeue": "1",
         "ReturnToService": "2",
         "SlurmdParameters": "config_overrides",
-        "MaxArraySize": str(MAX_ARRAY_SIZE),
+        "MaxArraySize": str(max_array_size),
         "MinJobAge": "300",  # finished jobs stay visible to squeue for 5 minutes
         "KillWait": "5",
         "InactiveLimit": "0",
@@ -127,13 +127,13 @@ def _write_config(root: Path) -> None:
     (root / "slurm.conf").write_text(text)
 
 
-def start(root: Path) -> Cluster:
+def start(root: Path, max_array_size: int = MAX_ARRAY_SIZE) -> Cluster:
     """Start munge, slurmctld and slurmd with everything under ``root``; wait until the node is idle."""
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     if missing := missing_binaries():
         raise RuntimeError(f"SLURM is not installed (missing {', '.join(missing)}): apt-get install -y {PACKAGES}")
-    _write_config(root)
+    _write_config(root, max_array_size)
     key = root / "munge.key"
     key.write_bytes(os.urandom(128))
     key.chmod(0o600)

@@ -62,7 +62,16 @@ def submit_chunked(executor: Any, function: Callable, arguments: Sequence[Any], 
         raise ValueError(f"max_array_size must be >= 1, got {max_array_size}")
     jobs: list[Any] = []
     for start in range(0, len(arguments), max_array_size):
-        jobs += executor.map_array(function, list(arguments[start : start + max_array_size]))
+        try:
+            jobs += executor.map_array(function, list(arguments[start : start + max_array_size]))
+        except Exception as error:  # submitit's FailedJobError / CalledProcessError carry sbatch's own message
+            lines = [line for line in str(error).splitlines() if "error" in line.lower()] or str(error).splitlines()
+            raise SystemExit(
+                f"error: sbatch refused an array of {min(max_array_size, len(arguments) - start)} task(s) after "
+                f"{len(jobs)} were submitted ({lines[0].strip() if lines else type(error).__name__}); an invalid array "
+                "means hydra.launcher.max_array_size must be below the cluster's MaxArraySize "
+                "(scontrol show config | grep MaxArraySize)"
+            ) from None
     return jobs
 
 
