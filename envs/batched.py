@@ -93,8 +93,9 @@ class BatchedEnvs:
         """Make every copy of ``stream`` draw from its first copy's generator."""
         raise NotImplementedError
 
-    def _step(self, actions: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Step envs ``idx`` with ``actions[idx]``: (observations, float64 rewards, terminated, truncated)."""
+    def _step(self, actions: np.ndarray, idx: slice | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Step envs ``idx`` (all: ``slice(None)``) with ``actions[idx]``: (float32 observations ``[m, obs]``, float64
+        rewards, terminated, truncated), fresh arrays."""
         raise NotImplementedError
 
     def _env_state(self, i: int) -> dict[str, Any]:
@@ -126,30 +127,38 @@ class BatchedEnvs:
         return self.reset_envs(np.arange(self.n))
 
     def step(self, actions: np.ndarray, active: np.ndarray | None = None, autoreset: bool = True) -> BatchStep:
-        """Step env ``i`` with ``actions[i]`` where ``active`` (default: all); ended episodes reset if ``autoreset``."""
-        idx = np.arange(self.n) if active is None else np.flatnonzero(active)
-        next_obs = np.zeros((self.n, self.obs_dim), dtype=np.float32)
-        rewards = np.zeros(self.n, dtype=np.float32)
-        dones, terminated = np.zeros(self.n, dtype=bool), np.zeros(self.n, dtype=bool)
-        episodes: list[dict | None] = [None] * self.n
-        if len(idx) == 0:
-            return BatchStep(next_obs, next_obs.copy(), rewards, dones, terminated, episodes)
-        obs, step_rewards, step_terminated, truncated = self._step(actions, idx)
+        """Step env ``i`` with ``actions[i]`` where ``active`` (default: all); ended episodes reset if ``autoreset``.
+
+        Envs not stepped report zeros. Where no episode ended, ``real_next_obs`` may be ``next_obs`` itself.
+        """
+        if active is None or bool(np.all(active)):  # the training loop's case: whole arrays, no gathers
+            idx: slice | np.ndarray = slice(None)
+            next_obs, step_rewards, terminated, truncated = self._step(actions, idx)
+            rewards = step_rewards.astype(np.float32)
+            dones = terminated | truncated
+        else:
+            idx = np.flatnonzero(active)
+            next_obs = np.zeros((self.n, self.obs_dim), dtype=np.float32)
+            rewards = np.zeros(self.n, dtype=np.float32)
+            dones, terminated = np.zeros(self.n, dtype=bool), np.zeros(self.n, dtype=bool)
+            if len(idx) == 0:
+                return BatchStep(next_obs, next_obs, rewards, dones, terminated, [None] * self.n)
+            next_obs[idx], step_rewards, terminated[idx], truncated = self._step(actions, idx)
+            rewards[idx] = step_rewards
+            dones[idx] = terminated[idx] | truncated
         self.returns[idx] += step_rewards
         self.lengths[idx] += 1
-        next_obs[idx] = obs
-        rewards[idx] = step_rewards
-        terminated[idx] = step_terminated
-        dones[idx] = step_terminated | truncated
-        real_next_obs = next_obs.copy()
-        ended = idx[dones[idx]]
+        episodes: list[dict | None] = [None] * self.n
+        real_next_obs = next_obs
+        ended = np.flatnonzero(dones)
         if len(ended):
             wall = round(time.time() - self.t_start, 6)
             for i in ended.tolist():
                 episodes[i] = {"r": round(float(self.returns[i]), 6), "l": int(self.lengths[i]), "t": wall}
             if autoreset:
+                real_next_obs = next_obs.copy()
                 next_obs[ended] = self.reset_envs(ended)
-        return BatchStep(next_obs, real_next_obs, rewards, dones, terminated, episodes)
+        return BatchStep(next_obs, real_next_obs, rewards, np.asarray(dones, dtype=bool), terminated, episodes)
 
     def states(self) -> dict[str, Any]:
         """Every env's state, its episode so far and each stream's generator, as JSON data."""
@@ -253,11 +262,12 @@ class GymEnvs(BatchedEnvs):
         return self.envs[stream * self.copies].unwrapped.np_random
 
     def _step(self, actions, idx):
-        m = len(idx)
+        members = list(range(self.n)) if isinstance(idx, slice) else idx.tolist()
+        m = len(members)
         obs = np.empty((m, self.obs_dim), dtype=np.float32)
         rewards, terminated, truncated = np.empty(m), np.empty(m, dtype=bool), np.empty(m, dtype=bool)
 
-        envs, members = self.envs, idx.tolist()
+        envs = self.envs
         flat = obs.reshape(m, *self.envs[0].observation_space.shape) if not self._flat else obs
 
         def run(rows: range) -> None:
