@@ -161,3 +161,22 @@ def test_the_dense_reference_looks_the_same_in_analyze_and_robustness_figures():
 @pytest.mark.parametrize("value, text", [(999, "999"), (1000, "1k"), (27548, "27.548k"), (2e6, "2M")])
 def test_count_labels(value, text):
     assert count_label(value) == text
+
+
+def test_an_empty_poi_column_is_explained(tmp_path):
+    """Without a dense_matched run at a label's sparsity its PoI is empty; results.md says why and what to train."""
+    from analysis.report import analyze
+    from tests.test_analysis import make_run
+
+    for method, sparsity in (("dense", 0.0), ("rigl", 0.9), ("set", 0.8)):
+        for seed in range(2):
+            make_run(tmp_path, method=method, sparsity=sparsity, seed=seed, returns=np.arange(10.0) + seed)
+    result = analyze(tmp_path, reps=REPS, make_plots=False)
+    assert result.aggregate.set_index("label").loc[["rigl_s0.9", "set_s0.8"], "poi_vs_matched"].isna().all()
+    note = result.poi_note
+    assert note.startswith("poi_vs_matched is empty for sac/set_s0.8, sac/rigl_s0.9: no completed dense_matched run")
+    assert "sparsity=dense_matched sparsity.sparsity=0.8,0.9" in note
+    assert f"- Note: {note}." in (tmp_path / "analysis" / "results.md").read_text()
+    make_run(tmp_path, method="dense_matched", sparsity=0.9, seed=0, returns=np.arange(10.0))
+    make_run(tmp_path, method="dense_matched", sparsity=0.8, seed=0, returns=np.arange(10.0))
+    assert analyze(tmp_path, reps=REPS, make_plots=False).poi_note is None
