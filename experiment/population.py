@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import json
 import math
 import os
 import sys
@@ -27,10 +28,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from experiment.checkpoint import CheckpointWriteError, checkpoint_step
 from experiment.interrupts import StopNow, StopSignals
 from experiment.lock import LocksUnsupported, RunDirLocked, cleanup_stale_staging, hold_run_dir, holder_of
-from experiment.plan import Plan, RunDirUsageError, UsageError, plan_run
-from experiment.run_dir import clear_run_outputs, interrupted_line, resume_command
+from experiment.plan import Plan, RunCompletedError, RunDirUsageError, UsageError, plan_run
+from experiment.run_dir import clear_run_outputs, completed_score, interrupted_line, resume_command, run_status
 from experiment.summary import format_score, record_failure
 
+POPULATION_RECORD = "population.json"  # in each member's run directory: {"population_dir": ...}
 POPULATIONS_DIR = ".populations"  # under run_root: one folder per population (its checkpoint)
 MEMBERS_PER_ENV_WORKER = 8  # env_workers=auto on CUDA: 8 beat 4 at K = 64 (docs/performance.md)
 
@@ -46,6 +48,7 @@ class Job:
     net_arch: Any = None
     key: str | None = None
     score: float | None = None
+    completed: bool = False  # resume=auto found it completed: left untouched
 
 
 def plan_member(cfg: DictConfig) -> Plan:
@@ -56,8 +59,11 @@ def plan_member(cfg: DictConfig) -> Plan:
         check_supported(cfg)
     except PopulationConfigError as error:
         raise UsageError(str(error)) from error
-    if not cfg.resume:
-        return plan_run(cfg)
+    run_dir = Path(cfg.run_dir)
+    if cfg.resume == "auto" and run_status(run_dir) == "completed":
+        raise RunCompletedError(f"{run_dir} holds a completed run; it is left untouched")
+    if not cfg.resume or (cfg.resume == "auto" and not (run_dir / POPULATION_RECORD).exists()):
+        return plan_run(cfg)  # resume=auto without a population run: a fresh start (or the SB3 path's refusal)
     # a population keeps its checkpoint outside the run directory: validate everything else, keep the real run_dir
     probe = copy.deepcopy(cfg)
     with open_dict(probe):
@@ -65,7 +71,7 @@ def plan_member(cfg: DictConfig) -> Plan:
         probe.run_dir = str(Path(tempfile.gettempdir()) / "sparse_rl_probe" / "none")
     plan = plan_run(probe)
     plan.cfg, plan.run_dir = cfg, Path(cfg.run_dir)
-    if not (plan.run_dir / "population.json").exists():
+    if not (plan.run_dir / POPULATION_RECORD).exists():
         raise UsageError(f"resume=true but {plan.run_dir} holds no population run to resume")
     return plan
 
@@ -132,10 +138,31 @@ def group_jobs(jobs: Sequence[Job], max_members: int) -> list[list[Job]]:
     return [members[i : i + max_members] for members in groups.values() for i in range(0, len(members), max_members)]
 
 
+def recorded_population_dir(run_dirs: Sequence[Path], run_root: Path) -> Path | None:
+    """The checkpoint folder the members' ``population.json`` name, if they all name the same one and it exists,
+    looked up by its name under ``run_root/.populations`` (so a run_root spelled differently, or moved with its
+    populations, finds it); ``None`` otherwise."""
+    names = set()
+    for run_dir in run_dirs:
+        try:
+            names.add(Path(str(json.loads((run_dir / POPULATION_RECORD).read_text())["population_dir"])).name)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    if len(names) != 1:
+        return None
+    folder = run_root / POPULATIONS_DIR / names.pop()
+    return folder if folder.is_dir() else None
+
+
 def population_dir(members: Sequence[Job]) -> Path:
-    """Where a population keeps its checkpoint: named after its agent, env and member run directories."""
+    """Where a population keeps its checkpoint: the folder its members' ``population.json`` record
+    (:func:`recorded_population_dir`); for a new population one named after its agent, env and the members' run
+    directories (resolved: ``runs`` and ``./runs`` give the same name)."""
     cfg = members[0].cfg
-    digest = hashlib.sha256("\n".join(str(m.plan.run_dir) for m in members).encode()).hexdigest()[:12]
+    run_dirs = [m.plan.run_dir for m in members]
+    if (recorded := recorded_population_dir(run_dirs, Path(cfg.run_root))) is not None:
+        return recorded
+    digest = hashlib.sha256("\n".join(str(Path(d).resolve()) for d in run_dirs).encode()).hexdigest()[:12]
     return Path(cfg.run_root) / POPULATIONS_DIR / f"{cfg.agent.name}_{str(cfg.env.name).replace('/', '-')}_{digest}"
 
 
@@ -246,8 +273,20 @@ def _train_held(
         print(f"{member.plan.run_dir}: {summary['status']}, score {format_score(member.score)}")
 
 
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity mask (a SLURM job's cgroup/cpuset shows here), capped by
+    ``SLURM_CPUS_PER_TASK`` where a job sets it (https://slurm.schedmd.com/sbatch.html#OPT_SLURM_CPUS_PER_TASK)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return max(1, min(cpus, int(slurm)) if slurm.isdigit() and int(slurm) > 0 else cpus)
+
+
 def env_workers_for(setting: int | str, device: str, members: int) -> int:
-    """``auto``: on CUDA one worker process per 8 members (at most the cores but one); on CPU none (one core trains).
+    """``auto``: on CUDA one worker process per 8 members (at most the usable CPUs but one, :func:`usable_cpus`); on
+    CPU none (one core trains).
 
     Eight members per worker balances env time against the main process's per-worker messaging
     (benchmarks/population.py, docs/performance.md).
@@ -256,13 +295,12 @@ def env_workers_for(setting: int | str, device: str, members: int) -> int:
         return int(setting)
     if not device.startswith("cuda") or members < MEMBERS_PER_ENV_WORKER:
         return 0
-    return max(0, min((os.cpu_count() or 1) - 1, math.ceil(members / MEMBERS_PER_ENV_WORKER)))
+    return max(0, min(usable_cpus() - 1, math.ceil(members / MEMBERS_PER_ENV_WORKER)))
 
 
-def run_jobs(
-    cfgs: Sequence[DictConfig], device: str, cuda_graph: bool, max_members: int, env_workers: int | str = "auto"
-) -> list[Job]:
-    """Validate, group and train every job; returns them with their scores (``None`` where skipped or failed)."""
+def plan_jobs(cfgs: Sequence[DictConfig], max_members: int) -> tuple[list[Job], list[list[Job]]]:
+    """Validate and group every job (nothing trained): the jobs, with why each skipped one was, and the populations.
+    With ``resume=auto`` a completed run is done (``completed``, its recorded score), not refused."""
     jobs = [Job(cfg) for cfg in cfgs]
     seen: set[str] = set()
     for job in jobs:
@@ -272,11 +310,22 @@ def run_jobs(
             seen.add(str(job.cfg.run_dir))
             job.plan = plan_member(job.cfg)
         except UsageError as error:
+            if isinstance(error, RunCompletedError) and job.cfg.resume == "auto":
+                job.completed, job.score = True, completed_score(Path(job.cfg.run_dir))
+                print(f"{job.cfg.run_dir}: completed earlier (score {format_score(job.score)}); left untouched")
+                continue
             if isinstance(error, RunDirUsageError):  # a live writer explains the run directory's state best (as sb3)
                 error = holder_of(Path(job.cfg.run_dir)) or error
             job.skipped = str(error)
             print(f"{job.cfg.run_dir}: SKIPPED: {error}", file=sys.stderr)
-    groups = group_jobs(jobs, max_members)
+    return jobs, group_jobs(jobs, max_members)
+
+
+def run_jobs(
+    cfgs: Sequence[DictConfig], device: str, cuda_graph: bool, max_members: int, env_workers: int | str = "auto"
+) -> list[Job]:
+    """Validate, group and train every job; returns them with their scores (``None`` where skipped or failed)."""
+    jobs, groups = plan_jobs(cfgs, max_members)
     print(f"population engine: {sum(len(g) for g in groups)} runs in {len(groups)} population(s) on {device}")
     if any(int(job.cfg.diagnostics.freq) > 0 for group in groups for job in group):
         print("note: the population engine computes no training diagnostics (diagnostics.*): use sparse_rl.run")

@@ -189,3 +189,20 @@ def test_a_grid_larger_than_max_array_size_is_submitted_in_arrays(cluster, tmp_p
     cluster.run("scancel", *arrays)
     cluster.wait_idle(60)
     assert not list(root.rglob("summary.json"))  # nothing trained
+
+
+def test_a_population_runs_as_one_job(cluster, tmp_path):
+    root = tmp_path / "runs"
+    result = _cli(cluster, "sparse_rl.run", "-m", "hydra/launcher=population",
+                  "+hydra.launcher.slurm={poll_s:1,timeout_min:10,mem_gb:2}", *DQN, "agent.total_timesteps=300",
+                  "sparsity=rigl", "sparsity.sparsity=0.8,0.9,1.5", "seed=0", f"run_root={root}")  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]  # sparsity 1.5 is skipped on the submit host
+    assert "sweep: 3 job(s): 2 completed, 1 skipped" in result.stderr, result.stderr[-3000:]
+    assert "population of 2 submitted as SLURM job" in result.stderr
+    summaries = [_summary(p.parent) for p in root.rglob("summary.json")]
+    assert len(summaries) == 2 and all(s["status"] == "completed" and s["engine"] == "population" for s in summaries)
+    again = _cli(cluster, "sparse_rl.run", "-m", "hydra/launcher=population", "+hydra.launcher.slurm={poll_s:1}", *DQN,
+                 "agent.total_timesteps=300", "sparsity=rigl", "sparsity.sparsity=0.8,0.9", "seed=0",
+                 f"run_root={root}")  # fmt: skip
+    assert again.returncode == 0 and "sweep: 2 job(s): 2 completed" in again.stdout, again.stderr[-3000:]
+    assert "submitted as SLURM job" not in again.stderr  # resume=auto: completed members are left untouched

@@ -114,8 +114,7 @@ class GridSlurmLauncher(Launcher):
             returns[index] = job_return(job_overrides[index], None, outcome, value)
         say(
             f"slurm: {len(configs)} job(s) composed and checked in {time.perf_counter() - start:.0f} s: "
-            f"{len(to_submit)} to submit, "
-            + ", ".join(f"{n} {o}" for o, n in _count(o for o, _ in done.values()).items())
+            f"{len(to_submit)} to submit, " + ", ".join(f"{n} {o}" for o, n in _count(o for o, _ in done.values()).items())
         )
         if to_submit:
             start = time.perf_counter()
