@@ -241,6 +241,15 @@ def _is_population(cfg: DictConfig) -> bool:
     return str(cfg.hydra.launcher.get("_target_")) == POPULATION_LAUNCHER
 
 
+def _on_cluster(cfg: DictConfig) -> bool:
+    """Whether the sweep's jobs run on cluster nodes (``hydra/launcher=slurm``, or the population launcher with
+    ``slurm`` settings): the node checks ``device`` itself; a login node often has no GPU (docs/design.md 38)."""
+    launcher = cfg.hydra.launcher
+    return str(launcher.get("_target_")).endswith("GridSlurmLauncher") or (
+        _is_population(cfg) and launcher.get("slurm") is not None
+    )
+
+
 def _job_problem(cfg: DictConfig) -> str | None:
     """One line if a composed job (its ``hydra`` node included) would be refused before it trains, else ``None``."""
     from experiment.plan import UsageError, device_problem, output_problem, plan_run
@@ -259,7 +268,7 @@ def _job_problem(cfg: DictConfig) -> str | None:
         plan_run(job, check_run_dir=False)
     except UsageError as error:
         return str(error)
-    return device_problem(str(job.device)) or output_problem(job)
+    return (None if _on_cluster(cfg) else device_problem(str(job.device))) or output_problem(job)
 
 
 def jobs_problem(overrides: Sequence[str], multirun: bool, configs_dir: Path = CONFIGS_DIR) -> str | None:
@@ -279,7 +288,8 @@ def jobs_problem(overrides: Sequence[str], multirun: bool, configs_dir: Path = C
     task = [o for o in parsed if not o.is_hydra_override()]
     with initialize_config_dir(config_dir=str(configs_dir), version_base="1.3"):
         first = compose(config_name=CONFIG_NAME, overrides=[*map(_composable, task), *hydra_lines], return_hydra_config=True)
-        if _is_population(first) and (problem := device_problem(str(first.hydra.launcher.device), "hydra.launcher.device")):
+        population_device = _is_population(first) and not _on_cluster(first)
+        if population_device and (problem := device_problem(str(first.hydra.launcher.device), "hydra.launcher.device")):
             return problem
         if not multirun:
             return _job_problem(first)

@@ -26,7 +26,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from hydra_plugins.sparse_rl_population.slurm_jobs import Ended, make_executor, say, wait_all
+from hydra_plugins.sparse_rl_population.slurm_jobs import Ended, make_executor, say, submit_one, wait_all
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,10 @@ class PopulationLauncher(Launcher):
                 params["mem_gb"] = max(job_mem_gb(cfgs[p]) for p in positions) + len(members) - 1
             executor = make_executor(params, folder)
             member_configs = [configs[p] for p in positions]
-            job = executor.submit(PopulationJob(), member_configs, self.device, self.cuda_graph, self.env_workers)
+            job = submit_one(
+                executor, PopulationJob(), member_configs, self.device, self.cuda_graph, self.env_workers,
+                what=f"a population of {len(members)}",
+            )  # fmt: skip
             submitted.append((job, positions))
             say(f"population of {len(members)} submitted as SLURM job {job.job_id} ({params['cpus_per_task']} CPU(s))")
         if not wait:

@@ -65,14 +65,30 @@ def submit_chunked(executor: Any, function: Callable, arguments: Sequence[Any], 
         try:
             jobs += executor.map_array(function, list(arguments[start : start + max_array_size]))
         except Exception as error:  # submitit's FailedJobError / CalledProcessError carry sbatch's own message
-            lines = [line for line in str(error).splitlines() if "error" in line.lower()] or str(error).splitlines()
             raise SystemExit(
                 f"error: sbatch refused an array of {min(max_array_size, len(arguments) - start)} task(s) after "
-                f"{len(jobs)} were submitted ({lines[0].strip() if lines else type(error).__name__}); an invalid array "
+                f"{len(jobs)} were submitted ({sbatch_error(error)}); an invalid array "
                 "means hydra.launcher.max_array_size must be below the cluster's MaxArraySize "
                 "(scontrol show config | grep MaxArraySize)"
             ) from None
     return jobs
+
+
+def sbatch_error(error: BaseException) -> str:
+    """sbatch's own one-line complaint inside a submitit submission error."""
+    lines = [line for line in str(error).splitlines() if "error" in line.lower()] or str(error).splitlines()
+    return lines[0].strip() if lines else type(error).__name__
+
+
+def submit_one(executor: Any, function: Callable, *args: Any, what: str = "a job") -> Any:
+    """``executor.submit(function, *args)``; sbatch's refusal is one line naming the settings to check."""
+    try:
+        return executor.submit(function, *args)
+    except Exception as error:
+        raise SystemExit(
+            f"error: sbatch refused {what} ({sbatch_error(error)}); check hydra.launcher.slurm's partition, account, "
+            "time, memory and GPU settings against the cluster (sinfo, scontrol show partition)"
+        ) from None
 
 
 def _squeue_states(job_ids: Sequence[str]) -> dict[str, str]:
