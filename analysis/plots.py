@@ -236,16 +236,13 @@ def score_params_figure(per_env: pd.DataFrame, scores: pd.DataFrame | None, agen
 
 
 def _decade_padded(low: float, high: float) -> tuple[float, float]:
-    """x limits around ``low``..``high`` on a log axis, wide enough for at least two labelled 1-2-5 ticks."""
-    low, high = low / 1.15, high * 1.15
-    decades = range(int(np.floor(np.log10(low))) - 1, int(np.ceil(np.log10(high))) + 1)
+    """x limits on a log axis from the 1-2-5 tick at or below ``low`` to the one at or above ``high`` (a little
+    beyond), so every point lies between two labelled ticks and at least two are labelled."""
+    decades = range(int(np.floor(np.log10(low))) - 1, int(np.ceil(np.log10(high))) + 2)
     ticks = [t * 10.0**e for e in decades for t in COUNT_TICKS]
-    inside = [t for t in ticks if low <= t <= high]
-    while len(inside) < 2:  # widen to the nearest ticks outside
-        below, above = [t for t in ticks if t < low], [t for t in ticks if t > high]
-        low, high = (below[-1] if below else low), (above[0] if above else high)
-        inside = [t for t in ticks if low <= t <= high]
-    return low, high
+    below = max(t for t in ticks if t <= low)
+    above = min(t for t in ticks if t >= high and t > below)
+    return below / 1.08, above * 1.08
 
 
 def plot_score_vs_params(
