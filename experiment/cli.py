@@ -9,9 +9,10 @@
   one line naming the closest valid choices (case-insensitive; ``dmc/``, ``minatar/``, ``atari/`` envs included); a
   value of the wrong type (``sparsity.sparsity=abc``, in any value of a sweep) one line.
 - :func:`argv_problem`: the above, then the composed jobs checked as the training paths will check them
-  (:func:`experiment.plan.plan_run` without the run directory's state, ``device``, ``hydra.launcher.device``, whether
-  ``run_root`` can be written, the population engine's support), all before Hydra creates a folder. A sweep is
-  refused only if every job is (otherwise each bad job is skipped with one line, as before).
+  (:func:`experiment.plan.plan_run` without the run directory's state; ``device`` and the population engine's
+  ``hydra.launcher.device`` unless a cluster node runs the job; whether ``run_root`` can be written), all before
+  Hydra creates a folder. A sweep is refused only if every job is (otherwise each bad job is skipped with one line,
+  as before); jobs the population engine cannot train are its launcher's to skip and count.
 """
 
 from __future__ import annotations
@@ -251,20 +252,17 @@ def _on_cluster(cfg: DictConfig) -> bool:
 
 
 def _job_problem(cfg: DictConfig) -> str | None:
-    """One line if a composed job (its ``hydra`` node included) would be refused before it trains, else ``None``."""
+    """One line if a composed job (its ``hydra`` node included) would be refused before it trains, else ``None``.
+
+    Whether the population engine can train the job is left to its launcher (it skips such jobs one line each and
+    the sweep's summary counts them); ``device`` is checked by the node on a cluster (:func:`_on_cluster`).
+    """
     from experiment.plan import UsageError, device_problem, output_problem, plan_run
 
     job = cfg.copy()
     with open_dict(job):
         del job["hydra"]
     try:
-        if _is_population(cfg):
-            from agents.population.compose import PopulationConfigError, check_supported
-
-            try:
-                check_supported(job)
-            except PopulationConfigError as error:
-                return str(error)
         plan_run(job, check_run_dir=False)
     except UsageError as error:
         return str(error)
