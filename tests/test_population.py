@@ -266,9 +266,10 @@ def test_launcher_groups_compatible_jobs_and_skips_what_it_cannot_train(tmp_path
     duplicate = _sweep(tmp_path / "dup", "agent=dqn", "env=CartPole", "seed=0", "agent.sb3.gamma=0.99,0.9")
     assert "1 runs in 1 population(s)" in duplicate.stdout
     assert "another job of this sweep writes" in duplicate.stderr
+    assert duplicate.returncode == 1 and "sweep: 2 job(s): 1 completed, 1 skipped" in duplicate.stderr
     skipped = _sweep(tmp_path / "ppo", "agent=ppo", "env=CartPole", "seed=0", tiny=False)
-    assert skipped.returncode == 0, skipped.stderr[-2000:]
-    assert "SKIPPED: the population engine trains agent=sac or agent=dqn, not 'ppo'" in skipped.stderr
+    assert skipped.returncode == 1, skipped.stderr[-2000:]  # every job refused: refused before the sweep starts
+    assert "the population engine trains agent=sac or agent=dqn, not 'ppo'" in skipped.stderr
     assert not (tmp_path / "ppo" / "ppo").exists()
 
 
