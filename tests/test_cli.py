@@ -90,6 +90,6 @@ def test_cli_misspelled_key_is_one_line_without_a_plus_suggestion_and_no_directo
     result = run_cli("sparsity.sparsty=0.9", f"run_root={tmp_path / 'runs'}")
     assert result.returncode != 0
     assert result.stderr.strip() == (
-        "error: unknown key 'sparsity.sparsty'; closest valid keys: sparsity.sparsity, sparsity.sparse_init"
+        "error: unknown key 'sparsity.sparsty'; closest valid keys: sparsity.sparsity, sparsity.sparse_init, sparsity.sr_ste"
     )
     assert not (tmp_path / "runs").exists()
