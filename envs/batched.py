@@ -36,10 +36,6 @@ from envs.spec import EnvSpec
 from envs.state import env_state, rng_state, set_env_state, set_rng_state
 from envs.vec import FRAME_STACK
 
-# mjData's position-dependent quantities as the last mj_step left them (computed before its last substep's
-# integration): gymnasium's envs read some before stepping (Ant: body xpos, Humanoid: xipos), so they are state
-MUJOCO_KINEMATICS = ("xpos", "xquat", "xmat", "xipos", "ximat", "geom_xpos", "geom_xmat", "site_xpos", "site_xmat",
-                     "subtree_com")  # fmt: skip
 STATE_FORMAT = "batched_envs/1"  # tag of BatchedEnvs.states(); older population checkpoints held SB3 VecEnv states
 
 
@@ -244,11 +240,6 @@ class GymEnvs(BatchedEnvs):
         self._flat = len(self.envs[0].observation_space.shape) == 1
         self.threads = min(int(threads), self.n)
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
-        if self.mujoco:
-            import mujoco
-
-            self._mujoco = mujoco
-            self._mj_spec = mujoco.mjtState.mjSTATE_INTEGRATION
 
     def _reset_env(self, i: int, seed: int | None) -> np.ndarray:
         return self.envs[i].reset(seed=seed)[0]
@@ -283,26 +274,12 @@ class GymEnvs(BatchedEnvs):
         return obs, rewards, terminated, truncated
 
     def _env_state(self, i: int) -> dict[str, Any]:
-        state = env_state(self.envs[i])
-        if self.mujoco:
-            unwrapped = self.envs[i].unwrapped
-            full = np.empty(self._mujoco.mj_stateSize(unwrapped.model, self._mj_spec))
-            self._mujoco.mj_getState(unwrapped.model, unwrapped.data, full, self._mj_spec)
-            state["mujoco_integration"] = full.tolist()
-            state["mujoco_kinematics"] = {name: getattr(unwrapped.data, name).tolist() for name in MUJOCO_KINEMATICS}
-        return state
+        return env_state(self.envs[i])  # MuJoCo's integration state and kinematics included (envs.state)
 
     def _set_env_state(self, i: int, state: dict[str, Any]) -> None:
         env = self.envs[i]
         env.reset()  # the wrappers' order checks want a reset first
         set_env_state(env, state)
-        if self.mujoco:
-            unwrapped = env.unwrapped
-            full = np.asarray(state["mujoco_integration"], dtype=np.float64)
-            self._mujoco.mj_setState(unwrapped.model, unwrapped.data, full, self._mj_spec)
-            for name, value in state["mujoco_kinematics"].items():
-                target = getattr(unwrapped.data, name)
-                target[...] = np.asarray(value, dtype=np.float64).reshape(target.shape)
 
     def close(self) -> None:
         if self._pool is not None:
