@@ -372,13 +372,14 @@ def sweep_job_configs(overrides: Sequence[str]) -> list[DictConfig]:
     parser = OverridesParser.create()
     parsed = parser.parse_overrides(list(overrides))
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    swept = [o.input_line for o in parsed if o.is_sweep_override()]
+    task = [o.input_line for o in parsed if not o.is_hydra_override()]
     with initialize_config_dir(config_dir=str(CONFIGS_DIR), version_base="1.3"):
         master = compose(config_name=CONFIG_NAME, overrides=fixed, return_hydra_config=True)
         params = [f"{key}={value}" for key, value in (master.hydra.sweeper.params or {}).items()]
-        jobs = BasicSweeper.split_arguments(parser.parse_overrides([*params, *swept]), None)[0] if params or swept else [[]]
+        # as BasicSweeper.sweep: the experiment's params, then the command line's (a later value of a key wins)
+        jobs = BasicSweeper.split_arguments(parser.parse_overrides([*params, *task]), None)[0]
         composer = SweepComposer(GlobalHydra.instance().config_loader(), master)
-        return [OmegaConf.create(composer.compose_task([*fixed, *job], i)) for i, job in enumerate(jobs)]
+        return [OmegaConf.create(composer.compose_task(job, i)) for i, job in enumerate(jobs)]
 
 
 def main(argv: Sequence[str]) -> int:

@@ -56,6 +56,16 @@ class PopulationCheckpointProblem(UsageError):
     """The population's checkpoint cannot continue this population (missing, corrupt, other members): one line."""
 
 
+def _relative_to_root(run_dir: Path) -> tuple[str, ...]:
+    """A member's run directory as agent/env/label/seed_N when it follows ``configs/config.yaml``'s pattern (so a
+    ``run_root`` spelled differently, or moved with its populations, matches: docs/design.md decision 38), else the
+    whole resolved path."""
+    parts = run_dir.parts
+    if len(parts) >= 4 and parts[-1].startswith("seed_"):
+        return parts[-4:]
+    return run_dir.resolve().parts
+
+
 def population_checkpoint_problem(population_dir: Path, run_dirs: Sequence[Path]) -> str | None:
     """Why ``population_dir``'s checkpoint cannot continue the members ``run_dirs`` (in order), or ``None``.
 
@@ -73,7 +83,7 @@ def population_checkpoint_problem(population_dir: Path, run_dirs: Sequence[Path]
     if missing:
         return f"checkpoint {folder} lacks {missing[0]}"
     saved = [m.get("run_dir") for m in json.loads((folder / "state.json").read_text()).get("members", [])]
-    if saved != [str(d) for d in run_dirs]:
+    if [_relative_to_root(Path(d)) for d in saved] != [_relative_to_root(Path(d)) for d in run_dirs]:
         return f"checkpoint {folder} holds other members ({len(saved)} run directories); it continues only its own"
     return None
 

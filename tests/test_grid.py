@@ -4,6 +4,7 @@ outcomes and exit status, a grid's state read from run directories, submit-host 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -231,3 +232,31 @@ def test_submit_host_check_plans_once_per_setting(tmp_path, monkeypatch):
     monkeypatch.setattr(experiment.plan, "plan_run", lambda cfg, *a, **k: calls.append(1) or original(cfg, *a, **k))
     assert check_sweep_jobs(configs) == []
     assert len(configs) == 1200 and len(calls) == 120
+
+
+# ---------------------------------------------------------------------------------------------------- populations
+def test_a_population_is_found_from_its_members_records_however_run_root_is_spelled(tmp_path, monkeypatch):
+    from experiment.population import POPULATIONS_DIR, recorded_population_dir, usable_cpus
+    from experiment.population_records import _relative_to_root
+
+    first = tmp_path / "first" / "runs"
+    members = [first / "dqn" / "CartPole" / "rigl_s0.9" / f"seed_{s}" for s in (0, 1)]
+    folder = first / POPULATIONS_DIR / "dqn_CartPole_0123456789ab"
+    folder.mkdir(parents=True)
+    for run_dir in members:
+        run_dir.mkdir(parents=True)
+        (run_dir / "population.json").write_text(json.dumps({"population_dir": str(folder)}))
+    moved = tmp_path / "moved" / "runs"
+    (tmp_path / "moved").mkdir()
+    first.rename(moved)  # the whole run_root, populations included
+    monkeypatch.chdir(tmp_path)
+    spelled = Path("moved/./runs")
+    found = recorded_population_dir([spelled / m.relative_to(first) for m in members], spelled)
+    assert found is not None and found.resolve() == (moved / POPULATIONS_DIR / folder.name).resolve()
+    assert [_relative_to_root(m) for m in members] == [_relative_to_root(spelled / m.relative_to(first)) for m in members]
+    (moved / members[1].relative_to(first) / "population.json").write_text(json.dumps({"population_dir": "other"}))
+    assert recorded_population_dir([spelled / m.relative_to(first) for m in members], spelled) is None  # disagree
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    assert usable_cpus() == 1
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    assert usable_cpus() == len(os.sched_getaffinity(0))
