@@ -348,7 +348,7 @@ def format_table(table: dict[tuple[str, str, str], Counter]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- the command
-USAGE = """usage: python -m sparse_rl.grid status|resubmit [OVERRIDES ...]
+USAGE = """usage: python -m sparse_rl.grid status|resubmit|drop-checkpoints [OVERRIDES ...]
 
 A grid is the sweep that `python -m sparse_rl.run -m OVERRIDES` runs (e.g. +experiment=paper_dqn_classic
 run_root=/scratch/runs); give the same OVERRIDES (hydra.launcher.* settings may be left out for status).
@@ -356,7 +356,12 @@ run_root=/scratch/runs); give the same OVERRIDES (hydra.launcher.* settings may 
              agent x env x method_sparsity, then a total; reads run directories only (a queued SLURM job that has
              not started yet shows as not started)
   resubmit   runs the sweep again with resume=auto (unless OVERRIDES set resume=): completed runs are left
-             untouched, runs held by a live job are not submitted again, the rest continue or start"""
+             untouched, runs held by a live job are not submitted again, the rest continue or start
+  drop-checkpoints
+             removes the checkpoint of every completed run of the grid (model.zip, logs, evaluations and
+             summary.json stay; the analysis and evaluate read only those) and population checkpoints whose
+             members are all completed; a completed run cannot be resumed, so nothing else is lost"""
+COMMANDS = ("status", "resubmit", "drop-checkpoints")
 
 
 def sweep_job_configs(overrides: Sequence[str]) -> list[DictConfig]:
@@ -382,12 +387,49 @@ def sweep_job_configs(overrides: Sequence[str]) -> list[DictConfig]:
         return [OmegaConf.create(composer.compose_task(job, i)) for i, job in enumerate(jobs)]
 
 
+def drop_checkpoints(cfgs: Sequence[DictConfig]) -> tuple[list[Path], int]:
+    """Remove the checkpoints of the grid's completed runs (``model.zip``, logs, ``evaluations.npz`` and
+    ``summary.json`` stay: the analysis and ``evaluate`` read only those), and the population checkpoints whose
+    every member in the grid is completed. A run a live process holds is left alone. Returns what was removed and
+    the bytes freed."""
+    import shutil
+
+    from experiment.checkpoint import CHECKPOINT_DIR
+    from experiment.population import POPULATION_RECORD, POPULATIONS_DIR
+
+    removed: list[Path] = []
+    freed = 0
+    populations: dict[Path, bool] = {}  # population folder -> every member seen so far completed
+
+    def remove(folder: Path) -> None:
+        nonlocal freed
+        freed += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        shutil.rmtree(folder)
+        removed.append(folder)
+
+    for cfg in cfgs:
+        run_dir = Path(str(cfg.run_dir))
+        completed = run_state(run_dir) == "completed"
+        try:
+            name = Path(str(json.loads((run_dir / POPULATION_RECORD).read_text())["population_dir"])).name
+            folder = Path(str(cfg.run_root)) / POPULATIONS_DIR / name
+            populations[folder] = populations.get(folder, True) and completed
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        if completed and (run_dir / CHECKPOINT_DIR).is_dir():
+            remove(run_dir / CHECKPOINT_DIR)
+    for folder, done in populations.items():
+        if done and folder.is_dir():
+            remove(folder)
+    return removed, freed
+
+
 def main(argv: Sequence[str]) -> int:
     """``python -m sparse_rl.grid status|resubmit OVERRIDES``; see :data:`USAGE`."""
     import os
     import sys
 
-    if not argv or argv[0] not in ("status", "resubmit") or any(a in ("-h", "--help") for a in argv):
+    if not argv or argv[0] not in COMMANDS or any(a in ("-h", "--help") for a in argv):
         print(USAGE, file=sys.stdout if argv and argv[0] in ("-h", "--help") else sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, overrides = argv[0], list(argv[1:])
@@ -402,6 +444,10 @@ def main(argv: Sequence[str]) -> int:
     except Exception as error:  # a bad override: Hydra's one-line message
         print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2
+    if command == "drop-checkpoints":
+        removed, freed = drop_checkpoints(cfgs)
+        print(f"removed {len(removed)} checkpoint folder(s) of completed runs, {freed / 1024**3:.2f} GiB")
+        return 0
     table, _ = grid_table(cfgs)
     print(format_table(table))
     return 0

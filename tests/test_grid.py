@@ -260,3 +260,19 @@ def test_a_population_is_found_from_its_members_records_however_run_root_is_spel
     assert usable_cpus() == 1
     monkeypatch.delenv("SLURM_CPUS_PER_TASK")
     assert usable_cpus() == len(os.sched_getaffinity(0))
+
+
+def test_drop_checkpoints_keeps_what_analysis_and_evaluate_read(tmp_path, capsys):
+    from experiment.grid import main
+
+    overrides = ["agent=dqn", "env=CartPole", "sparsity=rigl", "seed=0,1", f"run_root={tmp_path}"]
+    done, stopped = (Path(str(c.run_dir)) for c in sweep_job_configs(overrides))
+    for run_dir, status in ((done, "completed"), (stopped, "interrupted")):
+        _summary(run_dir, status)
+        (run_dir / "checkpoint").mkdir()
+        (run_dir / "checkpoint" / "replay_buffer.npz").write_bytes(b"0" * 4096)
+        (run_dir / "model.zip").write_bytes(b"model")
+    assert main(["drop-checkpoints", *overrides]) == 0
+    assert "removed 1 checkpoint folder(s)" in capsys.readouterr().out
+    assert not (done / "checkpoint").exists() and (done / "model.zip").exists() and (done / "summary.json").exists()
+    assert (stopped / "checkpoint" / "replay_buffer.npz").exists()  # it continues from there
