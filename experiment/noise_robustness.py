@@ -13,8 +13,8 @@ sigma 0.1 and 2 stds, pixels over tens of pixel units); ``noise=...`` sets one g
 
 Models are rebuilt from each run's ``.hydra/config.yaml``; only ``policy.pth`` is read from ``model.zip``
 (``torch.load(weights_only=True)``, nothing unpickled). Nothing is written inside a run directory: the output goes
-to RUNS_DIR_robustness beside RUNS_DIR, and for RUNS_DIR that is one run directory ``<root>/<agent>/<env>/<label>/
-seed_N`` to ``<root>_robustness/<agent>/<env>/<label>/seed_N`` (not among the seed folders). Envs are seeded as the
+to RUNS_DIR_robustness beside RUNS_DIR; when RUNS_DIR is one run directory ``<root>/<agent>/<env>/<label>/seed_N``,
+to ``<root>_robustness/<agent>/<env>/<label>/seed_N`` (not among the seed folders). Envs are seeded as the
 run's evaluation env was (run seed + 10000) and the noise from (seed, run seed): the output is deterministic, and
 sigma=0 is the plain evaluation.
 """
@@ -100,7 +100,7 @@ def usage() -> str:
     for key, value, text in KEY_HELP:
         default = OmegaConf.select(OmegaConf.create(defaults), key)
         default = OmegaConf.to_container(default) if OmegaConf.is_config(default) else default
-        lines.append(f"  {f'{key}={value}':<22}{text} (default {_format_default(default)})")
+        lines.append(f"  {f'{key}={value}':<24}{text} (default {_format_default(default)})")
     return "\n".join([*lines, "", f"example: {EXAMPLE}"])
 
 
