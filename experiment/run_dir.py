@@ -51,7 +51,8 @@ def resume_mode_problem(resume: object) -> str | None:
 
 
 def run_status(run_dir: Path) -> str | None:
-    """``summary.json``'s status (``running``, ``completed``, ``failed``), ``unreadable``, or ``None`` if absent."""
+    """``summary.json``'s status (``running``, ``completed``, ``failed``, ``interrupted``), ``unreadable``, or ``None``
+    if absent."""
     try:
         return str(json.loads((run_dir / SUMMARY_FILE).read_text()).get("status"))
     except FileNotFoundError:
@@ -126,14 +127,16 @@ def clear_run_outputs(run_dir: Path) -> list[Path]:
 
 
 def resume_command(argv: list[str] | None = None) -> str:
-    """The command that continues this one: ``python -m sparse_rl.run`` with the same arguments and ``resume=true``
-    (``argv`` defaults to this process's; another program's arguments give a description instead)."""
+    """The command that continues this one: ``python -m sparse_rl.run`` with the same arguments and ``resume=true``,
+    or for a sweep (``-m``) ``resume=auto``, which also starts the jobs that never ran and leaves completed ones
+    untouched (``argv`` defaults to this process's; another program's arguments give a description instead)."""
     if argv is None:
         if Path(sys.argv[0]).name != "run.py" or Path(sys.argv[0]).parent.name != "sparse_rl":
-            return "the same command with resume=true"
+            return "the same command with resume=true (a sweep: resume=auto)"
         argv = sys.argv[1:]
     kept = [arg for arg in argv if arg.lstrip("+").split("=", 1)[0] != "resume"]
-    return shlex.join(["python", "-m", "sparse_rl.run", *kept, "resume=true"])
+    mode = "auto" if any(arg in ("-m", "--multirun") for arg in kept) else "true"
+    return shlex.join(["python", "-m", "sparse_rl.run", *kept, f"resume={mode}"])
 
 
 def interrupted_line(run_dir: Path, reached: int, total: int, checkpoint: int | None, how: str, resume: str) -> str:

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from experiment.interrupts import DEFAULT_SIGNALS, StopNow, StopSignals, active
+from experiment.run_dir import resume_command
 
 
 def _send(signum: int) -> None:
@@ -95,6 +96,13 @@ def test_an_ignored_signal_stays_ignored() -> None:
         assert not stop.requested
     finally:
         signal.signal(signal.SIGUSR1, old)
+
+
+def test_the_continue_command_is_the_same_command_with_resume() -> None:
+    assert resume_command(["agent=sac", "resume=false", "run_dir=a b"]) == (
+        "python -m sparse_rl.run agent=sac 'run_dir=a b' resume=true"
+    )
+    assert resume_command(["-m", "seed=0,1", "+resume=true"]) == "python -m sparse_rl.run -m seed=0,1 resume=auto"
 
 
 def test_unknown_signal_names_are_refused() -> None:
@@ -211,13 +219,13 @@ def test_sigterm_stops_a_population_with_a_checkpoint_and_it_resumes_exactly(tmp
     (meta,) = root.glob(".populations/*/checkpoint/meta.json")
     step = json.loads(meta.read_text())["num_timesteps"]
     assert 0 < step < 1500 and f"checkpoint at env step {step:,}; continue with: " in lines[0]
-    assert lines[0].endswith(" resume=true")
+    assert lines[0].endswith(" resume=auto")  # a sweep: also starts any job that never ran
     for member in members:
         summary = json.loads((root / member / "summary.json").read_text())
         assert summary["status"] == "interrupted" and summary["num_timesteps"] == step
         assert summary["interrupted"] == {"signal": "SIGTERM", "checkpoint_step": step, "at_once": False}
 
-    resumed = subprocess.run([*command, f"run_root={root}", "resume=true"], cwd=ROOT, capture_output=True, text=True)
+    resumed = subprocess.run([*command, f"run_root={root}", "resume=auto"], cwd=ROOT, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming from step {step:,}" in resumed.stdout
     for member in members:
