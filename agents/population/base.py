@@ -96,22 +96,23 @@ FUSED_LANES = 16
 def adam(params: Sequence[torch.Tensor], lr: float, kwargs: Mapping[str, Any], capturable: bool) -> torch.optim.Adam:
     """Adam as the SB3 path builds it (``optimizer_kwargs``), minus weight decay (applied to kernels only, explicitly).
 
-    With ``fused``, a parameter whose per-member row is not a whole number of vector lanes goes to a second param
-    group stepped by ``foreach`` Adam (the same update): the fused CPU kernel computes the vector lanes and the
-    tail of a tensor with different roundings, so such a member's last bits would depend on how many members the
-    tensor holds (``FUSED_LANES``). These are small tensors (output biases, odd widths).
+    With ``fused`` on the CPU, a parameter whose per-member row is not a whole number of vector lanes goes to a
+    second param group stepped by single-tensor Adam (the same update; cheaper than ``foreach`` for a few small
+    tensors): the fused CPU kernel computes the vector lanes and the tail of a tensor with different roundings, so
+    such a member's last bits would depend on how many members the tensor holds (``FUSED_LANES``). These are small
+    tensors (output biases, odd widths). On CUDA everything stays fused.
     """
     options = {k: v for k, v in kwargs.items() if k != "weight_decay"}
     if capturable:
         options["capturable"] = True
     params = list(params)
-    if not options.get("fused"):
+    if not options.get("fused") or params[0].device.type != "cpu":
         return torch.optim.Adam(params, lr=lr, **options)
     aligned = [p for p in params if p[0].numel() % FUSED_LANES == 0]
     tails = [p for p in params if p[0].numel() % FUSED_LANES != 0]
     groups = [{"params": aligned}] if aligned else []
     if tails:
-        groups.append({"params": tails, "fused": False, "foreach": True})
+        groups.append({"params": tails, "fused": False, "foreach": False})
     return torch.optim.Adam(groups, lr=lr, **options)
 
 
