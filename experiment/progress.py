@@ -66,6 +66,16 @@ def time_per_call(call: Callable[[], Any], calls: int, warmup_calls: int = 1, sy
     return (time.perf_counter() - start) / max(calls, 1)
 
 
+def probe(measure: Callable[[], StepCosts]) -> StepCosts | None:
+    """``measure()``, or ``None`` with a note if it fails: a time estimate must never stop a run."""
+    try:
+        return measure()
+    except Exception as error:  # any failure of the probe only costs the estimate
+        first_line = (str(error).splitlines() or [""])[0]
+        print(f"note: no time estimate ({type(error).__name__}: {first_line})")
+        return None
+
+
 def format_duration(seconds: float | None) -> str:
     """``45 s``, ``12 min``, ``3.4 h``, ``2.1 days`` (``?`` if unknown)."""
     if seconds is None or not math.isfinite(seconds):

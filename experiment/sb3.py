@@ -56,7 +56,7 @@ from experiment.plan import (
     plan_run,
     resume_checkpoint,
 )
-from experiment.progress import Budget, RunProgress, StepCosts, start_line, time_per_call
+from experiment.progress import Budget, RunProgress, StepCosts, probe, start_line, time_per_call
 from experiment.replay_io import load_replay_buffer, save_replay_buffer
 from experiment.run_dir import clear_run_outputs, completed_score, interrupted_line, non_finite_message, resume_command
 from experiment.sb3_state import (
@@ -308,7 +308,7 @@ def train(plan: Plan, stop: StopSignals | None = None) -> dict:
     cfg = plan.cfg
     torch.set_num_threads(cfg.torch_threads)
     _prepare_run_dir(plan)
-    costs = _probe_costs(plan) if cfg.progress_bar else None  # before the run's model, which seeds everything again
+    costs = probe(lambda: _probe_costs(plan)) if cfg.progress_bar else None  # before the run's model: it reseeds all
     train_env, eval_env = _make_envs(plan)
     model, extra = build_plan_model(plan, train_env)
     controller, resumed_at = _attach_and_restore(plan, model, eval_env, extra)

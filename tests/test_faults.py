@@ -279,3 +279,11 @@ def test_the_time_probe_leaves_the_run_unchanged(tmp_path) -> None:
     train(plan_run(compose_run([*SB3_RUN, f"run_dir={probed}", "progress_bar=true"])))
     assert time.perf_counter() - start < 120
     _assert_same_run(quiet, probed)
+
+
+def test_a_failing_time_probe_costs_only_the_estimate(capsys) -> None:
+    def broken() -> StepCosts:
+        raise RuntimeError("no such kernel\nsecond line")
+
+    assert experiment.progress.probe(broken) is None
+    assert capsys.readouterr().out == "note: no time estimate (RuntimeError: no such kernel)\n"
