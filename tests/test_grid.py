@@ -202,10 +202,10 @@ def test_grid_status_counts_per_setting(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- submit host
-def _configs(tmp_path: Path, *extra: str) -> list[dict]:
+def _configs(tmp_path: Path, *extra: str, base: tuple[str, ...] = ("agent=dqn", "env=CartPole")) -> list[dict]:
     return [
         OmegaConf.to_container(cfg, resolve=True)
-        for cfg in sweep_job_configs(["agent=dqn", "env=CartPole", f"run_root={tmp_path}", "resume=auto", *extra])
+        for cfg in sweep_job_configs([*base, f"run_root={tmp_path}", "resume=auto", *extra])
     ]
 
 
@@ -228,7 +228,7 @@ def test_submit_host_check_plans_once_per_setting(tmp_path, monkeypatch):
 
     calls = []
     original = experiment.plan.plan_run
-    configs = _configs(tmp_path, "+experiment=paper_dqn_classic")
+    configs = _configs(tmp_path, "+experiment=paper_dqn_classic", base=())  # env=CartPole would override its envs
     monkeypatch.setattr(experiment.plan, "plan_run", lambda cfg, *a, **k: calls.append(1) or original(cfg, *a, **k))
     assert check_sweep_jobs(configs) == []
     assert len(configs) == 1200 and len(calls) == 120
