@@ -3,9 +3,12 @@ failure. Imports neither SB3 nor gymnasium: a plan, a controller and an eval cal
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import json
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +35,30 @@ def format_score(score: float | None) -> str:
     if abs(score) >= 1000:
         return f"{score:.0f}"
     return f"{score:.4g}"
+
+
+@functools.cache
+def code_commit() -> str | None:
+    """The git commit of this checkout (``+dirty`` with uncommitted changes), or ``None`` outside a git checkout.
+
+    Recorded in ``summary.json`` so a study's table says which code made each run (docs/design.md decision 39).
+    """
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def _versions() -> dict[str, str]:
@@ -68,6 +95,7 @@ def run_summary(plan: Any, status: str, controller: Any, eval_cb: Any, wall: flo
         "wall_time_s": wall,
         "env_steps_per_s": steps / wall if wall > 0 else None,
         "versions": _versions(),
+        "code_commit": code_commit(),
         **extra,
     }
 

@@ -207,6 +207,8 @@ def test_study_command_trains_missing_runs_then_skips_them(tmp_path: Path, monke
     assert study_mod.run_study("tiny") == 0
     records = read_table(tmp_path / "table.jsonl")
     assert sorted((r["method"], r["sparsity"]) for r in records) == [("dense", 0.0), ("static", 0.9)]
+    if (ROOT / ".git").exists():  # the code version names the commit that made the run
+        assert all(r["code_version"].split("+")[1] for r in records), records[0]["code_version"]
     assert "No completed run yet" not in (tmp_path / "out" / "results.md").read_text()
     calls: list = []
     monkeypatch.setattr(study_mod.subprocess, "call", lambda *a, **k: calls.append(a) or 0)
