@@ -265,8 +265,8 @@ class DiagnosticsCallback(BaseCallback):
             self._updates = self.controller.num_updates
             self._before, self._seen = self._seen, self._snapshot()
 
-    def _on_rollout_end(self) -> None:
-        self._track_masks()
+    def _measure_if_due(self) -> None:
+        """Measure and log a row of its own when the clock has reached the next measurement point."""
         if self.controller.clock >= self._next:
             self._next = (self.controller.clock // self.settings.freq + 1) * self.settings.freq
             if self._try_measure():  # a row of its own: a later measurement would overwrite values SB3 has not dumped yet
@@ -277,8 +277,13 @@ class DiagnosticsCallback(BaseCallback):
                 self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
                 self.logger.dump(step=self.num_timesteps)
 
+    def _on_rollout_end(self) -> None:
+        self._track_masks()
+        self._measure_if_due()
+
     def _on_training_end(self) -> None:
         self._track_masks()
+        self._measure_if_due()  # the last gradient steps may reach a point no later rollout end sees
         if self.controller.clock > self._measured_at:
             self._try_measure()
 

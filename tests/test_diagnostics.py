@@ -143,6 +143,8 @@ def test_runs_log_diagnostics_and_leave_training_unchanged(tmp_path, agent, meth
     with open(tmp_path / "on" / "progress.csv") as f:
         steps = [float(row["diagnostics/gradient_step"]) for row in csv.DictReader(f) if row["diagnostics/gradient_step"]]
     assert len(steps) >= 5 and steps == [20.0 * (i + 1) for i in range(len(steps))]  # every measurement has its row
+    final = json.loads((tmp_path / "on" / "summary.json").read_text())["topology"]["gradient_steps"]
+    assert steps[-1] == 20 * (final // 20)  # a point reached by the last gradient steps has its row too (was missed)
     for group in groups:
         assert set(metric_keys(group, (0.0, 0.025, 0.1))) <= set(columns)
         assert "diagnostics/q/dormant_0.025" in metric_keys("q", (0.0, 0.025, 0.1))  # the key names
