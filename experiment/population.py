@@ -94,26 +94,6 @@ def _net_arch(plan: Plan) -> Any:
     return solved
 
 
-def sb3_start(plan: Plan) -> Any:
-    """The SB3 path's start of ``plan``'s run (:class:`agents.population.trainer.MemberStart`): its model built as
-    ``experiment.sb3.train`` builds it (same seed, init, equal-parameter widths; on the CPU, a replay buffer of one batch)
-    and the controller attached as there (masks drawn from the run's seed). A population member copies it in, so
-    its initial weights, masks and warm-up actions are the SB3 path's."""
-    from agents import attach_controller
-    from agents.population.trainer import MemberStart
-    from envs import make_vec_env
-    from experiment.sb3 import build_plan_model
-
-    cfg = plan.cfg
-    env = make_vec_env(plan.env, int(cfg.agent.n_envs), int(cfg.seed))
-    try:
-        model, _ = build_plan_model(plan, env, device="cpu", buffer_size=int(cfg.agent.sb3.batch_size))
-        controller = attach_controller(model, plan.agent, plan.sparsity, int(cfg.agent.total_timesteps), int(cfg.seed))
-    finally:
-        env.close()
-    return MemberStart(model, controller)
-
-
 def use_tf32(enabled: bool) -> None:
     """``tf32``: float32 matrix products on CUDA in TensorFloat-32 (PyTorch's ``allow_tf32`` switches; "TensorFloat-32
     (TF32) on Ampere (and later) devices" in its CUDA semantics notes). Off by default: it changes the numbers

@@ -35,8 +35,8 @@ from agents.spec import off_policy_gradient_steps
 from envs import EVAL_SEED_OFFSET, make_vec_env
 from experiment.checkpoint import checkpoint_file_problem, latest_checkpoint, write_checkpoint
 from experiment.layout import EVALUATIONS_FILE, MODEL_FILE, SUMMARY_FILE, atomic_write, atomic_write_json, atomic_write_npz
+from experiment.member_start import sb3_start
 from experiment.plan import Plan, UsageError
-from experiment.population import sb3_start
 from experiment.progress import Budget, StepCosts, time_per_call
 from experiment.sb3_state import run_logger
 from experiment.summary import final_checks, run_summary

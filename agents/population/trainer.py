@@ -61,7 +61,7 @@ class MemberSettings:
     seed: int
     sparsity: SparsityConfig  # the core's config of this member's method
     decay: Mapping[str, float]  # per-group kernel L2 coefficients (agents.decay.kernel_decay)
-    start: Callable[[], MemberStart]  # the SB3 path's start of this run (experiment.population.sb3_start)
+    start: Callable[[], MemberStart]  # the SB3 path's start of this run (experiment.member_start.sb3_start)
 
 
 @dataclass(frozen=True)
