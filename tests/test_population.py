@@ -192,19 +192,22 @@ def test_replay_indices_are_uniform_at_a_million_transitions():
 
 
 @pytest.mark.parametrize("agent", ["sac", "dqn"])
-def test_population_resumes_exactly_from_its_checkpoint(agent, tmp_path):
+@pytest.mark.parametrize("stop", [300, 60])  # 60: inside the warm-up (the members' warm-up action spaces resume)
+def test_population_resumes_exactly_from_its_checkpoint(agent, stop, tmp_path):
     members = [(0, "rigl"), (1, "dense")]
     straight = _trainer(agent, tmp_path / "straight", members)
     straight.learn()
     first = _trainer(agent, tmp_path / "resumed", members)
-    first.total = 300  # stop at a checkpoint, as a killed run would after writing it
-    first.learn(checkpoint_freq=300 if agent == "dqn" else 150)
+    first.total = stop  # stop at a checkpoint, as a killed run would after writing it
+    first.learn(checkpoint_freq=stop if agent == "dqn" else stop // 2)
     first.save_checkpoint()
     first.close()
     resumed = _trainer(agent, tmp_path / "resumed", members, "resume=true")
     resumed.load_checkpoint()
-    assert resumed.num_timesteps == 300
+    assert resumed.num_timesteps == stop
     resumed.learn()
+    for name, stored in straight.loop.replay.storage.items():
+        assert torch.equal(stored, resumed.loop.replay.storage[name]), name
     for name, tensor in straight.agent.state_dict().items():
         assert torch.equal(tensor, resumed.agent.state_dict()[name]), name
     for a, b in zip(straight.members, resumed.members):
