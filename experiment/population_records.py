@@ -119,8 +119,8 @@ def probe_costs(plans: Sequence[Plan], net_arch: Any, device: str) -> StepCosts:
     """Seconds per population env step (every member's env step and action) and per population update on this
     machine, measured on a throwaway agent with a replay of zeros and one throwaway env.
 
-    Call it before building the population: it draws from torch's global generator, which the population seeds again
-    when it is built, so the run draws exactly what it draws unprobed.
+    It draws from throwaway streams keyed like the members' (counter-based, design decision 34): the run draws exactly
+    what it draws unprobed.
     """
     cfg = plans[0].cfg
     k, batch_size, where = len(plans), int(cfg.agent.sb3.batch_size), torch.device(device)
