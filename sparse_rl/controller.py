@@ -300,8 +300,7 @@ class TopologyController:
         if lam > 0:
             weights = [layer.module.weight for layer in stepped]
             grads = [weight.grad for weight in weights]
-            torch._foreach_add_(grads, weights, alpha=lam)  # + λ·latent − λ·mask·latent = λ·(¬mask ⊙ latent)
-            torch._foreach_addcmul_(grads, weights, [layer.float_mask() for layer in stepped], value=-lam)
+            torch._foreach_addcmul_(grads, weights, [layer.inverse_float_mask() for layer in stepped], value=lam)
 
     def _make_latent_post_hook(self, layers: list[MaskedLayer]):
         """Recipe, after an optimizer step: the stepped weight is the new latent; the effective weight

@@ -75,6 +75,8 @@ class MaskedLayer:
     applied_factor: float = 0.0
     _soft_mask: torch.Tensor | None = field(default=None, repr=False)
     _soft_mask_key: tuple[int, int, float] | None = field(default=None, repr=False)
+    _inverse_mask: torch.Tensor | None = field(default=None, repr=False)
+    _inverse_mask_key: tuple[int, int] | None = field(default=None, repr=False)
     _float_mask: torch.Tensor | None = field(default=None, repr=False)
     _float_mask_key: tuple[int, int] | None = field(default=None, repr=False)
 
@@ -135,16 +137,28 @@ class MaskedLayer:
         return (self.module.weight if self.latent is None else self.latent).detach()
 
     def soft_mask(self, factor: float) -> torch.Tensor:
-        """``where(mask, 1, factor)`` in the weight's dtype (exactly 1 and ``factor``), cached per mask and factor."""
+        """``where(mask, 1, factor)`` in the weight's dtype, cached per mask and factor. Computed as
+        ``mask·(1 − factor) + factor`` (a CPU ``where`` on a bool mask is ~30× slower): exactly ``factor`` off the
+        mask, and exactly 1 on it (``fl(fl(1 − b) + b) = 1`` in binary floating point for ``b`` in [0, 1])."""
         if factor == 0.0:
             return self.float_mask()
         mask = self.module._buffers[MASK_BUFFER]
         key = (id(mask), mask._version, factor)
         if self._soft_mask_key != key:
-            one = torch.ones((), dtype=self.module.weight.dtype, device=mask.device)
-            self._soft_mask = torch.where(mask, one, torch.full_like(one, factor))
+            if self._soft_mask is None or self._soft_mask.shape != mask.shape:
+                self._soft_mask = torch.empty(mask.shape, dtype=self.module.weight.dtype, device=mask.device)
+            torch.mul(self.float_mask(), 1.0 - factor, out=self._soft_mask).add_(factor)
             self._soft_mask_key = key
         return self._soft_mask
+
+    def inverse_float_mask(self) -> torch.Tensor:
+        """``1 − mask`` in the weight's dtype (SR-STE's pruned positions), cached until the mask tensor changes."""
+        mask = self.module._buffers[MASK_BUFFER]
+        key = (id(mask), mask._version)
+        if self._inverse_mask_key != key:
+            self._inverse_mask = (~mask).to(self.module.weight.dtype)
+            self._inverse_mask_key = key
+        return self._inverse_mask
 
     @torch.no_grad()
     def apply_latent(self, factor: float) -> None:
