@@ -139,7 +139,7 @@ class MaskedLayer:
     def soft_mask(self, factor: float) -> torch.Tensor:
         """``where(mask, 1, factor)`` in the weight's dtype, cached per mask and factor. Computed as
         ``mask·(1 − factor) + factor`` (a CPU ``where`` on a bool mask is ~30× slower): exactly ``factor`` off the
-        mask, and exactly 1 on it (``fl(fl(1 − b) + b) = 1`` in binary floating point for ``b`` in [0, 1])."""
+        mask; on it ``fl(fl(1 − b) + b)``, which is 1 for every factor tried, and is set to 1 if it ever is not."""
         if factor == 0.0:
             return self.float_mask()
         mask = self.module._buffers[MASK_BUFFER]
@@ -148,6 +148,9 @@ class MaskedLayer:
             if self._soft_mask is None or self._soft_mask.shape != mask.shape:
                 self._soft_mask = torch.empty(mask.shape, dtype=self.module.weight.dtype, device=mask.device)
             torch.mul(self.float_mask(), 1.0 - factor, out=self._soft_mask).add_(factor)
+            on_mask = torch.ones((), dtype=self._soft_mask.dtype).mul_(1.0 - factor).add_(factor)  # same rounding
+            if float(on_mask) != 1.0:  # never seen; kept exact whatever the factor
+                self._soft_mask.masked_fill_(mask, 1.0)
             self._soft_mask_key = key
         return self._soft_mask
 
