@@ -209,12 +209,22 @@ RESUME_SCHEDULE_KEYS = (
 )  # fmt: skip
 
 
+# The N:M recipes (decision 33) change what trains, not only when: compared only where the saved config has them
+# (runs saved before they existed trained without them, which is their default).
+RESUME_RECIPE_KEYS = (
+    "sparsity.structure_decay", "sparsity.mask_decay", "sparsity.mask_decay_rate", "sparsity.sr_ste",
+    "sparsity.sr_ste_lambda",
+)  # fmt: skip
+
+
 def schedule_change(run_dir: Path, cfg: Any) -> str | None:
     """One line naming the first schedule-defining key whose value differs from the run's saved config, else None."""
     saved_path = run_dir / ".hydra" / "config.yaml"
     if not saved_path.is_file():
         return None  # checkpoint_problem reports the missing config
-    difference = first_difference(cfg, OmegaConf.load(saved_path), RESUME_SCHEDULE_KEYS)
+    saved = OmegaConf.load(saved_path)
+    recipe_keys = tuple(k for k in RESUME_RECIPE_KEYS if OmegaConf.select(saved, k, default="<absent>") != "<absent>")
+    difference = first_difference(cfg, saved, RESUME_SCHEDULE_KEYS + recipe_keys)
     if difference is None:
         return None
     key, theirs, ours = difference

@@ -320,7 +320,10 @@ def record_ended(run_dir: Path, slurm_state: str, job_id: str) -> str | None:
 
 def _identity(cfg: DictConfig) -> tuple[str, str, str, str]:
     sparsity = cfg.sparsity
-    label = method_label(str(sparsity.method), float(sparsity.sparsity), bool(sparsity.wide), sparsity.structure)
+    label = method_label(
+        str(sparsity.method), float(sparsity.sparsity), bool(sparsity.wide), sparsity.structure,
+        sparsity.get("structure_decay"), sparsity.get("mask_decay"), bool(sparsity.get("sr_ste", False)),
+    )  # fmt: skip
     return str(cfg.agent.name), str(cfg.env.name), label, str(cfg.seed)
 
 

@@ -48,16 +48,42 @@ def structure_tag(structure: str | None) -> str:
         return f"_{structure}"
 
 
-def method_label(method: str, sparsity: float, wide: bool = False, structure: str | None = None) -> str:
-    """The method part of a run directory: ``rigl_s0.9``, ``rigl_wide_s0.9``, ``rigl_2of4_s0.5``; ``dense`` is
-    always ``dense_s0.0``.
+def recipe_tag(structure_decay: Any = None, mask_decay: str | None = None, sr_ste: bool = False) -> str:
+    """``_sparsify_lineardecay_srste`` for the N:M recipes of a run (docs/design.md decision 33), else ``""``, so a
+    recipe run is its own method beside the hard-mask one in directories and tables. A custom stage list is
+    spelled out: ``_stages-dense-4of8-2of8-1of8``."""
+    parts = []
+    if structure_decay is not None:
+        if isinstance(structure_decay, str):
+            parts.append(structure_decay)
+        else:
+            parts.append("-".join(["stages", *(str(s).replace(":", "of") for s in structure_decay)]))
+    if mask_decay not in (None, "none"):
+        parts.append(f"{mask_decay}decay")
+    if sr_ste:
+        parts.append("srste")
+    return "".join(f"_{part}" for part in parts)
+
+
+def method_label(
+    method: str,
+    sparsity: float,
+    wide: bool = False,
+    structure: str | None = None,
+    structure_decay: Any = None,
+    mask_decay: str | None = None,
+    sr_ste: bool = False,
+) -> str:
+    """The method part of a run directory: ``rigl_s0.9``, ``rigl_wide_s0.9``, ``rigl_2of4_s0.5``,
+    ``prune_1of8_sparsify_lineardecay_s0.875``; ``dense`` is always ``dense_s0.0``.
 
     Registered as the OmegaConf resolver ``method_label`` (:mod:`experiment.schema`) used by ``run_dir`` in
     ``configs/config.yaml``, so every path built from that pattern (a run, a sweep job) labels a dense network with
     the sparsity it has.
     """
     sparsity_label = DENSE_SPARSITY if method == DENSE_METHOD else sparsity
-    return f"{method}{'_wide' if wide else ''}{structure_tag(structure)}_s{sparsity_label}"
+    tags = structure_tag(structure) + recipe_tag(structure_decay, mask_decay, sr_ste)
+    return f"{method}{'_wide' if wide else ''}{tags}_s{sparsity_label}"
 
 
 # How a run is scored: Graesser et al. 2022, §4 ("the mean of the last 10% of evaluation points"; TF-Agents flag

@@ -61,6 +61,17 @@ def code_commit() -> str | None:
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+def nm_recipe(sparsity: Any) -> dict[str, Any]:
+    """The N:M recipe keys of a ``sparsity`` config node as JSON data (what :func:`experiment.layout.recipe_tag`
+    reads back when ``analyze`` names the run's method)."""
+    stages = sparsity.get("structure_decay")
+    return {
+        "structure_decay": stages if stages is None or isinstance(stages, str) else [str(s) for s in stages],
+        "mask_decay": sparsity.get("mask_decay"),
+        "sr_ste": bool(sparsity.get("sr_ste", False)),
+    }
+
+
 def _versions() -> dict[str, str]:
     versions = {}
     for package in VERSIONED_PACKAGES:
@@ -81,6 +92,7 @@ def run_summary(plan: Any, status: str, controller: Any, eval_cb: Any, wall: flo
         "method": plan.method,
         "wide": bool(plan.cfg.sparsity.wide),
         "structure": plan.sparsity.structure,
+        "nm_recipe": nm_recipe(plan.cfg.sparsity),
         "sparsity": plan.sparsity.sparsity,
         "group_sparsity": plan.sparsity.group_sparsity,
         "sparsity_reached": stats["sparsity"],

@@ -334,3 +334,59 @@ def test_a_run_resumed_mid_window_continues_exactly(recipe, tmp_path, monkeypatc
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+# ---------------------------------------------------------------- a recipe is its own method (directories, tables, resume)
+NM = ["agent=dqn", "env=CartPole", "sparsity=prune", "sparsity.structure='1:8'", "sparsity.sparsity=0.875"]
+
+
+@pytest.mark.parametrize(
+    ("recipe", "label"),
+    [
+        ([], "prune_1of8_s0.875"),
+        (["sparsity.mask_decay=linear", "sparsity.structure_decay=sparsify"], "prune_1of8_sparsify_lineardecay_s0.875"),
+        (
+            ["sparsity.structure_decay=[dense,4:8,2:8,1:8]", "sparsity.sr_ste=true"],
+            "prune_1of8_stages-dense-4of8-2of8-1of8_srste_s0.875",
+        ),
+    ],
+)  # fmt: skip
+def test_a_recipe_run_has_its_own_run_directory_and_method(recipe, label, tmp_path) -> None:
+    """Failed before: every recipe shared the hard-mask run's prune_1of8_s0.875 directory and analysis label."""
+    from omegaconf import OmegaConf
+
+    from analysis.loading import load_run
+
+    cfg = compose_run([*NM, *recipe, f"run_root={tmp_path}"])
+    assert str(cfg.run_dir) == f"{tmp_path}/dqn/CartPole/{label}/seed_0"
+    run_dir = tmp_path / "saved"
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml", resolve=True)
+    assert load_run(run_dir).method == label.rsplit("_s", 1)[0]
+
+
+def test_resume_refuses_a_changed_recipe_but_not_a_run_saved_before_recipes(tmp_path) -> None:
+    from omegaconf import OmegaConf
+
+    from experiment.checkpoint import schedule_change
+
+    saved = compose_run([*NM, "sparsity.mask_decay=linear", f"run_root={tmp_path}"])
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(saved, tmp_path / ".hydra" / "config.yaml", resolve=True)
+    changed = compose_run([*NM, "sparsity.mask_decay=exponential", f"run_root={tmp_path}"])
+    assert "sparsity.mask_decay=linear" in schedule_change(tmp_path, changed)
+    assert schedule_change(tmp_path, saved) is None
+    old = OmegaConf.to_container(saved, resolve=True)
+    for key in ("structure_decay", "mask_decay", "mask_decay_rate", "sr_ste", "sr_ste_lambda"):
+        old["sparsity"].pop(key)  # a run saved before the recipes existed
+    OmegaConf.save(OmegaConf.create(old), tmp_path / ".hydra" / "config.yaml")
+    assert schedule_change(tmp_path, compose_run([*NM, f"run_root={tmp_path}"])) is None
+
+
+def test_the_population_launcher_refuses_a_recipe_before_anything_is_created() -> None:
+    """Failed before: the member was created and then failed at its start."""
+    from agents.population.compose import PopulationConfigError, check_supported
+
+    with pytest.raises(PopulationConfigError, match="does not run the N:M recipes"):
+        check_supported(compose_run([*NM, "sparsity.sr_ste=true"]))
+    check_supported(compose_run(NM))  # the hard-mask N:M run is supported

@@ -57,6 +57,12 @@ def check_supported(cfg: Any) -> None:
         raise PopulationConfigError(
             f"the population engine does not implement agent.sb3.policy_kwargs.{sorted(policy_kwargs)[0]}"
         )
+    sparsity = cfg.sparsity
+    if sparsity.get("structure_decay") is not None or sparsity.get("mask_decay", "none") != "none" or sparsity.get("sr_ste"):
+        raise PopulationConfigError(
+            "the population engine does not run the N:M recipes (sparsity.structure_decay, mask_decay, sr_ste): "
+            "its groups have no per-group optimizer to step a latent; use python -m sparse_rl.run"
+        )
     if cfg.agent.n_envs != 1 or cfg.agent.normalize or cfg.agent.lr_schedule != "constant":
         raise PopulationConfigError(
             "the population engine needs agent.n_envs=1, agent.normalize=false, agent.lr_schedule=constant"
