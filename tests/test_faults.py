@@ -182,6 +182,31 @@ def test_a_population_on_directories_a_live_process_holds_changes_nothing_and_na
         holder.wait()
 
 
+def test_a_population_sweep_refused_by_a_live_holder_leaves_multirun_yaml_alone(tmp_path):
+    """Through the command: failed before, the refused sweep rewrote the live sweep's multirun.yaml."""
+    _population_with_checkpoint(tmp_path)
+    (tmp_path / "multirun.yaml").write_text("# the live sweep's\n")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys, time; from experiment.lock import hold_run_dir\n"
+            f"with hold_run_dir({str(tmp_path / MEMBER_DIRS[1])!r}):\n    print('held', flush=True); time.sleep(120)"
+        )], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = _snapshot(tmp_path)
+        command = [sys.executable, "-m", "sparse_rl.run", "-m", "hydra/launcher=population", *POPULATION]
+        proc = subprocess.run(
+            [*command, "seed=0,1", f"run_root={tmp_path}", "resume=true"], cwd=ROOT, capture_output=True, text=True,
+            timeout=300,
+        )  # fmt: skip
+        assert proc.returncode != 0 and f"pid {holder.pid}" in proc.stderr
+        assert _snapshot(tmp_path) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 # ---------------------------------------------------------------- NaN reports
 @pytest.mark.parametrize("checkpoint_freq", [100, 0])
 def test_nan_message_says_whether_a_good_checkpoint_exists_once(checkpoint_freq, tmp_path):

@@ -5,6 +5,8 @@
   which is what keeps the submit host's check of the paper's 2,250-job SAC grid under a minute;
 - a failed, skipped or interrupted job does not stop the sweep (Hydra's basic sweeper re-raises the first failure
   after its batch, so later batches never ran);
+- a sweep whose every job is refused (e.g. run directories a live process holds) changes nothing, not even the
+  ``multirun.yaml`` an earlier sweep of the same folder wrote;
 - at the end one line counts the outcomes (``sweep: 12 job(s): 11 completed, 1 failed``), one line per job that did
   not complete follows, and the command exits with status 1 unless every job completed (or was submitted, for a
   submit-and-return launch).
@@ -55,7 +57,10 @@ class GridSweeper(BasicSweeper):
         self.overrides = self.split_arguments(parser.parse_overrides(params_conf), self.max_batch_size)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        multirun = sweep_dir / "multirun.yaml"
+        existed = multirun.exists()
+        if not existed:  # a new sweep folder records its sweep at once (a killed sweep keeps it)
+            OmegaConf.save(self.config, multirun)
         returns: list[Sequence[JobReturn]] = []
         initial_job_idx = 0
         while not self.is_done():
@@ -66,6 +71,8 @@ class GridSweeper(BasicSweeper):
             returns.append(self.launcher.launch(batch, initial_job_idx=initial_job_idx))
             initial_job_idx += len(batch)
         report = sweep_report([ret for batch_returns in returns for ret in batch_returns])
+        if existed and any(outcome != "skipped" for outcome in report.counts.elements()):
+            OmegaConf.save(self.config, multirun)  # a sweep whose every job was refused changes nothing
         print(report.line, file=sys.stderr if report.exit_status else sys.stdout, flush=True)
         for line in report.problems[:MAX_PROBLEM_LINES]:
             print(line, file=sys.stderr)
