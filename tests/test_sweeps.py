@@ -78,7 +78,8 @@ def test_a_failed_job_is_recorded_and_does_not_stop_the_sweep(tmp_path):
     result = run_cli(
         "sparse_rl.run", "-m", "sparsity=set", "seed=0", "env.id=CartPole-v1,NoSuchEnv-v9", f"run_root={root}",
         "run_dir=${run_root}/${env.id}", *TINY_DQN,
-    )  # fmt: skip  (an env id gymnasium does not know fails when the env is built, after validation)
+    )  # fmt: skip
+    # (an env id gymnasium does not know fails when the env is built, after validation)
     assert result.returncode == 1, result.stderr[-3000:]  # the sweep went on, and its exit status says one failed
     assert "FAILED" in result.stderr and "sweep: 2 job(s): 1 completed, 1 failed" in result.stderr
     runs = summaries(root)
