@@ -3,6 +3,7 @@ holder, NaN reports, and what a run says (start line, progress ETA, rounded scor
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import io
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -157,18 +159,28 @@ def test_leftover_staging_folders_of_a_population_are_removed_on_the_next_start(
     assert not list(folder.glob(".checkpoint.*"))
 
 
-# ---------------------------------------------------------------- a live holder
-@pytest.mark.parametrize("resume", [True, False])
-def test_a_population_on_directories_a_live_process_holds_changes_nothing_and_names_it(resume, tmp_path, capsys):
-    _population_with_checkpoint(tmp_path)
+@contextlib.contextmanager
+def _held(run_dir: Path) -> Iterator[subprocess.Popen]:
+    """Another live process holding ``run_dir``'s lock for the block."""
     holder = subprocess.Popen(
         [sys.executable, "-c", (
             "import sys, time; from experiment.lock import hold_run_dir\n"
-            f"with hold_run_dir({str(tmp_path / MEMBER_DIRS[1])!r}):\n    print('held', flush=True); time.sleep(120)"
+            f"with hold_run_dir({str(run_dir)!r}):\n    print('held', flush=True); time.sleep(120)"
         )], cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# ---------------------------------------------------------------- a live holder
+@pytest.mark.parametrize("resume", [True, False])
+def test_a_population_on_directories_a_live_process_holds_changes_nothing_and_names_it(resume, tmp_path, capsys):
+    _population_with_checkpoint(tmp_path)
+    with _held(tmp_path / MEMBER_DIRS[1]) as holder:
         before = _snapshot(tmp_path)
         capsys.readouterr()
         cfgs = [compose_run([*POPULATION, f"seed={seed}", f"run_root={tmp_path}", f"resume={resume}"]) for seed in (0, 1)]
@@ -177,23 +189,13 @@ def test_a_population_on_directories_a_live_process_holds_changes_nothing_and_na
         assert f"in use by another process: host {__import__('socket').gethostname()}, pid {holder.pid}" in err
         assert all(job.score is None for job in jobs)
         assert _snapshot(tmp_path) == before  # no summary.json written, nothing else either
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_a_population_sweep_refused_by_a_live_holder_leaves_multirun_yaml_alone(tmp_path):
     """Through the command: failed before, the refused sweep rewrote the live sweep's multirun.yaml."""
     _population_with_checkpoint(tmp_path)
     (tmp_path / "multirun.yaml").write_text("# the live sweep's\n")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import sys, time; from experiment.lock import hold_run_dir\n"
-            f"with hold_run_dir({str(tmp_path / MEMBER_DIRS[1])!r}):\n    print('held', flush=True); time.sleep(120)"
-        )], cwd=ROOT, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with _held(tmp_path / MEMBER_DIRS[1]) as holder:
         before = _snapshot(tmp_path)
         command = [sys.executable, "-m", "sparse_rl.run", "-m", "hydra/launcher=population", *POPULATION]
         proc = subprocess.run(
@@ -202,9 +204,6 @@ def test_a_population_sweep_refused_by_a_live_holder_leaves_multirun_yaml_alone(
         )  # fmt: skip
         assert proc.returncode != 0 and f"pid {holder.pid}" in proc.stderr
         assert _snapshot(tmp_path) == before
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 # ---------------------------------------------------------------- NaN reports
