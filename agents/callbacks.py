@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
@@ -13,7 +13,14 @@ from stable_baselines3.common.logger import Logger
 from sparse_rl.controller import TopologyController
 
 
-def record_topology(logger: Logger, controller: TopologyController) -> None:
+class TopologySource(Protocol):
+    """What :func:`record_topology` reads: a :class:`TopologyController`, or the population's cached
+    ``agents.population.trainer.TopologyStats`` of one."""
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+def record_topology(logger: Logger, controller: TopologySource) -> None:
     """Record ``sparsity/*`` and ``topology/*`` of ``controller`` in an SB3 logger (both training paths)."""
     stats = controller.stats()
     logger.record("sparsity/total", stats["sparsity"])
