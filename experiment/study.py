@@ -149,6 +149,12 @@ def _collect(study: StudyDefinition, table: Path, records: list[dict[str, Any]],
     return records, len(found.unfinished)
 
 
+def _missing(study: StudyDefinition, records: Sequence[dict[str, Any]]) -> list[RunKey]:
+    """The runs of the study's grid that no record holds."""
+    done = {key_of(r) for r in records}
+    return [k for k in study.run_keys() if k not in done]
+
+
 def run_study(
     name: str, overrides: Sequence[str] = (), run: bool = True, dry_run: bool = False, reps: int | None = None
 ) -> int:
@@ -159,12 +165,12 @@ def run_study(
     table = _repo_path(study.table)
     records = read_table(table)
     records, unfinished = _collect(study, table, records, write=not dry_run)
-    done = {key_of(r) for r in records}
-    missing = [k for k in study.run_keys() if k not in done]
+    missing = _missing(study, records)
     hours = len(missing) * budget_steps(study) / study.steps_per_second / 3600
+    planned = len(study.run_keys())
     print(
-        f"study {study.name}: {len(study.run_keys())} runs ({len(study.cells())} cells x {study.seeds} seeds): "
-        f"{len(study.run_keys()) - len(missing)} recorded, {len(missing)} to run ({unfinished} to continue) "
+        f"study {study.name}: {planned} runs ({len(study.cells())} cells x {study.seeds} seeds): "
+        f"{planned - len(missing)} recorded, {len(missing)} to run ({unfinished} to continue) "
         f"(~{hours:.1f} process-hours at {study.steps_per_second:g} steps/s)",
         flush=True,
     )
@@ -184,7 +190,7 @@ def run_study(
     kwargs = {} if reps is None else {"reps": reps}
     files = write_report(study, records, paper, _repo_path(study.report), _repo_path(study.figures), command, **kwargs)
     print(f"report: {files[-1]} ({len(files) - 1} figure(s) in {_repo_path(study.figures)})", flush=True)
-    left = [k for k in study.run_keys() if k not in {key_of(r) for r in records}]
+    left = _missing(study, records)
     if left and run:
         print(f"{len(left)} run(s) still missing (failed or interrupted); rerun `{command}` to continue", flush=True)
         return 1
