@@ -1,0 +1,286 @@
+"""Batched PPO (Schulman et al. 2017) with SB3's update math, for K members at once.
+
+Each member is SB3's ``ActorCriticPolicy`` as our config builds it (``configs/agent/ppo.yaml``): separate actor and
+value MLPs (``mlp_extractor.policy_net`` / ``value_net``, an activation after every hidden layer), the linear heads
+``action_net`` and ``value_net``, and for Box actions a state-independent ``log_std`` (SB3's
+``DiagGaussianDistribution``; Discrete actions: ``CategoricalDistribution``), all stepped by one Adam. Its initial
+weights (SB3's ``ortho_init``, ``log_std_init``) come from the SB3 path's model of the run (the population copies
+them in), so they need no code here.
+
+One :meth:`PopulationPPO.update` is, for every member, exactly one minibatch iteration of
+``stable_baselines3.PPO.train``'s loop (SB3 2.x ``stable_baselines3/ppo/ppo.py``): per-minibatch advantage
+normalisation, the clipped surrogate, the value loss (clipped around the old values when ``clip_range_vf`` is set),
+the entropy term, ``loss = policy + ent_coef·entropy + vf_coef·value``, the gradient-norm clip over all of a
+member's parameters, then the optimizer step, parity-tested against SB3 (``tests/test_population_ppo.py``). As on the
+SB3 path (``configs/agent/ppo.yaml``: ``max_grad_norm``), the norm includes the gradients at inactive positions; the
+masks apply at the optimizer step (:meth:`~agents.population.base.PopulationAgent.finish_gradients_`), with the
+kernel decay.
+
+Not implemented (refused by the engine with one line, see ``sb3_keys``): ``use_sde`` (state-dependent
+exploration), ``target_kl`` (a member stopping early would need its own Adam step count: torch's Adam keeps one per
+parameter tensor, shared by all members), schedules for ``clip_range``/``clip_range_vf``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+from torch.distributions import Categorical, Normal
+
+from agents.population.base import (
+    LayerPair,
+    PopulationAgent,
+    PopulationConfigError,
+    adam,
+    clip_member_grad_norm_,
+    hidden_sizes,
+    sb3_linears,
+)
+from agents.population.networks import BatchedMLP, member_module
+from agents.population.streams import Draw, MemberStreams
+from sparse_rl.controller import SparseGroup
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.base_class import BaseAlgorithm
+
+ADVANTAGE_EPSILON = 1e-8  # stable_baselines3.PPO.train: (A - mean) / (std + 1e-8)
+
+
+def _names(prefix: str, n_hidden: int, head: str) -> list[str]:
+    """SB3's layer names: ``mlp_extractor.<net>.0, .2, …`` (a Linear before each activation), then the head."""
+    return [f"mlp_extractor.{prefix}.{2 * i}" for i in range(n_hidden)] + [head]
+
+
+class PopulationPPO(PopulationAgent):
+    """Per member: actor ``obs → h… → A`` (Gaussian mean or categorical logits), critic ``obs → h… → 1``, ``log_std``."""
+
+    name = "ppo"
+    sb3_keys = ("learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "clip_range",
+                "clip_range_vf", "normalize_advantage", "ent_coef", "vf_coef", "max_grad_norm", "policy_kwargs")  # fmt: skip
+    # SB3 policy kwargs the engine implements (their effect is in the SB3 start the members copy)
+    policy_keys = ("optimizer_kwargs", "log_std_init", "ortho_init")
+
+    def __init__(
+        self,
+        k: int,
+        obs_dim: int,
+        action_space: spaces.Box | spaces.Discrete,
+        hidden_pi: Sequence[int],
+        hidden_vf: Sequence[int],
+        activation: str,
+        *,
+        learning_rate: float,
+        clip_range: float,
+        clip_range_vf: float | None,
+        normalize_advantage: bool,
+        ent_coef: float,
+        vf_coef: float,
+        max_grad_norm: float,
+        optimizer_kwargs: Mapping[str, Any],
+        actor_decay: Sequence[float],
+        critic_decay: Sequence[float],
+        device: torch.device,
+        capturable: bool = False,
+        log_std_init: float = 0.0,
+    ) -> None:
+        """Hyperparameters: SB3's ``PPO`` arguments of the same names; ``log_std_init``: SB3's policy kwarg (the
+        members' starts overwrite it)."""
+        super().__init__()
+        self.k, self.obs_dim, self.device, self.action_space = k, obs_dim, device, action_space
+        self.discrete = isinstance(action_space, spaces.Discrete)
+        self.act_dim = int(action_space.n) if self.discrete else int(action_space.shape[0])
+        self.clip_range, self.clip_range_vf = float(clip_range), None if clip_range_vf is None else float(clip_range_vf)
+        self.normalize_advantage, self.ent_coef, self.vf_coef = bool(normalize_advantage), float(ent_coef), float(vf_coef)
+        self.max_grad_norm = float(max_grad_norm)
+        self.actor = BatchedMLP(
+            k, [obs_dim, *hidden_pi, self.act_dim], activation, _names("policy_net", len(hidden_pi), "action_net"), device
+        )
+        critic_names = _names("value_net", len(hidden_vf), "value_net")
+        self.critic = BatchedMLP(k, [obs_dim, *hidden_vf, 1], activation, critic_names, device)
+        # SB3's DiagGaussianDistribution.proba_distribution_net: one log-std per action dimension (Box actions only)
+        self.log_std = nn.Parameter(torch.full((k, 0 if self.discrete else self.act_dim), float(log_std_init), device=device))
+        self.group_layers = {"actor": list(self.actor.layers), "critic": list(self.critic.layers)}
+        self.decay = {
+            "actor": torch.tensor(list(actor_decay), dtype=torch.float32, device=device),
+            "critic": torch.tensor(list(critic_decay), dtype=torch.float32, device=device),
+        }
+        # SB3's ActorCriticPolicy: one optimizer over all parameters
+        params = [*self.actor.parameters(), *self.critic.parameters()] + ([] if self.discrete else [self.log_std])
+        self.optimizer = adam(params, learning_rate, optimizer_kwargs, capturable)
+
+    @classmethod
+    def from_config(cls, cfg, net_arch, obs_dim, action_space, decays, device, capturable) -> PopulationPPO:
+        sb3 = cfg.agent.sb3
+        if not isinstance(action_space, (spaces.Box, spaces.Discrete)):
+            raise PopulationConfigError(f"the population engine's PPO acts in Box or Discrete spaces, not {action_space}")
+        policy_kwargs = dict(sb3.get("policy_kwargs") or {})
+        return cls(
+            len(decays),
+            obs_dim,
+            action_space,
+            hidden_sizes(net_arch, "pi"),
+            hidden_sizes(net_arch, "vf"),
+            cfg.agent.activation,
+            learning_rate=sb3.learning_rate,
+            clip_range=sb3.get("clip_range", 0.2),
+            clip_range_vf=sb3.get("clip_range_vf"),
+            normalize_advantage=sb3.get("normalize_advantage", True),
+            ent_coef=sb3.get("ent_coef", 0.0),
+            vf_coef=sb3.get("vf_coef", 0.5),
+            max_grad_norm=sb3.get("max_grad_norm", 0.5),
+            optimizer_kwargs=dict(policy_kwargs.get("optimizer_kwargs") or {}),
+            actor_decay=[d["actor"] for d in decays],
+            critic_decay=[d["critic"] for d in decays],
+            device=device,
+            capturable=capturable,
+            log_std_init=policy_kwargs.get("log_std_init", 0.0),
+        )  # fmt: skip  (defaults above: SB3's PPO and ActorCriticPolicy signatures, used only where the key is absent)
+
+    # ----------------------------------------------------------------- networks
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"policy": self.optimizer}
+
+    def target_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return []
+
+    def member_groups(self, member: int) -> list[SparseGroup]:
+        """The SB3 path's groups (``agents.ppo.GROUP_GLOBS``), layers in SB3's order and names."""
+        return [
+            SparseGroup("actor", member_module(self.actor.member_layers(member, self.optimizer))),
+            SparseGroup("critic", member_module(self.critic.member_layers(member, self.optimizer))),
+        ]
+
+    def parameters_per_member(self) -> list[torch.Tensor]:
+        """Every trained tensor (leading dimension: members): the gradient clip's scope, SB3's
+        ``policy.parameters()``."""
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def distribution(self, obs: torch.Tensor) -> Normal | Categorical:
+        """SB3's action distribution for observations ``[K, B, obs]`` (batch shape ``[K, B]``)."""
+        out = self.actor(obs)
+        if self.discrete:
+            return Categorical(logits=out, validate_args=False)
+        std = torch.ones_like(out) * self.log_std.unsqueeze(1).exp()
+        return Normal(out, std, validate_args=False)  # validate_args off: a NaN member must not stop the rest
+
+    def log_prob_entropy(self, dist: Normal | Categorical, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probability and entropy ``[K, B]`` of buffer actions ``[K, B, A]`` (Discrete: ``[K, B, 1]`` floats)."""
+        if self.discrete:
+            return dist.log_prob(actions[..., 0].long()), dist.entropy()
+        return dist.log_prob(actions).sum(dim=-1), dist.entropy().sum(dim=-1)
+
+    def values(self, obs: torch.Tensor) -> torch.Tensor:
+        """The critic's values ``[K, B]``."""
+        return self.critic(obs)[..., 0]
+
+    # ----------------------------------------------------------------- acting
+    @torch.no_grad()
+    def sample(self, obs: torch.Tensor, streams: MemberStreams, step: torch.Tensor | int) -> tuple[torch.Tensor, ...]:
+        """SB3's ``policy.forward`` for observations ``[K, obs]``: (buffer actions ``[K, A or 1]``, values ``[K]``,
+        log-probabilities ``[K]``), the sample drawn from each member's stream at env step ``step``.
+
+        Box: ``μ + σ·ε`` with standard-normal ε; Discrete: the inverse CDF of the categorical at a uniform draw.
+        """
+        x = self._obs_tensor(obs)
+        dist = self.distribution(x)
+        if self.discrete:
+            u = streams.uniform(Draw.ACT_NOISE, step, 1).to(torch.float32).view(self.k, 1, 1)
+            cdf = dist.probs.cumsum(dim=-1)
+            actions = torch.clamp((cdf <= u).sum(dim=-1, keepdim=True), max=self.act_dim - 1).to(torch.float32)
+        else:
+            noise = streams.normal(Draw.ACT_NOISE, step, self.act_dim).view(self.k, 1, self.act_dim)
+            actions = torch.addcmul(dist.mean, noise, dist.stddev)
+        log_prob, _ = self.log_prob_entropy(dist, actions)
+        return actions[:, 0], self.values(x)[:, 0], log_prob[:, 0]
+
+    def env_actions(self, replay_actions: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """SB3's ``collect_rollouts``: Box actions clipped to the space (failed members: its low end stays finite),
+        Discrete as integers."""
+        if self.discrete:
+            return np.where(active, replay_actions[:, 0], 0).astype(np.int64)
+        actions = np.where(active[:, None], replay_actions, self.action_space.low)
+        return np.clip(actions, self.action_space.low, self.action_space.high)
+
+    def eval_actions(self, obs: np.ndarray) -> np.ndarray:
+        """SB3's ``predict(deterministic=True)``: the mean (clipped) or the most likely action."""
+        with torch.no_grad():
+            out = self.actor(self._obs_tensor(obs))
+        out = out[:, 0] if obs.ndim == 2 else out[:, : obs.shape[1]]
+        if self.discrete:
+            return out.argmax(dim=-1).cpu().numpy()
+        return np.clip(np.nan_to_num(out.cpu().numpy()), self.action_space.low, self.action_space.high)
+
+    @property
+    def replay_action_dim(self) -> int:
+        return 1 if self.discrete else self.act_dim
+
+    # ----------------------------------------------------------------- one minibatch step of every member
+    def update(
+        self,
+        obs: torch.Tensor,
+        actions: torch.Tensor,
+        old_values: torch.Tensor,
+        old_log_prob: torch.Tensor,
+        advantages: torch.Tensor,
+        returns: torch.Tensor,
+        snapshot_dense: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """One PPO minibatch step per member on minibatches ``[K, B, ·]`` (``[K, B]`` for the per-sample scalars);
+        SB3's logged quantities ``[K]``."""
+        dist = self.distribution(obs)
+        log_prob, entropy = self.log_prob_entropy(dist, actions)
+        values = self.values(obs)
+        if self.normalize_advantage and advantages.shape[1] > 1:
+            mean, std = advantages.mean(dim=1, keepdim=True), advantages.std(dim=1, keepdim=True)
+            advantages = (advantages - mean) / (std + ADVANTAGE_EPSILON)
+        ratio = torch.exp(log_prob - old_log_prob)
+        clipped = torch.clamp(ratio, 1 - self.clip_range, 1 + self.clip_range)
+        policy_loss = -torch.min(advantages * ratio, advantages * clipped).mean(dim=1)
+        if self.clip_range_vf is not None:
+            values = old_values + torch.clamp(values - old_values, -self.clip_range_vf, self.clip_range_vf)
+        value_loss = (returns - values).pow(2).mean(dim=1)
+        entropy_loss = -entropy.mean(dim=1)
+        loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+        with torch.no_grad():
+            log_ratio = log_prob - old_log_prob
+            approx_kl = ((torch.exp(log_ratio) - 1) - log_ratio).mean(dim=1)
+            clip_fraction = ((ratio - 1).abs() > self.clip_range).float().mean(dim=1)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        clip_member_grad_norm_(self.parameters_per_member(), self.k, self.max_grad_norm)  # SB3: before the masks
+        self.finish_gradients_("actor", snapshot_dense)
+        self.finish_gradients_("critic", snapshot_dense)
+        self.optimizer.step()
+        return {
+            "policy_gradient_loss": policy_loss.detach(),
+            "value_loss": value_loss.detach(),
+            "entropy_loss": entropy_loss.detach(),
+            "approx_kl": approx_kl,
+            "clip_fraction": clip_fraction,
+            "loss": loss.detach(),
+        }
+
+    def member_problem(self, member: int) -> str | None:
+        return None if bool(torch.isfinite(self.log_std[member]).all()) else "non-finite log_std"
+
+    # ----------------------------------------------------------------- SB3 export
+    def sb3_layer_pairs(self, member: int, model: BaseAlgorithm) -> Iterator[LayerPair]:
+        """Actor hidden layers and ``action_net``; value hidden layers and ``value_net``."""
+        policy = model.policy
+        nets = ((self.actor, policy.mlp_extractor.policy_net, policy.action_net),
+                (self.critic, policy.mlp_extractor.value_net, policy.value_net))  # fmt: skip
+        for batched, hidden, head in nets:
+            for layer, linear in zip(batched.layers, [*sb3_linears(hidden), head]):
+                yield layer, member, [linear]
+
+    def copy_sb3_extras(self, member: int, model: BaseAlgorithm, to_sb3: bool) -> None:
+        """The log-std of Box actions."""
+        if self.discrete:
+            return
+        ours, theirs = self.log_std.data[member], model.policy.log_std.data
+        (theirs if to_sb3 else ours).copy_(ours if to_sb3 else theirs)

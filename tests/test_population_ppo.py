@@ -1,0 +1,214 @@
+"""PPO members: one population minibatch step equals SB3's ``PPO.train`` step of each member (same weights, masks,
+minibatch); a member alone equals the member inside a population; sparse invariants on every member."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.type_aliases import RolloutBufferSamples
+from torch import nn
+
+from agents import AGENTS, attach_controller
+from agents.decay import kernel_decay
+from agents.population.export import copy_member
+from agents.population.ppo import PopulationPPO
+from agents.ppo import SparsePPOPolicy
+from envs import load_env_spec, make_vec_env
+from sparse_rl.controller import TopologyController
+from tests.conftest import core_config
+from tests.test_population_parity import _assert_member_equals
+
+B, HIDDEN, LR = 16, [32, 32], 3e-3
+WD = 1e-2  # large, so a decay of the wrong parameters or with the wrong coefficient shows
+OPTIMIZER_KWARGS = {"fused": True, "eps": 1e-5}
+ENVS = {"box": "Pendulum", "discrete": "CartPole"}
+EPOCHS, MINIBATCHES = 2, 2  # SB3's loop: n_epochs passes over the rollout in minibatches
+
+
+def _sb3_ppo(seed: int, method: str, kind: str, clip_range_vf: float | None, ent_coef: float) -> PPO:
+    env = make_vec_env(load_env_spec(ENVS[kind]), 1, seed)
+    policy_kwargs = {
+        "net_arch": HIDDEN, "activation_fn": nn.Tanh, "optimizer_kwargs": OPTIMIZER_KWARGS, "log_std_init": -0.5,
+        "ortho_init": True, "kernel_decay": kernel_decay("ppo", WD, None),
+    }  # fmt: skip
+    model = PPO(
+        SparsePPOPolicy, env, learning_rate=LR, n_steps=B * MINIBATCHES, batch_size=B, n_epochs=EPOCHS, seed=seed,
+        device="cpu", clip_range=0.2, clip_range_vf=clip_range_vf, ent_coef=ent_coef, vf_coef=0.5, max_grad_norm=0.5,
+        policy_kwargs=policy_kwargs,
+    )  # fmt: skip
+    attach_controller(model, AGENTS.get("ppo"), core_config(method, 0.8), total_timesteps=10_000, seed=seed)
+    model.set_logger(configure(None, []))
+    return model
+
+
+def _population(models: list[PPO], kind: str, clip_range_vf: float | None, ent_coef: float) -> PopulationPPO:
+    k, env = len(models), models[0].get_env()
+    decay = kernel_decay("ppo", WD, None)
+    pop = PopulationPPO(
+        k, env.observation_space.shape[0], env.action_space, HIDDEN, HIDDEN, "Tanh", learning_rate=LR, clip_range=0.2,
+        clip_range_vf=clip_range_vf, normalize_advantage=True, ent_coef=ent_coef, vf_coef=0.5, max_grad_norm=0.5,
+        optimizer_kwargs=OPTIMIZER_KWARGS, actor_decay=[decay["actor"]] * k, critic_decay=[decay["critic"]] * k,
+        device=torch.device("cpu"),
+    )  # fmt: skip
+    for member, model in enumerate(models):
+        copy_member(pop, member, model, to_sb3=False)
+        _assert_member_equals(pop, member, model, atol=0)
+    return pop
+
+
+def _minibatches(model: PPO, generator: torch.Generator) -> list[RolloutBufferSamples]:
+    """EPOCHS × MINIBATCHES minibatches around the model's current policy: old log-probs and values perturbed, so
+    ratios leave the clip range and (with ``clip_range_vf``) values are clipped."""
+    space, obs_dim = model.action_space, model.observation_space.shape[0]
+    batches = []
+    for _ in range(EPOCHS * MINIBATCHES):
+        obs = torch.randn(B, obs_dim, generator=generator)
+        if hasattr(space, "n"):
+            actions = torch.randint(0, int(space.n), (B, 1), generator=generator).float()
+        else:
+            actions = torch.randn(B, space.shape[0], generator=generator)
+        with torch.no_grad():
+            acts = actions.long().flatten() if hasattr(space, "n") else actions
+            values, log_prob, _ = model.policy.evaluate_actions(obs, acts)
+        batches.append(
+            RolloutBufferSamples(
+                observations=obs,
+                actions=actions,
+                old_values=values.flatten() + 0.5 * torch.randn(B, generator=generator),
+                old_log_prob=log_prob + 0.3 * torch.randn(B, generator=generator),
+                advantages=torch.randn(B, generator=generator),
+                returns=torch.randn(B, generator=generator),
+            )
+        )
+    return batches
+
+
+def _stacked(batches: list[RolloutBufferSamples]) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.stack([getattr(b, f) for b in batches]) for f in RolloutBufferSamples._fields)
+
+
+def _sb3_train(model: PPO, batches: list[RolloutBufferSamples]) -> None:
+    """SB3's ``PPO.train`` on these minibatches (``rollout_buffer.get`` yields one epoch's minibatches per call)."""
+    epochs = iter([batches[e * MINIBATCHES : (e + 1) * MINIBATCHES] for e in range(EPOCHS)])
+    model.rollout_buffer.get = lambda batch_size=None: iter(next(epochs))
+    model.train()
+
+
+@pytest.mark.parametrize(
+    ("kind", "methods", "clip_range_vf", "ent_coef"),
+    [
+        ("box", ["rigl", "static", "dense"], None, 0.0),  # our configs/agent/ppo.yaml's losses
+        ("box", ["set", "dense"], 0.2, 0.01),  # value clipping and an entropy bonus
+        ("discrete", ["rigl", "dense", "prune"], 0.2, 0.01),
+        ("discrete", ["static"], None, 0.0),
+    ],
+)
+def test_ppo_population_epoch_equals_sb3_train_per_member(kind, methods, clip_range_vf, ent_coef):
+    """Issue 21: each member's weights, log-std and masks after SB3's epochs of minibatch steps (clipped surrogate,
+    value loss, entropy, the gradient-norm clip over dense gradients, masks and kernel decay at the optimizer step,
+    Adam) equal the population's after the same minibatch steps."""
+    models = [_sb3_ppo(seed, method, kind, clip_range_vf, ent_coef) for seed, method in enumerate(methods)]
+    pop = _population(models, kind, clip_range_vf, ent_coef)
+    generator = torch.Generator().manual_seed(5)
+    per_member = [_minibatches(model, generator) for model in models]
+    for model, batches in zip(models, per_member):
+        _sb3_train(model, batches)
+    clipped_norms = []
+    for step in range(EPOCHS * MINIBATCHES):
+        metrics = pop.update(*_stacked([batches[step] for batches in per_member]))
+        clipped_norms.append(metrics["clip_fraction"])
+    assert torch.stack(clipped_norms).sum() > 0, "no ratio left the clip range: the surrogate's clip is untested"
+    for member, model in enumerate(models):
+        _assert_member_equals(pop, member, model, atol=5e-6)
+        if kind == "box":
+            torch.testing.assert_close(pop.log_std[member].detach(), model.policy.log_std.detach(), atol=5e-6, rtol=1e-5)
+        for layer in pop.sparse_layers():
+            assert torch.count_nonzero(layer.weight[member][~layer.weight_mask[member]]) == 0
+
+
+def test_ppo_population_step_differs_from_sb3_when_the_clip_scope_is_wrong(monkeypatch):
+    """The parity above can fail: SB3's clip norm includes the gradients at inactive positions; clipping after the
+    masks instead (a smaller norm, a weaker clip) makes a sparse member's step differ from SB3's."""
+    import agents.population.ppo as ppo_module
+    from agents.population.base import clip_member_grad_norm_
+    from sparse_rl.batched import mask_gradients_
+
+    models = [_sb3_ppo(0, "static", "box", None, 0.0)]
+    pop = _population(models, "box", None, 0.0)
+    batches = _minibatches(models[0], torch.Generator().manual_seed(3))
+    _sb3_train(models[0], batches)
+
+    def masked_first(params, k, max_norm):
+        mask_gradients_(pop.sparse_layers())
+        return clip_member_grad_norm_(params, k, max_norm)
+
+    monkeypatch.setattr(ppo_module, "clip_member_grad_norm_", masked_first)
+    for step in range(EPOCHS * MINIBATCHES):
+        pop.update(*_stacked([batches[step]]))
+    with pytest.raises(AssertionError):
+        _assert_member_equals(pop, 0, models[0], atol=5e-6)
+
+
+@pytest.mark.parametrize("kind", ["box", "discrete"])
+def test_a_ppo_member_steps_bit_identically_alone_and_in_a_population(kind):
+    """Decision 34: a member's numbers do not depend on the population (K = 1 vs K = 3, same member in row 1)."""
+    models = [_sb3_ppo(seed, method, kind, 0.2, 0.01) for seed, method in enumerate(["rigl", "static", "dense"])]
+    generator = torch.Generator().manual_seed(11)
+    per_member = [_minibatches(model, generator) for model in models]
+    trio = _population(models, kind, 0.2, 0.01)
+    alone = _population(models[1:2], kind, 0.2, 0.01)
+    for step in range(EPOCHS * MINIBATCHES):
+        trio.update(*_stacked([batches[step] for batches in per_member]))
+        alone.update(*_stacked([per_member[1][step]]))
+    for ours, theirs in zip(alone.parameters_per_member(), trio.parameters_per_member()):
+        assert torch.equal(ours[0], theirs[1])
+    for ours, theirs in zip(alone.parameters_per_member(), trio.parameters_per_member()):
+        for name, value in alone.optimizer.state[ours].items():
+            if value.dim() > 0:
+                assert torch.equal(value[0], trio.optimizer.state[theirs][name][1]), name
+
+
+def test_ppo_members_keep_sparse_invariants_through_topology_updates():
+    """Each member's own controller on its rows: exact active counts, masked weights and Adam moments 0 after RigL
+    and SET updates, Adam state reset at regrown positions, the other member's state untouched."""
+    methods = ["rigl", "set"]
+    models = [_sb3_ppo(seed, method, "box", None, 0.0) for seed, method in enumerate(methods)]
+    pop = _population(models, "box", None, 0.0)
+    config = {m: core_config(m, 0.8, update_interval=2) for m in methods}
+    controllers = []
+    for member, method in enumerate(methods):
+        controller = TopologyController(pop.member_groups(member), config[method], 40, member)
+        controller.init_masks(existing=True)
+        controllers.append(controller)
+    generator = torch.Generator().manual_seed(2)
+    batches = [_minibatches(model, generator) for model in models]
+    changed_any = False
+    for step in range(1, 9):
+        snapshot = any(c.wants_dense_grad(step) for c in controllers)
+        pop.update(*_stacked([b[step % len(b)] for b in batches]), snapshot_dense=snapshot)
+        kernel = pop.actor.layers[1].weight
+        before_state = {n: v.clone() for n, v in pop.optimizer.state[kernel].items() if v.dim() > 0}
+        before_masks = [layer.weight_mask.clone() for layer in pop.sparse_layers()]
+        for controller in controllers:
+            if controller.step(step):
+                pop.refresh_masks()
+        for layer, old in zip(pop.sparse_layers(), before_masks):
+            grown = layer.weight_mask & ~old
+            changed_any |= bool(grown.any())
+            if layer.weight is kernel and grown.any():
+                for name, value in pop.optimizer.state[kernel].items():
+                    if value.dim() > 0:
+                        assert torch.count_nonzero(value[grown]) == 0, name  # reset at regrown positions
+                        kept = ~(grown | (old & ~layer.weight_mask))
+                        assert torch.equal(value[kept], before_state[name][kept])
+        for controller in controllers:
+            controller.check_invariants()
+            for group in controller.groups:
+                for layer in group.layers:
+                    assert layer.active == layer.allocated, layer.name
+                    assert torch.count_nonzero(layer.weight[~layer.mask]) == 0
+                    for state in layer.optimizer_state(None):
+                        assert torch.count_nonzero(state[~layer.mask]) == 0
+    assert changed_any, "no topology update changed a mask: the invariants were not exercised"
