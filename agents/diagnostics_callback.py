@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,7 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import ReplayBuffer, RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
 from torch import nn
 
 from agents.spec import AgentSpec, GroupLosses, Loss, spec_of
@@ -209,6 +210,137 @@ def group_masks(group: SparseGroup) -> list[torch.Tensor] | None:
     return None if any(m is None for m in masks) else [m.detach().clone() for m in masks]
 
 
+def record_measurement(logger: Logger, values: Mapping[str, Mapping[str, Any]], clock: int, num_timesteps: int) -> None:
+    """One measurement as a ``progress.csv`` row (and TensorBoard scalars) of its own: :func:`metric_keys` and
+    ``STEP_KEY``, dumped at ``num_timesteps``."""
+    logger.record(STEP_KEY, clock)
+    for group, metrics in values.items():
+        for name, value in metrics.items():
+            logger.record(f"{PREFIX}/{group}/{name}", value)
+    logger.record("time/total_timesteps", num_timesteps, exclude="tensorboard")
+    logger.dump(step=num_timesteps)
+
+
+class RunDiagnostics:
+    """One run's diagnostics: the measurement points on the topology clock, the mask history churn compares with,
+    the latest values per group (``last``), and one warning if a measurement fails.
+
+    The SB3 path's :class:`DiagnosticsCallback` and each member of the population engine
+    (:mod:`agents.population.diagnostics`) drive one, so both measure at the same points with the same code.
+    ``mask_groups``: the groups whose masks churn compares (the ones the run's controller updates); ``next_point``:
+    the next measurement point saved with the checkpoint a run resumes from (``None``: a fresh start).
+    """
+
+    def __init__(
+        self,
+        settings: DiagnosticsSettings,
+        seed: int,
+        mask_groups: Sequence[SparseGroup],
+        spec: AgentSpec | None = None,
+        next_point: int | None = None,
+    ) -> None:
+        self.settings, self.seed, self.mask_groups, self.spec = settings, seed, list(mask_groups), spec
+        self.last: dict[str, Any] = {}  # group -> metric -> value; "error" if a measurement failed
+        self.error: str | None = None
+        self.next = settings.freq if next_point is None else int(next_point)
+        self._resumed_next = next_point
+        self.measured_at = -1
+        self._initial: dict[str, list[torch.Tensor] | None] = {}
+        self._before: dict[str, list[torch.Tensor] | None] = {}  # the masks before the last topology update
+        self._seen: dict[str, list[torch.Tensor] | None] = {}  # the masks at the last check
+        self._updates = 0
+
+    def state(self) -> dict[str, int]:
+        """What a resumed run needs to measure where the uninterrupted one does (saved with a checkpoint)."""
+        return {"next": self.next}
+
+    def _snapshot(self) -> dict[str, list[torch.Tensor] | None]:
+        return {g.name: group_masks(g) for g in self.mask_groups}
+
+    def start(self, clock: int, num_updates: int) -> None:
+        """At the training start: the initial masks, and the next measurement point (a resumed run's saved one)."""
+        self._initial = self._snapshot()
+        self._seen = self._initial
+        self._before = dict.fromkeys(self._initial)
+        self._updates = num_updates
+        if self._resumed_next is None:
+            self.next = (clock // self.settings.freq + 1) * self.settings.freq
+
+    def track_masks(self, num_updates: int, sparse: bool) -> None:
+        """After topology updates (``num_updates`` changed): the masks before the last one, for ``churn_last``."""
+        if sparse and num_updates != self._updates:
+            self._updates = num_updates
+            self._before, self._seen = self._seen, self._snapshot()
+
+    def churn(self, group: str) -> tuple[float, float]:
+        """(churn against the initial masks, churn at the last topology update) of ``group`` now; 0 without masks."""
+        current = group_masks(next(g for g in self.mask_groups if g.name == group))
+        if current is None:
+            return 0.0, 0.0
+        return mask_churn(self._initial[group], current, self._before.get(group))
+
+    def at_rollout_end(
+        self, model: BaseAlgorithm, groups: Sequence[SparseGroup], clock: int, logger: Logger, num_timesteps: int
+    ) -> None:
+        """Measure ``model``'s ``groups`` and log a row of its own when ``clock`` has reached the next point."""
+        if clock >= self.next:
+            self.next = (clock // self.settings.freq + 1) * self.settings.freq
+            if self.measure(model, groups, clock):  # a row of its own: a later one would overwrite undumped values
+                record_measurement(logger, self.last, self.measured_at, num_timesteps)
+
+    def at_training_end(
+        self, model: BaseAlgorithm, groups: Sequence[SparseGroup], clock: int, logger: Logger, num_timesteps: int
+    ) -> None:
+        """A point the last gradient steps reached gets its row; ``last`` is measured at the end (``summary.json``)."""
+        self.at_rollout_end(model, groups, clock, logger, num_timesteps)
+        if clock > self.measured_at:
+            self.measure(model, groups, clock)
+
+    def measure(self, model: BaseAlgorithm, groups: Sequence[SparseGroup], clock: int) -> bool:
+        """:func:`measure_groups` into ``last``; False when the buffer has no batch yet. A failure is one warning
+        and ends the diagnostics, not the training run."""
+        if self.error is not None:
+            return False
+        try:
+            values = measure_groups(model, groups, self.settings, self.seed, clock, self.churn, self.spec)
+        except Exception as error:  # any failure of a diagnostic must leave training alone
+            self.error = f"{type(error).__name__}: {error}".splitlines()[0]
+            self.last = {"error": f"at gradient step {clock}: {self.error}"}
+            print(f"warning: diagnostics stopped {self.last['error']}", file=sys.stderr)
+            return False
+        if values is None:
+            return False
+        self.last.update(values)
+        self.measured_at = clock
+        return True
+
+
+def measure_groups(
+    model: BaseAlgorithm,
+    groups: Sequence[SparseGroup],
+    settings: DiagnosticsSettings,
+    seed: int,
+    clock: int,
+    churn: Callable[[str], tuple[float, float]],
+    spec: AgentSpec | None = None,
+) -> dict[str, dict[str, float]] | None:
+    """Every group of ``model`` measured at topology clock ``clock`` on a batch of its buffer (``spec``'s
+    ``diagnostic_losses``), drawn with the global generators seeded from (``seed``, ``clock``) and restored
+    afterwards (the same batch after a resume); ``churn(group)`` adds its mask churn. ``None``: no batch yet."""
+    rng = np.random.default_rng([seed, clock])
+    with isolated_rng(int(rng.integers(2**31 - 1)), model.device):
+        losses = group_losses(model, settings.batch_size, rng, spec)
+        if losses is None:
+            return None
+        result = {}
+        for group in groups:
+            inputs, loss = losses[group.name]
+            values = measure_group(group, inputs, loss, settings)
+            values["churn_initial"], values["churn_last"] = churn(group.name)
+            result[group.name] = values
+    return result
+
+
 class DiagnosticsCallback(BaseCallback):
     """Every ``settings.freq`` gradient steps of the topology clock, at a rollout's end (off-policy: before the next
     ``train``; PPO: the fresh rollout, returns computed), records :func:`metric_keys` through SB3's logger and dumps it
@@ -217,7 +349,7 @@ class DiagnosticsCallback(BaseCallback):
     at the end of training (for ``summary.json``). Mask churn compares with the masks at the training start (the
     initial masks; after a resume, the resumed ones) and with the masks before the last topology update. ``state``:
     :meth:`state` saved with the checkpoint a run resumes from (its measurement points stay the uninterrupted run's).
-    ``spec``: the model's agent (default: :func:`agents.spec.spec_of` the model).
+    ``spec``: the model's agent (default: :func:`agents.spec.spec_of` the model). The work is :class:`RunDiagnostics`'s.
     """
 
     def __init__(
@@ -229,96 +361,33 @@ class DiagnosticsCallback(BaseCallback):
         spec: AgentSpec | None = None,
     ) -> None:
         super().__init__()
-        self.spec = spec
         self.controller = controller
-        self.settings = settings
-        self.seed = seed
-        self.last: dict[str, Any] = {}  # group -> metric -> value; "error" if a measurement failed
-        self.error: str | None = None
-        self._next = settings.freq
-        self._measured_at = -1
-        self._initial: dict[str, list[torch.Tensor] | None] = {}
-        self._before: dict[str, list[torch.Tensor] | None] = {}  # the masks before the last topology update
-        self._seen: dict[str, list[torch.Tensor] | None] = {}  # the masks at the last check
-        self._updates = 0
-        self._resumed_next = None if state is None else int(state["next"])
+        self.run = RunDiagnostics(settings, seed, controller.groups, spec, None if state is None else int(state["next"]))
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.run.last
+
+    @property
+    def error(self) -> str | None:
+        return self.run.error
 
     def state(self) -> dict[str, int]:
         """What a resumed run needs to measure where the uninterrupted one does (saved with a checkpoint)."""
-        return {"next": self._next}
-
-    def _snapshot(self) -> dict[str, list[torch.Tensor] | None]:
-        return {g.name: group_masks(g) for g in self.controller.groups}
+        return self.run.state()
 
     def _on_training_start(self) -> None:
-        self._initial = self._snapshot()
-        self._seen = self._initial
-        self._before = {name: None for name in self._initial}
-        self._updates = self.controller.num_updates
-        if self._resumed_next is not None:  # a checkpoint is taken before this rollout's measurement
-            self._next = self._resumed_next
-        else:
-            self._next = (self.controller.clock // self.settings.freq + 1) * self.settings.freq
-
-    def _track_masks(self) -> None:
-        if self.controller.sparse and self.controller.num_updates != self._updates:
-            self._updates = self.controller.num_updates
-            self._before, self._seen = self._seen, self._snapshot()
-
-    def _measure_if_due(self) -> None:
-        """Measure and log a row of its own when the clock has reached the next measurement point."""
-        if self.controller.clock >= self._next:
-            self._next = (self.controller.clock // self.settings.freq + 1) * self.settings.freq
-            if self._try_measure():  # a row of its own: a later measurement would overwrite values SB3 has not dumped yet
-                self.logger.record(STEP_KEY, self._measured_at)
-                for group, values in self.last.items():
-                    for name, value in values.items():
-                        self.logger.record(f"{PREFIX}/{group}/{name}", value)
-                self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
-                self.logger.dump(step=self.num_timesteps)
+        self.run.start(self.controller.clock, self.controller.num_updates)
 
     def _on_rollout_end(self) -> None:
-        self._track_masks()
-        self._measure_if_due()
+        self.run.track_masks(self.controller.num_updates, self.controller.sparse)
+        self.run.at_rollout_end(self.model, self.controller.groups, self.controller.clock, self.logger, self.num_timesteps)
 
     def _on_training_end(self) -> None:
-        self._track_masks()
-        self._measure_if_due()  # the last gradient steps may reach a point no later rollout end sees
-        if self.controller.clock > self._measured_at:
-            self._try_measure()
+        self.run.track_masks(self.controller.num_updates, self.controller.sparse)
+        self.run.at_training_end(
+            self.model, self.controller.groups, self.controller.clock, self.logger, self.num_timesteps
+        )  # the last gradient steps may reach a point no later rollout end sees
 
     def _on_step(self) -> bool:
-        return True
-
-    def _try_measure(self) -> bool:
-        """:meth:`_measure`, but a failure is one warning and ends the diagnostics, not the training run."""
-        if self.error is not None:
-            return False
-        try:
-            return self._measure()
-        except Exception as error:  # any failure of a diagnostic must leave training alone
-            self.error = f"{type(error).__name__}: {error}".splitlines()[0]
-            self.last = {"error": f"at gradient step {self.controller.clock}: {self.error}"}
-            print(f"warning: diagnostics stopped {self.last['error']}", file=sys.stderr)
-            return False
-
-    def _measure(self) -> bool:
-        """Measure every group now; False when the buffer has no batch yet."""
-        rng = np.random.default_rng([self.seed, self.controller.clock])  # the same batch after a resume
-        with isolated_rng(int(rng.integers(2**31 - 1)), self.model.device):
-            losses = group_losses(self.model, self.settings.batch_size, rng, self.spec)
-            if losses is None:
-                return False
-            for group in self.controller.groups:
-                inputs, loss = losses[group.name]
-                values = measure_group(group, inputs, loss, self.settings)
-                current = group_masks(group)
-                if current is not None:
-                    values["churn_initial"], values["churn_last"] = mask_churn(
-                        self._initial[group.name], current, self._before.get(group.name)
-                    )
-                else:
-                    values["churn_initial"], values["churn_last"] = 0.0, 0.0
-                self.last[group.name] = values
-        self._measured_at = self.controller.clock
         return True
