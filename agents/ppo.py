@@ -81,11 +81,17 @@ def diagnostic_losses(model: BaseAlgorithm, batch: tuple[torch.Tensor, ...]) -> 
     return {"actor": (inputs, loss), "critic": (inputs, loss)}
 
 
-def gradient_steps(model: BaseAlgorithm, total_timesteps: int) -> int:
+def rollout_gradient_steps(total_timesteps: int, n_steps: int, n_envs: int, n_epochs: int, batch_size: int) -> int:
     """Iterations × epochs × minibatches (489 × 10 × 32 = 156,480 for 1M steps: google-research/rigl
-    ``rigl/rl/tfagents/configs/ppo_mujoco_dense_config.gin``)."""
-    rollout = model.n_steps * model.n_envs
-    return max(1, math.ceil(total_timesteps / rollout) * model.n_epochs * math.ceil(rollout / model.batch_size))
+    ``rigl/rl/tfagents/configs/ppo_mujoco_dense_config.gin``); SB3 collects whole rollouts, the last one past the
+    budget included."""
+    rollout = n_steps * n_envs
+    return max(1, math.ceil(total_timesteps / rollout) * n_epochs * math.ceil(rollout / batch_size))
+
+
+def gradient_steps(model: BaseAlgorithm, total_timesteps: int) -> int:
+    """:func:`rollout_gradient_steps` of ``model``'s settings."""
+    return rollout_gradient_steps(total_timesteps, model.n_steps, model.n_envs, model.n_epochs, model.batch_size)
 
 
 def nominal_clock(model: BaseAlgorithm) -> int:
