@@ -22,6 +22,11 @@ ask which agent it is. A new population agent is one module defining a subclass 
 ``rollout_log``             agent-specific entries of the rollout log (DQN: exploration rate)
 ``sb3_layer_pairs``         export: (batched layer, row) ⇄ SB3 linears of one member
 ``copy_sb3_extras``         export: member state outside the layers (SAC: the entropy coefficient)
+``on_policy``               trained by the rollout loop (:mod:`agents.population.rollout`, PPO) instead of the
+                            off-policy one (:mod:`agents.population.trainer`); such an agent implements
+                            :class:`agents.population.rollout.OnPolicyAgent` instead of the acting/replay entries
+``policy_keys``             the ``agent.sb3.policy_kwargs`` keys the agent implements
+``lr_schedules``            the ``agent.lr_schedule`` values the agent's loop implements
 ==========================  ================================================================================
 """
 
@@ -137,6 +142,9 @@ class PopulationAgent(nn.Module):
     action_space: spaces.Space
     group_layers: dict[str, list[BatchedLinear]]  # group name -> its batched layers (all rows)
     decay: dict[str, torch.Tensor]  # group name -> per-row kernel decay coefficients [N]
+    on_policy: ClassVar[bool] = False  # SB3's on-policy loop (agents.population.rollout), not the off-policy one
+    policy_keys: ClassVar[tuple[str, ...]] = ("optimizer_kwargs",)  # agent.sb3.policy_kwargs keys implemented
+    lr_schedules: ClassVar[tuple[str, ...]] = ("constant",)  # agent.lr_schedule values implemented
 
     # ----------------------------------------------------------------- building and members
     @classmethod
