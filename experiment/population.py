@@ -307,8 +307,6 @@ def run_jobs(
     """Validate, group and train every job; returns them with their scores (``None`` where skipped or failed)."""
     jobs, groups = plan_jobs(cfgs, max_members)
     print(f"population engine: {sum(len(g) for g in groups)} runs in {len(groups)} population(s) on {device}")
-    if any(int(job.cfg.diagnostics.freq) > 0 for group in groups for job in group):
-        print("note: the population engine computes no training diagnostics (diagnostics.*): use sparse_rl.run")
     with StopSignals() as stop:  # Ctrl-C, SIGTERM, the scheduler's warning: checkpoint, record, one line
         for members in groups:
             train_population(members, device, cuda_graph, env_workers_for(env_workers, device, len(members)), stop)

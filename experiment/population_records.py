@@ -20,17 +20,22 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import Logger
 
-from agents.build import build_model
+from agents.build import build_model, sb3_kwargs
 from agents.callbacks import TrainingStopped, record_topology
+from agents.diagnostics_callback import diagnostics_settings
 from agents.population.base import PopulationAgent
-from agents.population.compose import build_agent, member_decay
+from agents.population.compose import AGENT_CLASSES, build_agent, member_decay
+from agents.population.diagnostics import PopulationDiagnostics, replay_rows
 from agents.population.export import copy_member
 from agents.population.member_envs import MemberEnvs
 from agents.population.replay import PopulationReplay
+from agents.population.rollout import PopulationRolloutTrainer, RolloutSettings, zero_minibatch
 from agents.population.streams import MemberStreams
 from agents.population.trainer import LoopSettings, Member, MemberSettings, PopulationTrainer
+from agents.ppo import rollout_gradient_steps
 from agents.spec import off_policy_gradient_steps
 from envs import EVAL_SEED_OFFSET, make_vec_env
 from experiment.checkpoint import checkpoint_file_problem, latest_checkpoint, write_checkpoint
@@ -103,8 +108,25 @@ def loop_settings(cfg: DictConfig) -> LoopSettings:
     )  # fmt: skip
 
 
+def rollout_settings(cfg: DictConfig) -> RolloutSettings:
+    """The on-policy loop settings the members share; the learning rate (or its schedule) as the SB3 path builds it."""
+    sb3 = cfg.agent.sb3
+    learning_rate = sb3_kwargs(OmegaConf.to_container(cfg.agent, resolve=True), None)["learning_rate"]
+    return RolloutSettings(
+        total_timesteps=int(cfg.agent.total_timesteps), n_steps=int(sb3.n_steps), n_epochs=int(sb3.n_epochs),
+        batch_size=int(sb3.batch_size), gamma=float(sb3.gamma), gae_lambda=float(sb3.gae_lambda),
+        learning_rate=learning_rate,
+    )  # fmt: skip
+
+
 def population_budget(cfg: DictConfig) -> Budget:
     """Each member's env steps, warm-up and gradient steps (one gradient step updates every member)."""
+    if AGENT_CLASSES[cfg.agent.name].on_policy:
+        rollout = rollout_settings(cfg)
+        return Budget(
+            rollout.total_timesteps, 0,
+            lambda t: rollout_gradient_steps(t, rollout.n_steps, 1, rollout.n_epochs, rollout.batch_size) if t > 0 else 0,
+        )  # fmt: skip
     loop = loop_settings(cfg)
 
     def gradient_steps_until(t: int) -> int:
@@ -133,8 +155,12 @@ def probe_costs(plans: Sequence[Plan], net_arch: Any, device: str) -> StepCosts:
         replay.full = True  # batch_size rows of zeros
         replay.size_tensor.fill_(replay.size)
         streams = MemberStreams([int(p.cfg.seed) for p in plans], where)  # counter-based: the run's draws are its own
+        minibatch = zero_minibatch(agent, batch_size) if agent.on_policy else None  # PPO: one minibatch step
 
         def update() -> None:
+            if minibatch is not None:
+                agent.update(*minibatch)
+                return
             agent.update(*replay.sample(batch_size, streams, 0), *agent.update_noise(streams, 0, batch_size))
 
         update_s = time_per_call(update, PROBE_UPDATES, sync=sync)
@@ -204,13 +230,18 @@ class PopulationRun:
         self.net_arch, self.population_dir = net_arch, population_dir
         self.eval_freq, self.eval_episodes = int(cfg.agent.eval_freq), int(cfg.agent.eval_episodes)
         make_agent = functools.partial(build_agent, cfg, net_arch)
-        self.loop = PopulationTrainer(
-            [member_settings(p) for p in plans], loop_settings(cfg), plans[0].env, make_agent, device, cuda_graph,
-            env_workers,
+        self.on_policy = AGENT_CLASSES[cfg.agent.name].on_policy  # SB3's on-policy learn() or the off-policy one
+        loop_class = PopulationRolloutTrainer if self.on_policy else PopulationTrainer
+        self.loop = loop_class(
+            [member_settings(p) for p in plans], rollout_settings(cfg) if self.on_policy else loop_settings(cfg),
+            plans[0].env, make_agent, device, cuda_graph, env_workers,
         )  # fmt: skip
         eval_seeds = [int(p.cfg.seed) + EVAL_SEED_OFFSET for p in plans]
         self.eval_envs = MemberEnvs(plans[0].env, eval_seeds, env_workers, episodes=self.eval_episodes)
         self.members = [MemberRecord(plan, member) for plan, member in zip(plans, self.loop.members)]
+        self.diagnostics_settings = diagnostics_settings(cfg.diagnostics)  # shared: part of the compatibility key
+        self.diagnostics: PopulationDiagnostics | None = None  # per member, from the first learn() (decision 42)
+        self._diagnostics_states: list[dict | None] | None = None  # from the checkpoint a run resumes from
         self._progress: Callable[[int], None] | None = None
         self._stop: Callable[[], bool] | None = None
         self._checkpoint_freq = 0
@@ -256,7 +287,16 @@ class PopulationRun:
             if member.logger is None:
                 self._open_run_dir(member)
         self._progress, self._checkpoint_freq, self._stop = progress, checkpoint_freq, stop
+        if self.diagnostics is None and self.diagnostics_settings.enabled:
+            self.diagnostics = PopulationDiagnostics(
+                self.loop, self.diagnostics_settings, [m.seed for m in self.members], self.members[0].plan.agent,
+                lambda index: self.sb3_model(self.members[index], self.loop.device), replay_rows(self.loop.replay),
+                self._diagnostics_states,
+            )  # fmt: skip
+            self.diagnostics.start()
         self.loop.learn(self, nan_check_freq)
+        if self.diagnostics is not None:
+            self.diagnostics.at_training_end([m.logger for m in self.members])
 
     def _open_run_dir(self, member: MemberRecord) -> None:
         """The run directory's config, its pointer to the population, its log (the first topology record)."""
@@ -273,12 +313,20 @@ class PopulationRun:
         record.episode_rewards.append(float(episode["r"]))
         record.episode_lengths.append(int(episode["l"]))
         record.episodes += 1
-        if record.episodes % LOG_INTERVAL == 0:
+        if not self.on_policy and record.episodes % LOG_INTERVAL == 0:
             self._log_rollout(record)
+
+    def rollout_ended(self, loop: PopulationRolloutTrainer) -> None:
+        """On-policy: SB3's ``dump_logs`` after every rollout (``log_interval=1``), for every running member."""
+        for member in self.members:
+            if member.status == "running":
+                self._log_rollout(member)
 
     def env_stepped(self, loop: PopulationTrainer) -> None:
         if loop.num_timesteps % self.eval_freq == 0:
             self.evaluate()
+        if self.diagnostics is not None:  # after evaluation, as SB3's on_rollout_end after EvalCallback's on_step
+            self.diagnostics.at_rollout_end([m.logger for m in self.members])
 
     def step_done(self, loop: PopulationTrainer) -> None:
         if self._progress is not None:
@@ -324,15 +372,20 @@ class PopulationRun:
         atomic_write_npz(member.run_dir / EVALUATIONS_FILE, arrays)
 
     def _log_rollout(self, member: MemberRecord) -> None:
-        """SB3's ``dump_logs`` every LOG_INTERVAL episodes: rollout means, last training losses, topology."""
+        """SB3's ``dump_logs`` (off-policy: every LOG_INTERVAL episodes; on-policy: every rollout, its iterations
+        instead of episodes): rollout means, last training losses, topology."""
         logger = member.logger
         elapsed = max(time.perf_counter() - self.wall_start, 1e-9)
-        logger.record("time/episodes", member.episodes, exclude="tensorboard")
+        if self.on_policy:
+            logger.record("time/iterations", self.loop.iteration, exclude="tensorboard")
+        else:
+            logger.record("time/episodes", member.episodes, exclude="tensorboard")
         logger.record("time/fps", int((self.num_timesteps - self.steps_at_start) / elapsed))
         logger.record("time/time_elapsed", int(elapsed), exclude="tensorboard")  # since this process started training
         logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
-        logger.record("rollout/ep_rew_mean", float(np.mean(member.episode_rewards)))
-        logger.record("rollout/ep_len_mean", float(np.mean(member.episode_lengths)))
+        if member.episode_rewards:  # on-policy: SB3 logs them once an episode has ended
+            logger.record("rollout/ep_rew_mean", float(np.mean(member.episode_rewards)))
+            logger.record("rollout/ep_len_mean", float(np.mean(member.episode_lengths)))
         for key, values in self.loop.last_metrics.items():
             logger.record(f"train/{key}", float(values[member.index]))
         if self.loop.clock > 0:  # SB3 records these in train(), i.e. once gradient steps have begun
@@ -372,20 +425,28 @@ class PopulationRun:
         atomic_write_json(member.run_dir / SUMMARY_FILE, summary)
         return summary
 
-    def export_member(self, member: MemberRecord, path: Path) -> None:
-        """Write ``member`` as an SB3 ``model.zip`` (``SAC.load`` / ``DQN.load``; masks in the policy's state dict)."""
+    def sb3_model(self, member: MemberRecord, device: str | torch.device = "cpu") -> BaseAlgorithm:
+        """An SB3 model of ``member``'s run (its policy class, widths and hyperparameters; a replay of one batch) for
+        the member's weights to be copied into (export, diagnostics)."""
         plan = member.plan
         agent_cfg = OmegaConf.to_container(plan.cfg.agent, resolve=True)
-        agent_cfg["sb3"]["buffer_size"] = agent_cfg["sb3"]["batch_size"]  # the export carries no replay data
+        if "buffer_size" in agent_cfg["sb3"]:  # off-policy
+            agent_cfg["sb3"]["buffer_size"] = agent_cfg["sb3"]["batch_size"]  # it carries no replay data
         env = make_vec_env(plan.env, 1, member.seed)  # for its spaces
-        model = build_model(
-            plan.agent, agent_cfg, env, net_arch=self.net_arch, sparse=plan.sparsity.method != "dense", seed=member.seed,
-            device="cpu",
-        )  # fmt: skip
+        try:
+            return build_model(
+                plan.agent, agent_cfg, env, net_arch=self.net_arch, sparse=plan.sparsity.method != "dense",
+                seed=member.seed, device=device,
+            )  # fmt: skip
+        finally:
+            env.close()
+
+    def export_member(self, member: MemberRecord, path: Path) -> None:
+        """Write ``member`` as an SB3 ``model.zip`` (``SAC.load`` / ``DQN.load``; masks in the policy's state dict)."""
+        model = self.sb3_model(member)
         copy_member(self.agent, member.index, model, to_sb3=True)
         model.num_timesteps = self.num_timesteps
         model.save(path)
-        env.close()
 
     def finish(self) -> list[dict]:
         """Invariants, ``model.zip`` and ``summary.json`` of every member; returns the summaries."""
@@ -398,7 +459,8 @@ class PopulationRun:
                     self.loop.fail(member.loop, str(error), self)
             if member.status == "running":
                 self.export_member(member, member.run_dir / MODEL_FILE)
-                summaries.append(self._write_summary(member, "completed"))
+                more = {} if self.diagnostics is None else {"diagnostics": self.diagnostics.last(member.index)}
+                summaries.append(self._write_summary(member, "completed", **more))  # diagnostics: the values at the end
             else:
                 summaries.append(json.loads((member.run_dir / SUMMARY_FILE).read_text()))
         self.close()
@@ -439,6 +501,7 @@ class PopulationRun:
                     "episode_rewards": list(m.episode_rewards), "episode_lengths": list(m.episode_lengths),
                     "episodes": m.episodes, "eval_timesteps": m.eval_timesteps, "eval_results": m.eval_results,
                     "eval_lengths": m.eval_lengths,
+                    "diagnostics": None if self.diagnostics is None else self.diagnostics.state(m.index),
                 }
                 for m in self.members
             ],
@@ -467,6 +530,7 @@ class PopulationRun:
             member.episodes = saved["episodes"]
             member.eval_timesteps, member.eval_results = saved["eval_timesteps"], saved["eval_results"]
             member.eval_lengths = saved["eval_lengths"]
+        self._diagnostics_states = [saved.get("diagnostics") for saved in state["members"]]  # None: saved without
         self.eval_envs.restore(state["eval_envs"], continue_streams=any(m["eval_timesteps"] for m in state["members"]))
         self.steps_at_start = self.num_timesteps
         for member in self.members:

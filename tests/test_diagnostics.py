@@ -260,17 +260,6 @@ def test_analysis_plots_diagnostics_and_skips_quietly_without(tmp_path):
     assert plot_diagnostics(frame.iloc[0:0], tmp_path / "none") == []
 
 
-def test_population_engine_says_it_computes_no_diagnostics(tmp_path, monkeypatch, capsys):
-    import experiment.population as population_run
-
-    monkeypatch.setattr(population_run, "train_population", lambda *args: None)  # grouping and messages only
-    note = "note: the population engine computes no training diagnostics"
-    population_run.run_jobs([tiny_run("dqn", "set", tmp_path / "on", *DIAG)], "cpu", False, 4)
-    assert note in capsys.readouterr().out
-    population_run.run_jobs([tiny_run("dqn", "set", tmp_path / "off", "diagnostics.freq=0")], "cpu", False, 4)
-    assert note not in capsys.readouterr().out
-
-
 def test_sac_and_dqn_per_sample_losses_average_to_sb3s_losses():
     from stable_baselines3 import DQN, SAC
     from torch.nn import functional as F
