@@ -279,11 +279,15 @@ class RunDiagnostics:
             return 0.0, 0.0
         return mask_churn(self._initial[group], current, self._before.get(group))
 
+    def due(self, clock: int) -> bool:
+        """Whether ``clock`` has reached the next measurement point."""
+        return clock >= self.next
+
     def at_rollout_end(
         self, model: BaseAlgorithm, groups: Sequence[SparseGroup], clock: int, logger: Logger, num_timesteps: int
     ) -> None:
         """Measure ``model``'s ``groups`` and log a row of its own when ``clock`` has reached the next point."""
-        if clock >= self.next:
+        if self.due(clock):
             self.next = (clock // self.settings.freq + 1) * self.settings.freq
             if self.measure(model, groups, clock):  # a row of its own: a later one would overwrite undumped values
                 record_measurement(logger, self.last, self.measured_at, num_timesteps)
