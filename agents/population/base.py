@@ -12,6 +12,7 @@ ask which agent it is. A new population agent is one module defining a subclass 
 ``optimizers``              every optimizer (checkpoints, CUDA-graph capture)
 ``target_pairs``            (target, online) parameters: targets start as copies
 ``warmup_actions``          SB3's uniform warm-up actions, from each member's seeded action space
+``clock_stride``            gradient steps per step of the topology clock (TD3: ``policy_delay``; else 1)
 ``policy_actions``          acting after warm-up (exploration included) on the device, from the members' streams
 ``env_actions``             replay-form actions → env units (host)
 ``eval_actions``            the deterministic policy in env units (evaluation)
@@ -145,6 +146,9 @@ class PopulationAgent(nn.Module):
     on_policy: ClassVar[bool] = False  # SB3's on-policy loop (agents.population.rollout), not the off-policy one
     policy_keys: ClassVar[tuple[str, ...]] = ("optimizer_kwargs",)  # agent.sb3.policy_kwargs keys implemented
     lr_schedules: ClassVar[tuple[str, ...]] = ("constant",)  # agent.lr_schedule values implemented
+    # gradient steps per clock step (``agents.spec.AgentSpec.clock_stride``): the topology clock advances, and RigL
+    # snapshots dense gradients, only at gradient steps n with n % clock_stride == 0 (``update(clock_step=True)``)
+    clock_stride: int = 1
 
     # ----------------------------------------------------------------- building and members
     @classmethod
@@ -173,9 +177,12 @@ class PopulationAgent(nn.Module):
         raise NotImplementedError
 
     # ----------------------------------------------------------------- acting
-    def warmup_actions(self, action_spaces: Sequence[spaces.Space]) -> tuple[np.ndarray, np.ndarray]:
+    def warmup_actions(
+        self, action_spaces: Sequence[spaces.Space], streams: MemberStreams, clock: DeviceClock
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(env actions, replay actions) ``[K, ·]`` of SB3's warm-up (``_sample_action`` before ``learning_starts``):
-        one ``action_space.sample()`` per member from its own space, seeded as SB3 seeds the model's."""
+        one ``action_space.sample()`` per member from its own space, seeded as SB3 seeds the model's (plus any action
+        noise SB3 adds in warm-up, from ``streams`` at ``clock.step``)."""
         raise NotImplementedError
 
     def policy_actions(self, obs: torch.Tensor, streams: MemberStreams, clock: DeviceClock) -> torch.Tensor:
@@ -206,8 +213,13 @@ class PopulationAgent(nn.Module):
         streams (none by default)."""
         return ()
 
-    def update(self, *batch_and_noise: torch.Tensor, snapshot_dense: bool = False) -> dict[str, torch.Tensor]:
-        """One gradient step of every member on a batch ``[K, B, ·]`` and :meth:`update_noise`; metrics ``[K]``."""
+    def update(
+        self, *batch_and_noise: torch.Tensor, snapshot_dense: bool = False, clock_step: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """One gradient step of every member on a batch ``[K, B, ·]`` and :meth:`update_noise`; metrics ``[K]``.
+
+        ``clock_step``: whether this gradient step is a step of the topology clock (see :attr:`clock_stride`; TD3's
+        delayed actor step); ``snapshot_dense`` is only ever set on one."""
         raise NotImplementedError
 
     def after_env_step(self, clock: EnvClock) -> None:

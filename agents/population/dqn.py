@@ -127,7 +127,9 @@ class PopulationDQN(PopulationAgent):
         rate = torch.where(elapsed > fraction, end, start + elapsed * (end - start) / fraction)
         return torch.where(clock.step > 0, rate, 0.0)
 
-    def warmup_actions(self, action_spaces: Sequence[spaces.Space]) -> tuple[np.ndarray, np.ndarray]:
+    def warmup_actions(
+        self, action_spaces: Sequence[spaces.Space], streams: MemberStreams, clock: DeviceClock
+    ) -> tuple[np.ndarray, np.ndarray]:
         actions = np.array([space.sample() for space in action_spaces])
         return actions, actions.astype(np.float32).reshape(self.k, 1)
 
@@ -177,8 +179,10 @@ class PopulationDQN(PopulationAgent):
         next_obs: torch.Tensor,
         dones: torch.Tensor,
         snapshot_dense: bool = False,
+        clock_step: bool = True,
     ) -> dict[str, torch.Tensor]:
-        """One DQN gradient step per member on batches ``[K, B, ·]`` (actions ``[K, B, 1]`` integer); losses ``[K]``."""
+        """One DQN gradient step per member on batches ``[K, B, ·]`` (actions ``[K, B, 1]`` integer); losses ``[K]``.
+        Every DQN gradient step is a clock step (``clock_stride`` 1)."""
         with torch.no_grad():
             next_q = self.q_net_target(next_obs).max(dim=-1, keepdim=True).values
             target_q = rewards + (1 - dones) * self.gamma * next_q

@@ -169,7 +169,9 @@ class PopulationSAC(PopulationAgent):
             return torch.tanh(mean)
         return torch.tanh(torch.addcmul(mean, noise, log_std.exp()))
 
-    def warmup_actions(self, action_spaces: Sequence[spaces.Space]) -> tuple[np.ndarray, np.ndarray]:
+    def warmup_actions(
+        self, action_spaces: Sequence[spaces.Space], streams: MemberStreams, clock: DeviceClock
+    ) -> tuple[np.ndarray, np.ndarray]:
         """SB3's warm-up for Box actions: ``sample()``, then ``scale_action`` (the replay's form) and back through
         ``unscale_action`` (what the env gets), with ``BasePolicy``'s formulas."""
         low, high = self.action_space.low, self.action_space.high
@@ -219,8 +221,10 @@ class PopulationSAC(PopulationAgent):
         noise_pi: torch.Tensor,
         noise_next: torch.Tensor,
         snapshot_dense: bool = False,
+        clock_step: bool = True,
     ) -> dict[str, torch.Tensor]:
-        """One SAC gradient step per member on batches ``[K, B, ·]`` (rewards, dones ``[K, B, 1]``); losses ``[K]``."""
+        """One SAC gradient step per member on batches ``[K, B, ·]`` (rewards, dones ``[K, B, 1]``); losses ``[K]``.
+        Every SAC gradient step is a clock step (``clock_stride`` 1)."""
         actions_pi, log_prob = self.action_log_prob(obs, noise_pi)
         log_prob = log_prob.unsqueeze(-1)  # [K, B, 1]
         if self.ent_coef_optimizer is not None:

@@ -32,9 +32,9 @@ class Draw(enum.IntEnum):
     """What a draw is for: each purpose is its own stream of a member."""
 
     REPLAY_INDEX = 1
-    UPDATE_NOISE = 2  # SAC: the current-observation policy sample of an update
+    UPDATE_NOISE = 2  # SAC: the current-observation policy sample of an update; TD3: the target-policy noise
     UPDATE_NEXT_NOISE = 3  # SAC: the next-observation policy sample of an update
-    ACT_NOISE = 4  # SAC: the acting policy sample
+    ACT_NOISE = 4  # SAC: the acting policy sample; TD3: the exploration noise (warm-up included)
     EXPLORE = 5  # DQN: ε-greedy's coin
     EXPLORE_ACTION = 6  # DQN: ε-greedy's random action
 

@@ -4,7 +4,9 @@ It reproduces SB3's off-policy loop per member (``OffPolicyAlgorithm.learn`` wit
 warm-up with uniform random actions, one env step, the caller's per-step records (evaluation happens there, before
 training on that step, as SB3's ``EvalCallback``), the agent's per-step work (DQN's target sync), storing the
 transition, then ``gradient_steps`` updates once ``num_timesteps > learning_starts``; after every gradient step each
-member's own :class:`~sparse_rl.TopologyController` advances (the SB3 path's optimizer-step clock).
+member's own :class:`~sparse_rl.TopologyController` advances (the SB3 path's optimizer-step clock). An agent whose
+clock optimizer steps every ``clock_stride`` gradient steps (TD3's delayed actor) advances the controllers only at
+those steps, as ``agents.build.attach_controller`` ticks them (docs/design.md decisions 31 and 40).
 
 Each member is reproducible on its own: it starts from the SB3 path's model of its run (weights, masks, the
 controller's generator, the seeded action space of SB3's warm-up; :class:`MemberStart`), and every later random
@@ -174,9 +176,12 @@ class PopulationTrainer:
         self.agent = make_agent(
             self.envs.observation_space, self.action_space, [m.decay for m in members], self.device, self.cuda_graph
         )
+        self.clock_stride = int(self.agent.clock_stride)
         steps = off_policy_gradient_steps(
             settings.total_timesteps, self.learning_starts, self.train_freq, self.gradient_steps, 1
         )
+        # the last clock value the controllers reach (the SB3 path's AgentSpec.gradient_steps, e.g. agents.td3's)
+        steps = max(self.clock_stride, steps // self.clock_stride * self.clock_stride)
         self.members: list[Member] = []
         for i, member in enumerate(members):
             self.members.append(self._start_member(i, member, steps))
@@ -202,9 +207,11 @@ class PopulationTrainer:
         self._act_host = torch.zeros(self.k, self.agent.replay_action_dim, pin_memory=self.device.type == "cuda")
         self._actions: np.ndarray | None = None  # replay-form actions for env step ``_actions_step``
         self._actions_step = -1
-        self._graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}
-        self._graph_metrics: dict[tuple[int, bool], dict[str, torch.Tensor]] = {}
-        self._eager_runs: dict[tuple[int, bool], int] = {}
+        # one captured graph per (updates, act, clock phase): with clock_stride > 1 the phase says which of the
+        # step's updates are clock steps (TD3: critic-only and actor steps alternate)
+        self._graphs: dict[tuple[int, bool, int], torch.cuda.CUDAGraph] = {}
+        self._graph_metrics: dict[tuple[int, bool, int], dict[str, torch.Tensor]] = {}
+        self._eager_runs: dict[tuple[int, bool, int], int] = {}
         self._next_update = min((m.next_update for m in self.members), default=math.inf)
 
     def _start_member(self, index: int, member: MemberSettings, steps: int) -> Member:
@@ -216,7 +223,8 @@ class PopulationTrainer:
         controller.init_masks(existing=controller.sparse)
         controller.generator.set_state(start.controller.generator.get_state())
         action_space = copy.deepcopy(start.model.action_space)  # SB3 seeded it in set_random_seed
-        return Member(index, member, controller, action_space, TopologyStats(controller), next_update_step(controller, 0))
+        next_update = self._next_update_step(controller, 0)
+        return Member(index, member, controller, action_space, TopologyStats(controller), next_update)
 
     @property
     def total(self) -> int:
@@ -248,7 +256,8 @@ class PopulationTrainer:
     def _env_step(self, hooks: LoopHooks) -> None:
         """Act, step every member's env, report ended episodes, then the population step on the device."""
         if self.env_clock.warmup:
-            env_actions, replay_actions = self.agent.warmup_actions([m.action_space for m in self.members])
+            member_spaces, clock = [m.action_space for m in self.members], DeviceClock(self._step_t, self._total_t)
+            env_actions, replay_actions = self.agent.warmup_actions(member_spaces, self.streams, clock)
         else:
             replay_actions = self._policy_actions()
             env_actions = self.agent.env_actions(replay_actions, self.active)
@@ -294,7 +303,7 @@ class PopulationTrainer:
         """Write the transition, run ``updates`` gradient steps, compute the next action: a CUDA-graph replay, or
         eager where a topology update is due (the controllers step between the update and the next action)."""
         topology = updates > 0 and self.clock + updates >= self._next_update  # once per step, not per member
-        key = (updates, act)
+        key = (updates, act, self.clock % self.clock_stride)
         if topology or not self.cuda_graph:
             metrics = self._step_body(updates, act, topology)
         else:
@@ -312,27 +321,32 @@ class PopulationTrainer:
         self._step_t.add_(1)
         self.replay.write(self._step_in[:, : self.replay.row_width])
         metrics: dict[str, torch.Tensor] = {}
-        for _ in range(updates):
-            snapshot = topology and any(m.controller.wants_dense_grad(self.clock + 1) for m in self._due(self.clock + 1))
+        start = self.clock  # the host clock before this step's updates (advanced here only when ``topology``)
+        for i in range(updates):
+            step = start + i + 1  # SB3's _n_updates after its increment
+            clock_step = step % self.clock_stride == 0
+            snapshot = topology and clock_step and any(m.controller.wants_dense_grad(step) for m in self._due(step))
             batch = self.replay.sample(self.batch_size, self.streams, self._clock_t)
             noise = self.agent.update_noise(self.streams, self._clock_t, self.batch_size)
-            metrics = self.agent.update(*batch, *noise, snapshot_dense=snapshot)
+            metrics = self.agent.update(*batch, *noise, snapshot_dense=snapshot, clock_step=clock_step)
             self._clock_t.add_(1)
             if topology:
                 self.clock += 1
-                self._step_controllers()
+                if clock_step:
+                    self._step_controllers()
         if act:
             self._act_out.copy_(self._act(self._step_t))
         return metrics
 
-    def _graphed_step(self, key: tuple[int, bool]) -> dict[str, torch.Tensor]:
+    def _graphed_step(self, key: tuple[int, bool, int]) -> dict[str, torch.Tensor]:
         """CUDA_GRAPH_WARMUP eager runs on a side stream, then capture once, then replay the captured step."""
         graph = self._graphs.get(key)
+        updates, act, _ = key  # the phase is the host clock's, which _step_body reads
         if graph is None and self._eager_runs.get(key, 0) < CUDA_GRAPH_WARMUP:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                metrics = self._step_body(*key)
+                metrics = self._step_body(updates, act)
             torch.cuda.current_stream().wait_stream(stream)
             self._eager_runs[key] = self._eager_runs.get(key, 0) + 1
             return metrics
@@ -341,7 +355,7 @@ class PopulationTrainer:
             for optimizer in self.agent.optimizers().values():
                 optimizer.zero_grad(set_to_none=True)
             with torch.cuda.graph(graph):
-                self._graph_metrics[key] = self._step_body(*key)
+                self._graph_metrics[key] = self._step_body(updates, act)
         graph.replay()
         return self._graph_metrics[key]
 
@@ -349,13 +363,19 @@ class PopulationTrainer:
     def _due(self, t: int) -> list[Member]:
         return [m for m in self.members if m.next_update <= t]
 
+    def _next_update_step(self, controller: TopologyController, after: int) -> float:
+        """:func:`next_update_step` on the clock's steps: the first multiple of ``clock_stride`` at or after it (an
+        update point between two clock steps is applied at the next one, as ``TopologyController.tick`` does)."""
+        step = next_update_step(controller, after)
+        return step if math.isinf(step) else -(-int(step) // self.clock_stride) * self.clock_stride
+
     def _step_controllers(self) -> None:
         """Step the controllers that have work at gradient step ``clock``; masks and statistics follow."""
         changed = False
         for member in self._due(self.clock):
             updates_before = member.controller.num_updates
             member.controller.step(self.clock)
-            member.next_update = next_update_step(member.controller, self.clock)
+            member.next_update = self._next_update_step(member.controller, self.clock)
             if member.controller.num_updates != updates_before:  # pruning changes masks, grows nothing
                 member.topology.refresh()
                 changed = True
@@ -364,9 +384,10 @@ class PopulationTrainer:
         self._next_update = min(m.next_update for m in self.members)
 
     def sync_controller_clocks(self) -> None:
-        """Controllers are stepped only where they have work: bring their clocks to the loop's (summaries, checks)."""
+        """Controllers are stepped only where they have work: bring their clocks to the loop's last clock step
+        (summaries, checks)."""
         for member in self.members:
-            member.controller.advance_to(self.clock)
+            member.controller.advance_to(self.clock // self.clock_stride * self.clock_stride)
 
     # ----------------------------------------------------------------- health
     def check_members(self, hooks: LoopHooks) -> None:
@@ -424,7 +445,7 @@ class PopulationTrainer:
             member.controller.load_state_dict(controller_state)
             member.status, member.error = saved["status"], saved["error"]
             member.action_space.np_random.bit_generator.state = saved["rng"]
-            member.next_update = next_update_step(member.controller, self.clock)
+            member.next_update = self._next_update_step(member.controller, self.clock)
             member.topology.refresh()
         self._next_update = min(m.next_update for m in self.members)
         self.envs.restore(state["envs"], continue_streams=True)
