@@ -18,7 +18,7 @@ from experiment.population import plan_member
 from experiment.population_records import PopulationRun
 from tests.agent_helpers import compose_run
 
-ENVS = {"sac": "Pendulum", "dqn": "CartPole"}
+ENVS = {"sac": "Pendulum", "dqn": "CartPole", "td3": "Pendulum"}
 MEMBERS = [(0, "dense"), (1, "rigl"), (2, "set"), (3, "prune"), (4, "static")]
 
 
@@ -272,7 +272,7 @@ def test_launcher_groups_compatible_jobs_and_skips_what_it_cannot_train(tmp_path
     assert duplicate.returncode == 1 and "sweep: 2 job(s): 1 completed, 1 skipped" in duplicate.stderr
     skipped = _sweep(tmp_path / "ppo", "agent=ppo", "env=CartPole", "seed=0", tiny=False)
     assert skipped.returncode == 1, skipped.stderr[-2000:]  # every job refused: refused before the sweep starts
-    assert "the population engine trains agent=sac or agent=dqn, not 'ppo'" in skipped.stderr
+    assert "the population engine trains agent=sac or agent=dqn or agent=td3, not 'ppo'" in skipped.stderr
     assert not (tmp_path / "ppo" / "ppo").exists()
 
 

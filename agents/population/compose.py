@@ -15,9 +15,10 @@ from agents.build import check_agent_config
 from agents.population.base import PopulationAgent, PopulationConfigError
 from agents.population.dqn import PopulationDQN
 from agents.population.sac import PopulationSAC
+from agents.population.td3 import PopulationTD3
 
 # the population agents by ``agent.name``: a new one is a module implementing agents.population.base.PopulationAgent
-AGENT_CLASSES: dict[str, type[PopulationAgent]] = {cls.name: cls for cls in (PopulationSAC, PopulationDQN)}
+AGENT_CLASSES: dict[str, type[PopulationAgent]] = {cls.name: cls for cls in (PopulationSAC, PopulationDQN, PopulationTD3)}
 POPULATION_AGENTS = tuple(AGENT_CLASSES)
 # agent.sb3 keys the population engine implements (SB3's meaning); anything else is refused with one line
 SUPPORTED_SB3_KEYS = {name: cls.sb3_keys for name, cls in AGENT_CLASSES.items()}
