@@ -28,7 +28,7 @@ from agents.callbacks import TrainingStopped, record_topology
 from agents.diagnostics_callback import diagnostics_settings
 from agents.population.base import PopulationAgent
 from agents.population.compose import AGENT_CLASSES, build_agent, member_decay
-from agents.population.diagnostics import PopulationDiagnostics, replay_rows
+from agents.population.diagnostics import PopulationDiagnostics, replay_rows, rollout_rows
 from agents.population.export import copy_member
 from agents.population.member_envs import MemberEnvs
 from agents.population.replay import PopulationReplay
@@ -290,8 +290,8 @@ class PopulationRun:
         if self.diagnostics is None and self.diagnostics_settings.enabled:
             self.diagnostics = PopulationDiagnostics(
                 self.loop, self.diagnostics_settings, [m.seed for m in self.members], self.members[0].plan.agent,
-                lambda index: self.sb3_model(self.members[index], self.loop.device), replay_rows(self.loop.replay),
-                self._diagnostics_states,
+                lambda index: self.sb3_model(self.members[index], self.loop.device),
+                rollout_rows(self.loop) if self.on_policy else replay_rows(self.loop.replay), self._diagnostics_states,
             )  # fmt: skip
             self.diagnostics.start()
         self.loop.learn(self, nan_check_freq)
@@ -318,6 +318,8 @@ class PopulationRun:
 
     def rollout_ended(self, loop: PopulationRolloutTrainer) -> None:
         """On-policy: SB3's ``dump_logs`` after every rollout (``log_interval=1``), for every running member."""
+        if self.diagnostics is not None:  # SB3's on_rollout_end comes first (inside collect_rollouts)
+            self.diagnostics.at_rollout_end([m.logger for m in self.members])
         for member in self.members:
             if member.status == "running":
                 self._log_rollout(member)
@@ -325,8 +327,8 @@ class PopulationRun:
     def env_stepped(self, loop: PopulationTrainer) -> None:
         if loop.num_timesteps % self.eval_freq == 0:
             self.evaluate()
-        if self.diagnostics is not None:  # after evaluation, as SB3's on_rollout_end after EvalCallback's on_step
-            self.diagnostics.at_rollout_end([m.logger for m in self.members])
+        if self.diagnostics is not None and not self.on_policy and loop.num_timesteps % loop.train_freq == 0:
+            self.diagnostics.at_rollout_end([m.logger for m in self.members])  # SB3's rollout end, after evaluation
 
     def step_done(self, loop: PopulationTrainer) -> None:
         if self._progress is not None:

@@ -81,13 +81,41 @@ def replay_rows(replay: PopulationReplay) -> MemberData:
     return show
 
 
+def rollout_rows(loop: Any) -> MemberData:
+    """On-policy members (:class:`agents.population.rollout.PopulationRolloutTrainer`): the model's ``RolloutBuffer``
+    holds the member's full rollout with its advantages and returns (SB3 computes them before ``on_rollout_end``), and
+    the model's remaining progress is SB3's there (its clip-range schedules read it)."""
+    computed: dict[str, Any] = {}
+
+    def show(model: BaseAlgorithm, member: int) -> None:
+        if computed.get("at") != loop.num_timesteps:  # once per rollout end for every member
+            computed["at"], computed["values"] = loop.num_timesteps, loop.advantages_and_returns()
+        advantages, returns = computed["values"]
+        rows = {
+            "observations": loop.buffer["obs"], "actions": loop.buffer["actions"], "values": loop.buffer["values"],
+            "log_probs": loop.buffer["log_probs"], "episode_starts": loop.buffer["episode_starts"],
+            "advantages": advantages, "returns": returns,
+        }  # fmt: skip
+        buffer = model.rollout_buffer
+        for name, tensor in rows.items():
+            target = getattr(buffer, name)
+            target[...] = tensor[:, member].cpu().numpy().reshape(target.shape)
+        buffer.pos, buffer.full, buffer.generator_ready = buffer.buffer_size, True, False
+        # SB3's learn() updates it after each rollout end, from the steps before that rollout
+        model._current_progress_remaining = 1.0 - max(loop.num_timesteps - buffer.buffer_size, 0) / loop.total
+
+    return show
+
+
 class PopulationDiagnostics:
-    """Every member's :class:`RunDiagnostics`, driven at the population loop's rollout ends.
+    """Every member's :class:`RunDiagnostics`, driven at the population loop's rollout ends (the caller's: off-policy
+    every ``train_freq`` env steps, before the step's training; on-policy a full rollout, before its epochs).
 
     ``make_model``: an SB3 model of a member's run (built once per member, at its first measurement, with the global
     random generators' states restored afterwards); ``member_data``: shows a member's data in the model's buffer
-    (:func:`replay_rows`); ``states``: each member's :meth:`RunDiagnostics.state` from the checkpoint a run resumes from.
-    Between measurement points and topology updates a rollout end costs one comparison (no per-member Python).
+    (:func:`replay_rows`, :func:`rollout_rows`); ``states``: each member's :meth:`RunDiagnostics.state` from the
+    checkpoint a run resumes from. Between measurement points and topology updates a rollout end costs one comparison
+    (no per-member Python).
     """
 
     def __init__(
@@ -133,10 +161,10 @@ class PopulationDiagnostics:
         return min([self.runs[m.index].next for m in running] + [m.next_update for m in running], default=np.inf)
 
     def at_rollout_end(self, loggers: Sequence[Logger]) -> None:
-        """Called after every env step; at a rollout end (SB3's ``on_rollout_end``: the step's transition collected,
-        its training not yet run) track the masks and measure the members whose point the clock has reached."""
+        """At a rollout end (SB3's ``on_rollout_end``: the rollout collected, its training not yet run) track the
+        masks and measure the members whose point the clock has reached."""
         loop = self.loop
-        if loop.num_timesteps % loop.train_freq != 0 or loop.clock < self._check_at:
+        if loop.clock < self._check_at:
             return
         loop.sync_controller_clocks()
         for member in self._running():
