@@ -15,13 +15,14 @@ from experiment.sb3 import build_plan_model
 
 def sb3_start(plan: Plan) -> MemberStart:
     """The SB3 path's start of ``plan``'s run: its model built as ``experiment.sb3.train`` builds it (same seed, init,
-    equal-parameter widths; on the CPU, a replay buffer of one batch) and the controller attached as there (masks
+    equal-parameter widths; on the CPU, an off-policy replay buffer of one batch) and the controller attached as there (masks
     drawn from the run's seed). A population member copies it in, so its initial weights, masks and warm-up actions
     are the SB3 path's (design decision 34)."""
     cfg = plan.cfg
     env = make_vec_env(plan.env, int(cfg.agent.n_envs), int(cfg.seed))
     try:
-        model, _ = build_plan_model(plan, env, device="cpu", buffer_size=int(cfg.agent.sb3.batch_size))
+        small_replay = {"buffer_size": int(cfg.agent.sb3.batch_size)} if "buffer_size" in cfg.agent.sb3 else {}
+        model, _ = build_plan_model(plan, env, device="cpu", **small_replay)
         controller = attach_controller(model, plan.agent, plan.sparsity, int(cfg.agent.total_timesteps), int(cfg.seed))
     finally:
         env.close()

@@ -3,6 +3,7 @@ minibatch); a member alone equals the member inside a population; sparse invaria
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from stable_baselines3 import PPO
@@ -212,3 +213,168 @@ def test_ppo_members_keep_sparse_invariants_through_topology_updates():
                     for state in layer.optimizer_state(None):
                         assert torch.count_nonzero(state[~layer.mask]) == 0
     assert changed_any, "no topology update changed a mask: the invariants were not exercised"
+
+
+# ---------------------------------------------------------------------------------------------- the rollout loop
+N_STEPS, TOTAL = 64, 300  # 5 rollouts of 64 (SB3 completes the last one past the budget): 320 env steps
+
+
+def _ppo_plans(root, members, env: str = "CartPole", *extra: str):
+    from experiment.population import plan_member
+    from tests.agent_helpers import compose_run
+
+    plans = []
+    for seed, method in members:
+        cfg = compose_run([
+            "agent=ppo", f"env={env}", f"sparsity={method}", f"seed={seed}", f"agent.total_timesteps={TOTAL}",
+            f"agent.sb3.n_steps={N_STEPS}", "agent.sb3.batch_size=32", "agent.sb3.n_epochs=2", "agent.normalize=false",
+            "agent.eval_freq=128", "agent.eval_episodes=2", "agent.net_arch=[32,32]", "sparsity.update_interval=5",
+            "progress_bar=false", "tensorboard=false", "diagnostics.freq=0", f"run_dir={root}/{method}_{seed}", *extra,
+        ])  # fmt: skip
+        plans.append(plan_member(cfg))
+    return plans
+
+
+def _ppo_run(root, members, env: str = "CartPole", *extra: str):
+    from experiment.population_records import PopulationRun
+
+    return PopulationRun(_ppo_plans(root, members, env, *extra), [32, 32], root / "population", "cpu", False)
+
+
+def _ppo_member_state(run, seed: int) -> dict[str, torch.Tensor]:
+    member = next(m for m in run.members if m.seed == seed)
+    state = {"log_std": run.agent.log_std[member.index].detach()}
+    for group in member.controller.groups:
+        for layer in group.layers:
+            name = f"{group.name}/{layer.name}"
+            state[f"{name}/weight"], state[f"{name}/bias"] = layer.weight.detach(), layer.module.bias.detach()
+            state[f"{name}/mask"] = layer.mask
+            for j, moment in enumerate(layer.optimizer_state(None)):
+                state[f"{name}/adam{j}"] = moment
+    return state
+
+
+def test_ppo_population_writes_the_sb3_paths_run_directory(tmp_path):
+    """End to end: SB3's whole rollouts (320 env steps for 300), one progress row per rollout with SB3's train/
+    keys, evaluations, summary.json, a model.zip PPO.load reads with the member's weights and masks; every member's
+    sparse invariants hold."""
+    from stable_baselines3 import PPO
+
+    from tests.test_population import _assert_member_invariants
+
+    run = _ppo_run(tmp_path, [(0, "dense"), (1, "rigl"), (2, "set")])
+    run.learn()
+    assert run.num_timesteps == 320 and run.loop.clock == 5 * 2 * 2  # rollouts x epochs x minibatches
+    _assert_member_invariants(run)
+    assert [m.controller.num_updates > 0 for m in run.members] == [False, True, True]
+    summaries = run.finish()
+    assert [s["status"] for s in summaries] == ["completed"] * 3
+    for (seed, method), summary in zip([(0, "dense"), (1, "rigl"), (2, "set")], summaries):
+        run_dir = tmp_path / f"{method}_{seed}"
+        rows = _progress_rows(run_dir)
+        iterations = [r["time/iterations"] for r in rows if r.get("time/iterations")]
+        assert iterations == ["1", "2", "3", "4", "5"]
+        trained = [r for r in rows if r.get("train/value_loss")]
+        assert len(trained) == 4 and all(r["train/n_updates"] and r["train/clip_range"] == "0.2" for r in trained)
+        with np.load(run_dir / "evaluations.npz") as data:
+            assert list(data["timesteps"]) == [128, 256]
+        model = PPO.load(run_dir / "model.zip", device="cpu")
+        assert model.num_timesteps == 320
+        member = next(m for m in run.members if m.seed == seed)
+        for batched, row, linears in run.agent.sb3_layer_pairs(member.index, model):
+            assert torch.equal(batched.weight[row], linears[0].weight.detach())
+            if method != "dense":  # dense models carry no masks
+                assert torch.equal(batched.weight_mask[row], linears[0].weight_mask)
+        assert summary["params"]["active"] == (summary["params"]["total"] if method == "dense" else 240)
+
+
+def _progress_rows(run_dir):
+    import csv
+
+    with open(run_dir / "progress.csv") as f:
+        return [{k: v for k, v in row.items() if k not in ("time/fps", "time/time_elapsed")} for row in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("env", ["CartPole", "Pendulum"])
+def test_a_ppo_member_trains_bit_identically_alone_and_in_a_population(env, tmp_path):
+    """Decisions 34 and 41: a member's rollouts, minibatch orders and updates are its own."""
+    alone = _ppo_run(tmp_path / "alone", [(3, "rigl")], env)
+    alone.learn()
+    trio = _ppo_run(tmp_path / "trio", [(5, "set"), (3, "rigl"), (0, "dense")], env)
+    trio.learn()
+    assert alone.members[0].controller.num_updates > 0
+    reference, state = _ppo_member_state(alone, 3), _ppo_member_state(trio, 3)
+    assert state.keys() == reference.keys()
+    for key, tensor in reference.items():
+        assert torch.equal(state[key], tensor), key
+    assert alone.members[0].eval_results == trio.members[1].eval_results
+    assert _progress_rows(tmp_path / "alone" / "rigl_3") == _progress_rows(tmp_path / "trio" / "rigl_3")
+
+
+@pytest.mark.parametrize("stop", [100, 128])  # inside a rollout; at a rollout's end (after its training)
+def test_ppo_population_resumes_exactly_from_its_checkpoint(stop, tmp_path):
+    from agents.callbacks import TrainingStopped
+
+    members = [(0, "rigl"), (1, "dense")]
+    straight = _ppo_run(tmp_path / "straight", members, "Pendulum")
+    straight.learn()
+    first = _ppo_run(tmp_path / "resumed", members, "Pendulum")
+    with pytest.raises(TrainingStopped):
+        first.learn(stop=lambda: first.num_timesteps >= stop)
+    first.close()
+    resumed = _ppo_run(tmp_path / "resumed", members, "Pendulum", "resume=true")
+    resumed.load_checkpoint()
+    assert resumed.num_timesteps == stop and resumed.loop.pos == stop % N_STEPS
+    resumed.learn()
+    for name, tensor in straight.agent.state_dict().items():
+        assert torch.equal(tensor, resumed.agent.state_dict()[name]), name
+    for a, b in zip(straight.members, resumed.members):
+        assert a.eval_results == b.eval_results
+        assert a.controller.num_updates == b.controller.num_updates
+
+
+def test_gae_and_timeout_bootstrap_follow_sb3s_rollout_buffer(tmp_path):
+    """SB3's RolloutBuffer.compute_returns_and_advantage on the loop's stored rollout gives its advantages and
+    returns; a step cut by the time limit (Pendulum: 200) stored the env's reward + γ·V(terminal observation)."""
+    from stable_baselines3.common.buffers import RolloutBuffer
+
+    run = _ppo_run(tmp_path, [(0, "dense"), (1, "rigl")], "Pendulum", "agent.sb3.n_steps=256", "agent.total_timesteps=256")
+    loop = run.loop
+    seen = []
+    step = loop.envs.step
+
+    def recording_step(actions, active=None):
+        result = step(actions, active)
+        seen.append(result)
+        return result
+
+    loop.envs.step = recording_step
+    train = loop._train
+    captured = {}
+
+    def capture_then_train():  # before the training changes the values
+        captured["advantages"], captured["returns"] = loop.advantages_and_returns()
+        captured["buffer"] = {k: v.clone() for k, v in loop.buffer.items()}
+        with torch.no_grad():
+            captured["terminal"] = run.agent.values(run.agent._obs_tensor(seen[199].real_next_obs))[:, 0]
+            captured["last"] = run.agent.values(run.agent._obs_tensor(seen[-1].next_obs))[:, 0]
+        train()
+
+    loop._train = capture_then_train
+    for member in run.members:
+        run._open_run_dir(member)
+    loop.learn(run)
+    buffer = captured["buffer"]
+    truncated_at = [i for i, r in enumerate(seen) if r.dones.any()]
+    assert truncated_at == [199]  # Pendulum's time limit: both members' episodes end there, truncated
+    expected = torch.as_tensor(seen[199].rewards) + 0.99 * captured["terminal"]
+    torch.testing.assert_close(buffer["rewards"][199], expected, rtol=0, atol=0)
+    for member in range(2):
+        sb3 = RolloutBuffer(256, run.agent.action_space, run.agent.action_space, gae_lambda=0.95, gamma=0.99, n_envs=1)
+        sb3.rewards[:, 0] = buffer["rewards"][:, member].numpy()
+        sb3.values[:, 0] = buffer["values"][:, member].numpy()
+        sb3.episode_starts[:, 0] = buffer["episode_starts"][:, member].numpy()
+        last = captured["last"][member : member + 1]
+        sb3.compute_returns_and_advantage(last, np.asarray(seen[-1].dones[member : member + 1]))
+        torch.testing.assert_close(captured["advantages"][:, member], torch.as_tensor(sb3.advantages[:, 0]))
+        torch.testing.assert_close(captured["returns"][:, member], torch.as_tensor(sb3.returns[:, 0]))

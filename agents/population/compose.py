@@ -14,11 +14,14 @@ from omegaconf import OmegaConf
 from agents.build import check_agent_config
 from agents.population.base import PopulationAgent, PopulationConfigError
 from agents.population.dqn import PopulationDQN
+from agents.population.ppo import PopulationPPO
 from agents.population.sac import PopulationSAC
 from agents.population.td3 import PopulationTD3
 
 # the population agents by ``agent.name``: a new one is a module implementing agents.population.base.PopulationAgent
-AGENT_CLASSES: dict[str, type[PopulationAgent]] = {cls.name: cls for cls in (PopulationSAC, PopulationDQN, PopulationTD3)}
+AGENT_CLASSES: dict[str, type[PopulationAgent]] = {
+    cls.name: cls for cls in (PopulationSAC, PopulationDQN, PopulationTD3, PopulationPPO)
+}
 POPULATION_AGENTS = tuple(AGENT_CLASSES)
 # agent.sb3 keys the population engine implements (SB3's meaning); anything else is refused with one line
 SUPPORTED_SB3_KEYS = {name: cls.sb3_keys for name, cls in AGENT_CLASSES.items()}
@@ -53,7 +56,7 @@ def check_supported(cfg: Any) -> None:
             f"the population engine does not implement agent.sb3.{unknown[0]}; "
             f"supported: {', '.join(SUPPORTED_SB3_KEYS[agent])}"
         )
-    policy_kwargs = set(cfg.agent.sb3.get("policy_kwargs") or {}) - {"optimizer_kwargs"}
+    policy_kwargs = set(cfg.agent.sb3.get("policy_kwargs") or {}) - set(AGENT_CLASSES[agent].policy_keys)
     if policy_kwargs:
         raise PopulationConfigError(
             f"the population engine does not implement agent.sb3.policy_kwargs.{sorted(policy_kwargs)[0]}"
@@ -64,9 +67,10 @@ def check_supported(cfg: Any) -> None:
             "the population engine does not run the N:M recipes (sparsity.structure_decay, mask_decay, sr_ste): "
             "its groups have no per-group optimizer to step a latent; use python -m sparse_rl.run"
         )
-    if cfg.agent.n_envs != 1 or cfg.agent.normalize or cfg.agent.lr_schedule != "constant":
+    schedules = AGENT_CLASSES[agent].lr_schedules
+    if cfg.agent.n_envs != 1 or cfg.agent.normalize or cfg.agent.lr_schedule not in schedules:
         raise PopulationConfigError(
-            "the population engine needs agent.n_envs=1, agent.normalize=false, agent.lr_schedule=constant"
+            f"the population engine needs agent.n_envs=1, agent.normalize=false, agent.lr_schedule={' or '.join(schedules)}"
         )
     train_freq, gradient_steps = cfg.agent.sb3.get("train_freq", 1), cfg.agent.sb3.get("gradient_steps", 1)
     if not isinstance(train_freq, int) or not isinstance(gradient_steps, int) or gradient_steps < 1:

@@ -64,6 +64,8 @@ class PopulationPPO(PopulationAgent):
                 "clip_range_vf", "normalize_advantage", "ent_coef", "vf_coef", "max_grad_norm", "policy_kwargs")  # fmt: skip
     # SB3 policy kwargs the engine implements (their effect is in the SB3 start the members copy)
     policy_keys = ("optimizer_kwargs", "log_std_init", "ortho_init")
+    on_policy = True  # trained by agents.population.rollout
+    lr_schedules = ("constant", "linear")  # the rollout loop sets SB3's schedule before each train()
 
     def __init__(
         self,
@@ -264,6 +266,13 @@ class PopulationPPO(PopulationAgent):
             "clip_fraction": clip_fraction,
             "loss": loss.detach(),
         }
+
+    def train_log(self) -> dict[str, torch.Tensor]:
+        """SB3's ``train/std`` (Box actions) and ``train/clip_range`` per member."""
+        log = {"clip_range": torch.full((self.k,), self.clip_range, dtype=torch.float64)}  # logged as SB3 logs the float
+        if not self.discrete:
+            log["std"] = self.log_std.detach().exp().mean(dim=1)
+        return log
 
     def member_problem(self, member: int) -> str | None:
         return None if bool(torch.isfinite(self.log_std[member]).all()) else "non-finite log_std"

@@ -1,0 +1,284 @@
+"""The population engine's on-policy loop: K PPO members collect rollouts and train on them as one computation.
+
+It reproduces SB3's ``OnPolicyAlgorithm.learn`` per member (SB3 2.x ``stable_baselines3/common/on_policy_algorithm.py``
+and ``buffers.RolloutBuffer``): ``n_steps`` env steps per rollout, each acting by a policy sample (the value and
+log-probability kept), Box actions clipped for the env, an episode cut by the time limit bootstrapped with
+``γ·V(terminal observation)`` added to its last reward; then GAE(λ) with the last values
+(``compute_returns_and_advantage``), the learning rate of the remaining progress, and ``n_epochs`` passes over the
+rollout in minibatches of ``batch_size``, each a :meth:`~agents.population.ppo.PopulationPPO.update`. Whole rollouts
+are collected, the last one past the budget included, as SB3 does. Every optimizer step is one step of the topology
+clock (``agents.ppo.SPEC``: ``clock_optimizer`` is the policy's optimizer), so each member's controller advances
+after every minibatch step, as on the SB3 path.
+
+Each member's numbers are its own (docs/design.md decisions 34 and 41): its action samples come from its stream at
+the env step, its minibatch order from its stream at the epoch (``Draw.REPLAY_INDEX``: which stored transitions a
+gradient step reads), every computation is per member. What the loop shares with the off-policy one (members'
+starts, controllers, health checks, the hooks, checkpoint pieces) is :class:`~agents.population.trainer.PopulationTrainer`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from stable_baselines3.common.utils import FloatSchedule
+
+from agents.population.member_envs import MemberEnvs
+from agents.population.ppo import PopulationPPO
+from agents.population.streams import Draw, MemberStreams
+from agents.population.trainer import AgentFactory, LoopHooks, MemberSettings, PopulationTrainer, next_update_step
+from agents.ppo import rollout_gradient_steps
+from envs import EnvSpec
+
+BUFFER_FIELDS = ("obs", "actions", "rewards", "episode_starts", "values", "log_probs")
+MINIBATCH_FIELDS = ("obs", "actions", "values", "log_probs", "advantages", "returns")  # PopulationPPO.update's order
+MEAN_METRICS = ("entropy_loss", "policy_gradient_loss", "value_loss", "approx_kl", "clip_fraction")  # SB3's means
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    """What the members share: SB3's on-policy loop settings (``learning_rate``: a float or SB3's schedule of the
+    remaining progress, as :func:`agents.build.sb3_kwargs` builds it)."""
+
+    total_timesteps: int
+    n_steps: int
+    n_epochs: int
+    batch_size: int
+    gamma: float
+    gae_lambda: float
+    learning_rate: float | Callable[[float], float]
+
+
+class OnPolicyAgent(Protocol):
+    """What this loop asks of an on-policy agent besides :class:`~agents.population.base.PopulationAgent`'s
+    building, groups, evaluation and export (:class:`agents.population.ppo.PopulationPPO` implements it)."""
+
+    def sample(self, obs: torch.Tensor, streams: MemberStreams, step: int) -> tuple[torch.Tensor, ...]:
+        """(buffer actions ``[K, ·]``, values ``[K]``, log-probabilities ``[K]``) for observations ``[K, obs]``."""
+
+    def values(self, obs: torch.Tensor) -> torch.Tensor:
+        """Values ``[K, B]`` of observations ``[K, B, obs]``."""
+
+    def update(self, *minibatch: torch.Tensor, snapshot_dense: bool = False) -> dict[str, torch.Tensor]:
+        """One minibatch step of every member (obs, actions, old values, old log-probs, advantages, returns)."""
+
+    def train_log(self) -> dict[str, torch.Tensor]:
+        """Per-member entries ``[K]`` of SB3's ``train/`` log besides the losses (PPO: ``std``, ``clip_range``)."""
+
+
+class RolloutHooks(LoopHooks, Protocol):
+    def rollout_ended(self, loop: PopulationRolloutTrainer) -> None:
+        """A rollout is complete, before its training (SB3's ``dump_logs`` of the iteration)."""
+
+
+class PopulationRolloutTrainer(PopulationTrainer):
+    """Trains ``members`` (one run each) of the on-policy agent ``make_agent`` builds, together, on ``env``."""
+
+    def __init__(
+        self,
+        members: Sequence[MemberSettings],
+        settings: RolloutSettings,
+        env: EnvSpec,
+        make_agent: AgentFactory,
+        device: str,
+        cuda_graph: bool,
+        env_workers: int = 0,
+    ) -> None:
+        """``cuda_graph`` is accepted for the loop's common signature; this loop runs eagerly."""
+        self.settings = settings
+        self.device = torch.device(device)
+        self.cuda_graph = False
+        self.k = len(members)
+        self.learning_starts, self.clock_stride = 0, 1  # no warm-up; every optimizer step is a clock step
+        self.n_steps, self.n_epochs, self.batch_size = settings.n_steps, settings.n_epochs, settings.batch_size
+        self.lr_schedule = FloatSchedule(settings.learning_rate)
+        self.streams = MemberStreams([m.seed for m in members], self.device)
+        self.envs = MemberEnvs(env, [m.seed for m in members], env_workers)
+        self.action_space = self.envs.action_space
+        self.agent = make_agent(self.envs.observation_space, self.action_space, [m.decay for m in members], self.device, False)
+        steps = rollout_gradient_steps(settings.total_timesteps, self.n_steps, 1, self.n_epochs, self.batch_size)
+        self.members = [self._start_member(i, member, steps) for i, member in enumerate(members)]
+        self.agent.refresh_masks()
+        self.num_timesteps, self.clock, self.pos = 0, 0, 0
+        self._total_t = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.total = settings.total_timesteps
+        self.last_metrics: dict[str, torch.Tensor] = {}
+        shapes = {"obs": (self.agent.obs_dim,), "actions": (self.agent.replay_action_dim,)}
+        self.buffer = {f: torch.zeros(self.n_steps, self.k, *shapes.get(f, ()), device=self.device) for f in BUFFER_FIELDS}
+        self._obs = self.envs.reset()
+        self._episode_starts = np.ones(self.k, dtype=bool)
+        self._next_update = min((m.next_update for m in self.members), default=float("inf"))
+
+    @property
+    def iteration(self) -> int:
+        """Rollouts trained so far (SB3's ``iteration``)."""
+        return self.num_timesteps // self.n_steps
+
+    # ----------------------------------------------------------------- the loop
+    def learn(self, hooks: RolloutHooks, nan_check_freq: int = 1000) -> None:
+        """Collect and train until ``total`` env steps (the last rollout completed), telling ``hooks``."""
+        while self.num_timesteps < self.total or self.pos > 0:
+            self._env_step(hooks)
+            if self.pos == self.n_steps:
+                hooks.rollout_ended(self)
+                self._train()
+                self.pos = 0
+            if self.num_timesteps % nan_check_freq == 0:
+                self.check_members(hooks)
+            hooks.step_done(self)
+        self.check_members(hooks)
+
+    def _env_step(self, hooks: LoopHooks) -> None:
+        """SB3's ``collect_rollouts`` body: sample, step the envs, report episodes, bootstrap timeouts, store."""
+        obs = torch.as_tensor(self._obs, dtype=torch.float32, device=self.device)
+        actions, values, log_probs = self.agent.sample(obs, self.streams, self.num_timesteps)
+        result = self.envs.step(self.agent.env_actions(actions.cpu().numpy(), self.active))
+        self.num_timesteps += 1
+        for member in self.members:
+            episode = result.episodes[member.index]
+            if episode is not None and member.status == "running":
+                hooks.episode_ended(self, member, episode)
+        hooks.env_stepped(self)
+        rewards = torch.as_tensor(result.rewards, dtype=torch.float32, device=self.device)
+        truncated = np.asarray(result.dones) & ~np.asarray(result.terminated)
+        if truncated.any():  # SB3: rewards[idx] += gamma * V(terminal observation) where TimeLimit.truncated
+            with torch.no_grad():
+                terminal = self.agent.values(self.agent._obs_tensor(result.real_next_obs))[:, 0]
+            where = torch.as_tensor(truncated, device=self.device)
+            rewards = torch.where(where, rewards + self.settings.gamma * terminal, rewards)
+        row = {
+            "obs": obs, "actions": actions, "rewards": rewards, "values": values, "log_probs": log_probs,
+            "episode_starts": torch.as_tensor(self._episode_starts, dtype=torch.float32, device=self.device),
+        }  # fmt: skip
+        for field in BUFFER_FIELDS:
+            self.buffer[field][self.pos] = row[field]
+        self.pos += 1
+        self._obs, self._episode_starts = result.next_obs, np.asarray(result.dones, dtype=bool)
+
+    @torch.no_grad()
+    def advantages_and_returns(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """SB3's ``RolloutBuffer.compute_returns_and_advantage`` over the full rollout ``[n_steps, K]``: GAE(λ) with
+        the values of the observations after it, cut where the next step starts an episode."""
+        last_values = self.agent.values(self.agent._obs_tensor(self._obs))[:, 0]
+        dones = torch.as_tensor(self._episode_starts, dtype=torch.float32, device=self.device)
+        gamma, lam = self.settings.gamma, self.settings.gae_lambda
+        values, rewards, starts = self.buffer["values"], self.buffer["rewards"], self.buffer["episode_starts"]
+        advantages = torch.zeros_like(values)
+        last_gae = torch.zeros_like(last_values)
+        for step in reversed(range(self.n_steps)):
+            if step == self.n_steps - 1:
+                next_non_terminal, next_values = 1.0 - dones, last_values
+            else:
+                next_non_terminal, next_values = 1.0 - starts[step + 1], values[step + 1]
+            delta = rewards[step] + gamma * next_values * next_non_terminal - values[step]
+            last_gae = delta + gamma * lam * next_non_terminal * last_gae
+            advantages[step] = last_gae
+        return advantages, advantages + values
+
+    def minibatch_order(self, epoch: int) -> torch.Tensor:
+        """Each member's permutation of its rollout for epoch ``epoch`` (counted over the run) ``[K, n_steps]``: the
+        order of uniform 64-bit keys from its stream (SB3: ``np.random.permutation``)."""
+        keys = self.streams.bits(Draw.REPLAY_INDEX, epoch, self.n_steps)
+        return torch.argsort(keys, dim=1, stable=True)
+
+    def _train(self) -> None:
+        """SB3's ``PPO.train`` on the rollout: learning rate of the remaining progress, ``n_epochs`` × minibatches,
+        each member's controller stepped after every optimizer step."""
+        progress_remaining = 1.0 - self.num_timesteps / self.total  # SB3's _update_current_progress_remaining
+        for optimizer in self.agent.optimizers().values():  # SB3's _update_learning_rate
+            for group in optimizer.param_groups:
+                group["lr"] = self.lr_schedule(progress_remaining)
+        advantages, returns = self.advantages_and_returns()
+        per_member = {  # [K, n_steps, ·]
+            "obs": self.buffer["obs"].transpose(0, 1), "actions": self.buffer["actions"].transpose(0, 1),
+            "values": self.buffer["values"].T, "log_probs": self.buffer["log_probs"].T,
+            "advantages": advantages.T, "returns": returns.T,
+        }  # fmt: skip
+        sums: dict[str, torch.Tensor] = {}
+        minibatches = 0
+        for epoch in range(self.n_epochs):
+            order = self.minibatch_order((self.iteration - 1) * self.n_epochs + epoch)
+            for start in range(0, self.n_steps, self.batch_size):
+                index = order[:, start : start + self.batch_size]
+                batch = [
+                    _take(per_member[f], index) for f in ("obs", "actions", "values", "log_probs", "advantages", "returns")
+                ]
+                metrics = self._gradient_step(batch)
+                for key in MEAN_METRICS:
+                    sums[key] = sums.get(key, 0.0) + metrics[key]
+                minibatches += 1
+        self.last_metrics = {key: value / minibatches for key, value in sums.items()}
+        self.last_metrics["loss"] = metrics["loss"]
+        self.last_metrics["explained_variance"] = _explained_variance(self.buffer["values"].T, returns.T)
+        self.last_metrics.update(self.agent.train_log())
+
+    def _gradient_step(self, batch: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One minibatch step of every member; the controllers that have work at the new clock step follow."""
+        step = self.clock + 1
+        due = step >= self._next_update
+        snapshot = due and any(m.controller.wants_dense_grad(step) for m in self._due(step))
+        metrics = self.agent.update(*batch, snapshot_dense=snapshot)
+        self.clock = step
+        if due:
+            self._step_controllers()
+        return metrics
+
+    # ----------------------------------------------------------------- state (for checkpoints)
+    def state_tensors(self) -> dict[str, Any]:
+        """The loop's tensors: agent, optimizer, the rollout so far, controllers, current observations."""
+        self.sync_controller_clocks()
+        return {
+            "agent": {k: v.detach().cpu() for k, v in self.agent.state_dict().items()},
+            "optimizers": {name: opt.state_dict() for name, opt in self.agent.optimizers().items()},
+            "rollout": {f: v.cpu() for f, v in self.buffer.items()},
+            "controllers": [m.controller.state_dict() for m in self.members],
+            "obs": torch.as_tensor(self._obs),
+            "episode_starts": torch.as_tensor(self._episode_starts),
+        }
+
+    def state_json(self) -> dict[str, Any]:
+        return {"num_timesteps": self.num_timesteps, "clock": self.clock, "pos": self.pos, "envs": self.envs.states()}
+
+    def load_state(self, tensors: Mapping[str, Any], state: Mapping[str, Any]) -> None:
+        """Continue exactly where :meth:`state_tensors` / :meth:`state_json` / ``member_state`` were taken."""
+        self.agent.load_state_dict(tensors["agent"])
+        for name, optimizer in self.agent.optimizers().items():
+            optimizer.load_state_dict(tensors["optimizers"][name])
+        for field in BUFFER_FIELDS:
+            self.buffer[field].copy_(tensors["rollout"][field])
+        self.num_timesteps, self.clock, self.pos = int(state["num_timesteps"]), int(state["clock"]), int(state["pos"])
+        for member, controller_state, saved in zip(self.members, tensors["controllers"], state["members"]):
+            member.controller.load_state_dict(controller_state)
+            member.status, member.error = saved["status"], saved["error"]
+            member.action_space.np_random.bit_generator.state = saved["rng"]
+            member.next_update = next_update_step(member.controller, self.clock)
+            member.topology.refresh()
+        self._next_update = min(m.next_update for m in self.members)
+        self.envs.restore(state["envs"], continue_streams=True)
+        self._obs = tensors["obs"].numpy()
+        self._episode_starts = tensors["episode_starts"].numpy().astype(bool)
+        self.agent.refresh_masks()
+
+
+def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index[k]`` of each member's ``values[k]`` (``[K, n, ·]`` → ``[K, b, ·]``)."""
+    expanded = index.view(*index.shape, *([1] * (values.dim() - 2))).expand(-1, -1, *values.shape[2:])
+    return torch.gather(values, 1, expanded)
+
+
+def _explained_variance(predicted: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
+    """SB3's ``explained_variance`` per member ``[K]``: 1 − Var[returns − predicted] / Var[returns] (NaN where
+    Var[returns] = 0)."""
+    var = returns.var(dim=1, unbiased=False)
+    explained = 1 - (returns - predicted).var(dim=1, unbiased=False) / var
+    return torch.where(var == 0, torch.nan, explained)
+
+
+def zero_minibatch(agent: PopulationPPO, batch_size: int) -> list[torch.Tensor]:
+    """A minibatch of zeros in :meth:`~agents.population.ppo.PopulationPPO.update`'s order (start-up cost probes)."""
+    k, device = agent.k, agent.device
+    shapes = {"obs": (agent.obs_dim,), "actions": (agent.replay_action_dim,)}
+    return [torch.zeros(k, batch_size, *shapes.get(f, ()), device=device) for f in MINIBATCH_FIELDS]
