@@ -4,17 +4,24 @@ rows, TensorBoard scalars and ``summary.json`` entries; a member's own, whatever
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
 import pytest
+import torch
 from stable_baselines3.common.logger import configure
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from agents.callbacks import TrainingStopped
 from agents.diagnostics_callback import PREFIX, STEP_KEY, DiagnosticsCallback, diagnostics_settings
+from agents.population.compose import AGENT_CLASSES
 from agents.population.export import copy_member
 from experiment.member_start import sb3_start
+from experiment.population import plan_member
 from experiment.population_records import PopulationRun
-from tests.test_population import _plans
+from tests.agent_helpers import tiny_run
+from tests.test_population import _member_state, _plans, _trainer
 
 DIAG = ("diagnostics.freq=50", "diagnostics.batch_size=32")
 
@@ -89,7 +96,12 @@ def _same(a: dict, b: dict) -> bool:
     return True
 
 
-@pytest.mark.parametrize(("agent", "method"), [("sac", "rigl"), ("dqn", "set"), ("dqn", "dense")])
+REGISTERED = pytest.mark.skipif("td3" not in AGENT_CLASSES, reason="TD3 members are not registered yet")
+
+
+@pytest.mark.parametrize(
+    ("agent", "method"), [("sac", "rigl"), ("dqn", "set"), ("dqn", "dense"), pytest.param("td3", "rigl", marks=REGISTERED)]
+)
 def test_a_members_diagnostics_are_the_sb3_paths_for_its_weights_masks_and_replay(agent, method, tmp_path):
     """At every point, the member's row equals the SB3 path's callback's on the same weights, masks and replay
     contents (so the same batch), clock and mask history; and so do the values at the end (``summary.json``)."""
@@ -107,3 +119,93 @@ def test_a_members_diagnostics_are_the_sb3_paths_for_its_weights_masks_and_repla
     else:  # the mask history matters: connections changed at the last topology update before some points
         assert any(value > 0 for value in churn)
         assert run.members[1].controller.num_updates > 1
+
+
+def _diagnostics(run_dir: Path) -> tuple[list[dict[str, str]], dict]:
+    return _rows(run_dir / "progress.csv"), json.loads((run_dir / "summary.json").read_text())["diagnostics"]
+
+
+@pytest.mark.parametrize("agent", ["sac", "dqn"])
+def test_a_members_diagnostics_do_not_depend_on_its_population(agent, tmp_path):
+    """A member measured alone and inside a population of 3 (other seeds and methods, another order): the same rows
+    and final values, bit for bit (its batch comes from its own rows and its own seed)."""
+    for name, members in (("alone", [(3, "rigl")]), ("three", [(5, "set"), (3, "rigl"), (0, "dense")])):
+        run = _trainer(agent, tmp_path / name, members, *DIAG)
+        run.learn()
+        run.finish()
+    alone, three = _diagnostics(tmp_path / "alone" / "rigl_3"), _diagnostics(tmp_path / "three" / "rigl_3")
+    assert len(alone[0]) >= 5 and alone[0] == three[0]
+    assert _same(alone[1], three[1])
+    assert _diagnostics(tmp_path / "three" / "set_5")[0] != alone[0]  # the others' are their own
+
+
+def test_diagnostics_leave_every_members_training_unchanged(tmp_path):
+    """Measuring (building the SB3 models included) draws nothing the members draw: the same weights, masks, Adam
+    moments and evaluations with diagnostics on and off."""
+    members = [(0, "rigl"), (1, "dense")]
+    runs = {}
+    for name, extra in (("on", DIAG), ("off", ("diagnostics.freq=0",))):
+        runs[name] = _trainer("sac", tmp_path / name, members, *extra)
+        runs[name].learn()
+    assert runs["on"].diagnostics is not None and runs["off"].diagnostics is None
+    assert all(_rows(tmp_path / "on" / f"{m}_{s}" / "progress.csv") for s, m in members)
+    for seed, _ in members:
+        on, off = _member_state(runs["on"], seed), _member_state(runs["off"], seed)
+        assert all(torch.equal(on[key], off[key]) for key in on), seed
+    assert [m.eval_results for m in runs["on"].members] == [m.eval_results for m in runs["off"].members]
+
+
+def _tensorboard_tags(run_dir: Path) -> set[str]:
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return {tag for tag in events.Tags()["scalars"] if tag.startswith(PREFIX)}
+
+
+@pytest.mark.parametrize(("agent", "method"), [("sac", "rigl"), ("dqn", "set")])
+def test_a_population_writes_the_sb3_paths_diagnostics_columns_scalars_and_summary(agent, method, tmp_path):
+    """The same ``progress.csv`` columns, TensorBoard tags and ``summary.json`` keys as a run of the SB3 path."""
+    from experiment.plan import plan_run
+    from experiment.sb3 import train
+
+    extra = ("checkpoint_freq=0", "tensorboard=true", *DIAG)
+    sb3 = train(plan_run(tiny_run(agent, method, tmp_path / "sb3", *extra)))
+    run = PopulationRun(
+        [plan_member(tiny_run(agent, method, tmp_path / "pop", *extra))], [32, 32], tmp_path / "p", "cpu", False
+    )
+    run.learn()
+    population = run.finish()[0]
+    with open(tmp_path / "sb3" / "progress.csv") as f:
+        sb3_columns = {c for c in next(csv.reader(f)) if c.startswith(PREFIX)}
+    with open(tmp_path / "pop" / "progress.csv") as f:
+        population_columns = {c for c in next(csv.reader(f)) if c.startswith(PREFIX)}
+    assert len(sb3_columns) >= 10 and population_columns == sb3_columns
+    assert _tensorboard_tags(tmp_path / "pop") == _tensorboard_tags(tmp_path / "sb3") == sb3_columns
+    assert {g: set(v) for g, v in population["diagnostics"].items()} == {g: set(v) for g, v in sb3["diagnostics"].items()}
+    steps = [int(float(row[STEP_KEY])) for row in _rows(tmp_path / "pop" / "progress.csv")]
+    assert steps == [50 * (i + 1) for i in range(len(steps))] and len(steps) >= 3  # the SB3 path's points
+
+
+@pytest.mark.parametrize("agent", ["sac", "dqn"])
+def test_a_resumed_population_measures_where_and_what_the_uninterrupted_one_does(agent, tmp_path):
+    """The next measurement point travels with the population's checkpoint: a checkpoint taken after the training
+    that reached a point, before that point's rollout end, still gets its row after the resume."""
+    members = [(0, "rigl"), (1, "dense")]
+    straight = _trainer(agent, tmp_path / "straight", members, *DIAG)
+    straight.learn()
+    straight.finish()
+    first = _trainer(agent, tmp_path / "resumed", members, *DIAG)
+    # a stop right after the checkpoint at step 250, whose training reached gradient step 150 (learning_starts=100):
+    # that point's rollout end, and its row, is step 251's
+    with pytest.raises(TrainingStopped):
+        first.learn(checkpoint_freq=250, stop=lambda: first.num_timesteps >= 250)
+    first.close()
+    resumed = _trainer(agent, tmp_path / "resumed", members, *DIAG, "resume=true")
+    resumed.load_checkpoint()
+    resumed.learn()
+    resumed.finish()
+    for seed, method in members:
+        whole = _rows(tmp_path / "straight" / f"{method}_{seed}" / "progress.csv")
+        again = _rows(tmp_path / "resumed" / f"{method}_{seed}" / "progress.csv")
+        keep = [k for k in whole[0] if not k.endswith("churn_initial") and not k.endswith("churn_last")]
+        assert "150" in {row[STEP_KEY].split(".")[0] for row in again}
+        assert len(whole) >= 5 and [{k: r[k] for k in keep} for r in again] == [{k: r[k] for k in keep} for r in whole]
