@@ -47,6 +47,11 @@ def check_agent_config(agent_cfg: Mapping[str, Any]) -> None:
             f"unknown agent.lr_schedule '{agent_cfg.get('lr_schedule')}'; valid choices: {', '.join(LR_SCHEDULES)}"
         )
     policy_kwargs = (agent_cfg.get("sb3") or {}).get("policy_kwargs") or {}
+    if "ift" in policy_kwargs:
+        raise ValueError(
+            "agent.sb3.policy_kwargs.ift is set from sparsity.ift (Sparse-IFT: parallel, factorized, doped) and the "
+            "group sparsities; use sparsity.ift=KIND"
+        )
     if (policy_kwargs.get("optimizer_kwargs") or {}).get("weight_decay") is not None:
         raise ValueError(
             "agent.sb3.policy_kwargs.optimizer_kwargs.weight_decay would decay biases too; set agent.weight_decay "
@@ -64,10 +69,11 @@ def check_agent_config(agent_cfg: Mapping[str, Any]) -> None:
         check_init_node(init.get("output"), "agent.init.output")
 
 
-def sb3_kwargs(agent_cfg: Mapping[str, Any], net_arch: Any) -> dict[str, Any]:
+def sb3_kwargs(agent_cfg: Mapping[str, Any], net_arch: Any, ift: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """SB3 constructor kwargs: ``agent.sb3`` plus net_arch, activation, the learning-rate schedule, the paper's
-    initialisation (``agent.init``), per-group kernel decay (``agent.weight_decay``) and DQN's ``agent.loss``
-    (``agent_cfg`` checked by :func:`check_agent_config`)."""
+    initialisation (``agent.init``), per-group kernel decay (``agent.weight_decay``), DQN's ``agent.loss``
+    (``agent_cfg`` checked by :func:`check_agent_config`) and the Sparse-IFT transformation ``ift``
+    (:func:`ift_kwarg`; the policy stores it, so a plain SB3 ``load`` rebuilds the layers)."""
     check_agent_config(agent_cfg)
     kwargs = dict(agent_cfg["sb3"])
     policy_kwargs = dict(kwargs.pop("policy_kwargs", None) or {})
@@ -76,6 +82,8 @@ def sb3_kwargs(agent_cfg: Mapping[str, Any], net_arch: Any) -> dict[str, Any]:
     loss = agent_cfg.get("loss")
     policy_kwargs["kernel_decay"] = kernel_decay(agent_cfg["name"], agent_cfg["weight_decay"], loss)
     policy_kwargs["init"] = dict(agent_cfg["init"])
+    if ift is not None:
+        policy_kwargs["ift"] = dict(ift)
     kwargs["policy_kwargs"] = policy_kwargs
     if loss is not None:
         kwargs["loss"] = loss
@@ -128,14 +136,23 @@ def build_model(
     seed: int,
     device: str,
     tensorboard_log: str | None = None,
+    ift: Mapping[str, Any] | None = None,
 ) -> BaseAlgorithm:
-    """A fresh SB3 model; sparse methods get the mask-carrying policy class."""
+    """A fresh SB3 model; sparse methods get the mask-carrying policy class (``ift``: :func:`ift_kwarg`)."""
     policy = spec.policy(observation_kind(env.observation_space), sparse)
-    kwargs = sb3_kwargs(agent_cfg, net_arch)
+    kwargs = sb3_kwargs(agent_cfg, net_arch, ift)
     kwargs.update(replay_buffer_kwargs(spec, env, kwargs))
     if agent_cfg.get("exploration_noise") is not None:
         kwargs["action_noise"] = exploration_noise(float(agent_cfg["exploration_noise"]), env.action_space)
     return spec.algo(policy, env, seed=seed, device=device, tensorboard_log=tensorboard_log, verbose=0, **kwargs)
+
+
+def ift_kwarg(kind: str | None, group_sparsity: Mapping[str, float]) -> dict[str, Any] | None:
+    """The policy's ``ift`` argument (:mod:`agents.policies`) for ``sparsity.ift=kind``: every hidden Linear layer of
+    a group's networks becomes Sparse Parallel, Factorized or Doped at that group's sparsity; ``None`` without."""
+    if kind is None:
+        return None
+    return {"kind": str(kind), "sparsity": {group: float(s) for group, s in group_sparsity.items()}}
 
 
 def exploration_noise(sigma: float, action_space: spaces.Space) -> NormalActionNoise:

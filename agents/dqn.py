@@ -146,5 +146,6 @@ SPEC = AGENTS.register("dqn")(
         decay_factors=lambda loss: {"q": 2.0 if loss == "mse" else 1.0},
         diagnostic_losses=on_replay(diagnostic_losses),
         td_losses=tuple(TD_LOSSES),
+        sparse_ift=True,
     )
 )

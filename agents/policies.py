@@ -11,10 +11,10 @@ with two extra constructor arguments that SB3 stores in ``policy_kwargs`` and pa
 - ``kernel_decay``: per group (``actor``, ``critic``, ``q``) the Adam ``weight_decay`` of that group's kernels
   (:func:`agents.decay.kernel_decay`). Each optimizer is rebuilt with one parameter group per sparse group's
   kernels and one group without decay for everything else (biases, PPO's log-std).
-- ``ift``: ``{"kind": parallel | factorized | doped, "sparsity": {group: s}}`` or ``None``: every hidden Linear
-  layer of the networks SB3's ``make_actor``/``make_critic``/``make_q_net`` build (targets included, so they match)
-  is replaced by its Sparse-IFT transformation (:mod:`sparse_rl.ift`) before the optimizers are built; ``load``
-  rebuilds the same layers from the stored argument.
+- ``ift``: ``{"kind": parallel | factorized | doped, "sparsity": {group: s}}`` or ``None`` (from ``sparsity.ift``:
+  :func:`agents.build.ift_kwarg`): every hidden Linear layer of the networks SB3's ``make_actor``/``make_critic``/
+  ``make_q_net`` build (targets included, so they match) is replaced by its Sparse-IFT transformation
+  (:mod:`sparse_rl.ift`) before the optimizers are built; ``load`` rebuilds the same layers from the stored argument.
 
 Sparse classes also carry a boolean ``weight_mask`` buffer on every maskable layer (all ones until the
 :class:`~sparse_rl.TopologyController` draws them; ``save``/``load`` round-trip them) and a **mask guard**: an
@@ -128,11 +128,15 @@ class AdaptedPolicy:
             return network
         group = IFT_BUILDERS[builder]
         if not self.masked_modules:
-            raise ValueError("agent.sb3.policy_kwargs.ift transforms a sparse network; the method is dense")
+            raise ValueError("sparsity.ift transforms a sparse network's layers; the method is dense")
         sparsity = (self.ift.get("sparsity") or {}).get(group)
         if sparsity is None:
-            raise ValueError(f"agent.sb3.policy_kwargs.ift needs sparsity.{group}: {{kind: ..., sparsity: {{{group}: s}}}}")
-        transform_hidden_layers_(network, str(self.ift.get("kind")), float(sparsity))
+            raise ValueError(f"the policy's ift argument needs sparsity.{group}: {{kind: ..., sparsity: {{{group}: s}}}}")
+        # the hidden layers SB3 built each MLP with: the network's net_arch (Actor, QNetwork) or, for critics, which do
+        # not keep it, the policy's critic_kwargs (an output layer may be followed by a squashing Tanh: TD3's actor)
+        arch = getattr(network, "net_arch", None)
+        depth = len(arch if arch is not None else self.critic_kwargs["net_arch"])  # type: ignore[attr-defined]
+        transform_hidden_layers_(network, str(self.ift.get("kind")), float(sparsity), depth)
         return network
 
     def make_actor(self, *args: Any, **kwargs: Any) -> nn.Module:

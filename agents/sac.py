@@ -128,5 +128,6 @@ SPEC = AGENTS.register("sac")(
         networks=_networks,
         decay_factors=lambda loss: {"actor": 2.0, "critic": 1.0},
         diagnostic_losses=on_replay(diagnostic_losses),
+        sparse_ift=True,
     )
 )

@@ -52,6 +52,9 @@ class AgentSpec:
     clock_stride: Callable[[BaseAlgorithm], int] | None = None
     td_losses: tuple[str, ...] = ()  # choices of ``agent.loss`` (empty: no TD-loss choice, agent.loss=null)
     action_noise: bool = False  # whether ``agent.exploration_noise`` (Gaussian action noise) applies
+    # whether ``sparsity.ift`` applies: the policies build their MLPs with SB3's make_actor/make_critic/make_q_net,
+    # whose hidden layers agents.policies transforms (Sparse-IFT, sparse_rl/ift.py)
+    sparse_ift: bool = False
     extra_checks: Callable[[Mapping[str, Any]], None] | None = None  # the agent's other config rules (ValueError)
 
     @property

@@ -115,5 +115,6 @@ SPEC = AGENTS.register("td3")(
         decay_factors=lambda loss: {"actor": 2.0, "critic": 2.0},
         diagnostic_losses=on_replay(diagnostic_losses),
         action_noise=True,
+        sparse_ift=True,
     )
 )

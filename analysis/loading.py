@@ -23,6 +23,7 @@ from experiment.layout import (
     EVALUATIONS_FILE,
     HYDRA_CONFIG,
     SUMMARY_FILE,
+    ift_tag,
     last_fraction_mean,
     recipe_tag,
     structure_tag,
@@ -34,6 +35,7 @@ SCORE_RTOL = 1e-6  # summary.json's score may differ from ours by float noise on
 MAX_ERROR_CHARS = 160  # exception text kept in an issue (one line)
 
 WIDE_KEY, WIDE_SUFFIX = "sparsity.wide", "_wide"
+IFT_KEY = "sparsity.ift"  # Sparse Parallel/Factorized/Doped runs are their own method: rigl_doped (ift_tag)
 STRUCTURE_KEY = "sparsity.structure"  # N:M runs are their own method: rigl_2of4 (structure_tag)
 RECIPE_KEYS = ("structure_decay", "mask_decay", "sr_ste")  # and N:M recipes: prune_1of8_sparsify (recipe_tag)
 
@@ -68,6 +70,7 @@ def _read_config(run: RunRecord) -> dict[str, Any]:
     if values.get("method") is not None and OmegaConf.select(cfg, WIDE_KEY, default=False):
         values["method"] = f"{values['method']}{WIDE_SUFFIX}"  # Sparse Wide is its own method in every table
     if values.get("method") is not None:
+        values["method"] += ift_tag(OmegaConf.select(cfg, IFT_KEY, default=None))
         values["method"] = f"{values['method']}{structure_tag(OmegaConf.select(cfg, STRUCTURE_KEY, default=None))}"
         recipe = {key: OmegaConf.select(cfg, f"sparsity.{key}", default=None) for key in RECIPE_KEYS}
         values["method"] += recipe_tag(**recipe)  # an N:M recipe is its own method (decision 33)
@@ -125,7 +128,8 @@ def _identify(run: RunRecord, config: dict[str, Any], summary: dict[str, Any] | 
                 from_summary = f"{from_summary}{WIDE_SUFFIX}"
             if attr == "method" and summary and from_summary is not None:
                 recipe = summary.get("nm_recipe") if isinstance(summary.get("nm_recipe"), dict) else {}
-                tags = structure_tag(summary.get("structure")) + recipe_tag(**{k: recipe.get(k) for k in RECIPE_KEYS})
+                tags = ift_tag(summary.get("ift")) + structure_tag(summary.get("structure"))
+                tags += recipe_tag(**{k: recipe.get(k) for k in RECIPE_KEYS})
                 from_summary = f"{from_summary}{tags}"
             ours, theirs = _coerce(attr, config.get(attr)), _coerce(attr, from_summary)
         except (TypeError, ValueError) as exc:

@@ -87,10 +87,12 @@ def checkpoint_step(run_dir: Path) -> int | None:
         return None
 
 
-# Keys that must equal the checkpoint's: they define the networks and what is being trained.
+# Keys that must equal the checkpoint's: they define the networks and what is being trained (a key absent from a
+# saved config reads None, its default: sparsity.ift of runs saved before it existed).
 RESUME_IDENTITY_KEYS = (
     "agent.name", "agent.net_arch", "agent.activation", "env.name", "sparsity.method", "sparsity.sparsity",
-    "sparsity.distribution", "sparsity.wide", "sparsity.structure", "sparsity.actor", "sparsity.critic", "sparsity.q", "seed",
+    "sparsity.distribution", "sparsity.wide", "sparsity.ift", "sparsity.structure", "sparsity.actor", "sparsity.critic",
+    "sparsity.q", "seed",
 )  # fmt: skip
 CHECKPOINT_FILES = ("meta.json", MODEL_FILE, CONTROLLER_FILE, "training_state.json", "torch_rng.pt")
 SB3_ARCHIVE_MEMBERS = ("data", "policy.pth")  # what stable-baselines3's save always writes

@@ -323,6 +323,7 @@ def _identity(cfg: DictConfig) -> tuple[str, str, str, str]:
     label = method_label(
         str(sparsity.method), float(sparsity.sparsity), bool(sparsity.wide), sparsity.structure,
         sparsity.get("structure_decay"), sparsity.get("mask_decay"), bool(sparsity.get("sr_ste", False)),
+        sparsity.get("ift"),
     )  # fmt: skip
     return str(cfg.agent.name), str(cfg.env.name), label, str(cfg.seed)
 

@@ -65,6 +65,12 @@ def recipe_tag(structure_decay: Any = None, mask_decay: str | None = None, sr_st
     return "".join(f"_{part}" for part in parts)
 
 
+def ift_tag(ift: str | None = None) -> str:
+    """``_doped`` for ``sparsity.ift=doped`` (Sparse Parallel, Factorized or Doped; docs/design.md decision 43), else
+    ``""``: a transformed network is its own method in directories and tables, as Sparse Wide's ``_wide`` is."""
+    return "" if ift is None else f"_{ift}"
+
+
 def method_label(
     method: str,
     sparsity: float,
@@ -73,8 +79,9 @@ def method_label(
     structure_decay: Any = None,
     mask_decay: str | None = None,
     sr_ste: bool = False,
+    ift: str | None = None,
 ) -> str:
-    """The method part of a run directory: ``rigl_s0.9``, ``rigl_wide_s0.9``, ``rigl_2of4_s0.5``,
+    """The method part of a run directory: ``rigl_s0.9``, ``rigl_wide_s0.9``, ``rigl_doped_s0.9``, ``rigl_2of4_s0.5``,
     ``prune_1of8_sparsify_lineardecay_s0.875``; ``dense`` is always ``dense_s0.0``.
 
     Registered as the OmegaConf resolver ``method_label`` (:mod:`experiment.schema`) used by ``run_dir`` in
@@ -82,7 +89,7 @@ def method_label(
     the sparsity it has.
     """
     sparsity_label = DENSE_SPARSITY if method == DENSE_METHOD else sparsity
-    tags = structure_tag(structure) + recipe_tag(structure_decay, mask_decay, sr_ste)
+    tags = ift_tag(ift) + structure_tag(structure) + recipe_tag(structure_decay, mask_decay, sr_ste)
     return f"{method}{'_wide' if wide else ''}{tags}_s{sparsity_label}"
 
 

@@ -22,6 +22,7 @@ from experiment.preflight import budget_warnings
 from experiment.run_dir import RunCompleted, RunDirProblem, resume_mode_problem, resume_point
 from experiment.schema import core_sparsity_config, normalize_dense
 from sparse_rl.config import SPARSE_METHODS, STRUCTURED_METHODS, SparsityConfig
+from sparse_rl.ift import IFT_TRANSFORMS
 
 
 class UsageError(Exception):
@@ -161,6 +162,8 @@ def plan_run(cfg: DictConfig, check_run_dir: bool = True) -> Plan:
         )
     if variant is not None and env.family == "atari":
         raise UsageError(f"{variant} solves MLP widths; '{env.name}' has image observations (CNN policy), not supported yet")
+    if (problem := ift_problem(cfg, agent, env)) is not None:
+        raise UsageError(problem)
     _check_counts(cfg)
     if (problem := resume_mode_problem(cfg.resume)) is not None:
         raise UsageError(problem)
@@ -188,6 +191,35 @@ def _check_structure_method(cfg: DictConfig) -> None:
         raise UsageError(
             f"sparsity.structure={structure} does not combine with {what}; valid methods: {', '.join(STRUCTURED_METHODS)}"
         )
+
+
+def ift_problem(cfg: DictConfig, agent: AgentSpec, env: EnvSpec) -> str | None:
+    """One line if ``sparsity.ift`` (Sparse Parallel, Factorized, Doped: :mod:`sparse_rl.ift`) cannot apply, else None:
+    a known kind, a sparse method (its sparsity parameterises the transformation), one Sparse-IFT transformation at a
+    time (not with ``sparsity.wide``), no N:M structure (each sub-layer keeps a fixed active count), an agent whose
+    policies build their MLPs with SB3's builders (``AgentSpec.sparse_ift``) and vector observations."""
+    kind = cfg.sparsity.get("ift")
+    if kind is None:
+        return None
+    if kind not in IFT_TRANSFORMS:
+        return f"unknown sparsity.ift '{kind}'; valid choices: {', '.join(sorted(IFT_TRANSFORMS))}, null"
+    method = cfg.sparsity.method
+    if method not in SPARSE_METHODS:
+        methods = ", ".join(SPARSE_METHODS)
+        return f"sparsity.ift={kind} transforms a sparse network's layers; method '{method}' is dense (use {methods})"
+    if cfg.sparsity.wide:
+        return f"sparsity.ift={kind} and sparsity.wide=true are two Sparse-IFT transformations; choose one"
+    if cfg.sparsity.structure is not None:
+        return (
+            f"sparsity.ift={kind} does not combine with sparsity.structure={cfg.sparsity.structure} (each transformed "
+            "sub-layer keeps a fixed active count); use sparsity.structure=null"
+        )
+    if not agent.sparse_ift:
+        users = ", ".join(name for name, spec in AGENTS.items() if spec.sparse_ift)
+        return f"sparsity.ift applies to the agents {users} (SB3's actor, critic and Q builders), not '{agent.name}'"
+    if env.family == "atari":
+        return f"sparsity.ift transforms MLP layers; '{env.name}' has image observations (CNN policy), not supported yet"
+    return None
 
 
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:

@@ -21,6 +21,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents import attach_controller, build_model
+from agents.build import ift_kwarg
 from agents.callbacks import (
     CheckpointCallback,
     ClockSyncCallback,
@@ -135,6 +136,7 @@ def build_plan_model(plan: Plan, env: VecEnv, device: str | None = None, **sb3_o
         sparse=plan.sparsity.method != "dense",
         seed=cfg.seed,
         device=cfg.device if device is None else device,
+        ift=ift_kwarg(cfg.sparsity.get("ift"), plan.group_sparsity),
     )
     return model, extra
 

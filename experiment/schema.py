@@ -76,6 +76,7 @@ class SparsitySchema:
     sparse_init: bool = MISSING
     prune_power: int = MISSING
     wide: bool = MISSING  # Sparse Wide: widen the sparse network to the dense network's active count
+    ift: str | None = None  # Sparse Parallel/Factorized/Doped of every hidden Linear layer (sparse_rl/ift.py); null: none
     structure: str | None = None  # N:M structured sparsity, e.g. 2:4 (sparse_rl/structure.py); null: unstructured
     # N:M recipes (sparse_rl/nm_recipes.py; prune with a structure): defaults in configs/sparsity/*.yaml
     structure_decay: Any = None  # sparsify, densify, fine, or a list of stages ending at `structure`

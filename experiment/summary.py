@@ -91,6 +91,7 @@ def run_summary(plan: Any, status: str, controller: Any, eval_cb: Any, wall: flo
         "env": plan.env.name,
         "method": plan.method,
         "wide": bool(plan.cfg.sparsity.wide),
+        "ift": plan.cfg.sparsity.get("ift"),
         "structure": plan.sparsity.structure,
         "nm_recipe": nm_recipe(plan.cfg.sparsity),
         "sparsity": plan.sparsity.sparsity,

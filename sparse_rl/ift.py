@@ -137,26 +137,33 @@ def transform_linear(linear: nn.Linear, kind: str, sparsity: float) -> IsoFlopLi
     return block.to(device=linear.weight.device, dtype=linear.weight.dtype)
 
 
-def hidden_linears(module: nn.Module) -> list[str]:
+def hidden_linears(module: nn.Module, depth: int | None = None) -> list[str]:
     """Qualified names of the Linear layers of ``module`` that an activation follows in their ``nn.Sequential``
-    (the hidden layers; output layers and heads are left alone)."""
+    (the hidden layers; output layers and heads are left alone), at most the first ``depth`` of each Sequential.
+
+    ``depth`` (the number of hidden layers the MLP was built with) tells an output layer followed by a squashing
+    ``Tanh`` (SB3's ``create_mlp(..., squash_output=True)``: TD3's actor) from a hidden layer followed by its
+    activation; the two look alike when the activation is ``Tanh`` too."""
     names = []
     for prefix, sub in module.named_modules():
         if not isinstance(sub, nn.Sequential):
             continue
         children = list(sub.named_children())
-        for (name, child), (_, after) in zip(children[:-1], children[1:]):
-            if type(child) is nn.Linear and not isinstance(after, (nn.Linear, IsoFlopLinear)):
-                names.append(f"{prefix}.{name}" if prefix else name)
+        found = [
+            f"{prefix}.{name}" if prefix else name
+            for (name, child), (_, after) in zip(children[:-1], children[1:])
+            if type(child) is nn.Linear and not isinstance(after, (nn.Linear, IsoFlopLinear))
+        ]
+        names += found if depth is None else found[:depth]
     return names
 
 
-def transform_hidden_layers_(module: nn.Module, kind: str, sparsity: float) -> list[str]:
-    """Replace every hidden Linear layer of ``module`` (:func:`hidden_linears`) by its Sparse-IFT ``kind``; returns
-    their names. ``kind`` ``none`` leaves the module unchanged."""
+def transform_hidden_layers_(module: nn.Module, kind: str, sparsity: float, depth: int | None = None) -> list[str]:
+    """Replace every hidden Linear layer of ``module`` (:func:`hidden_linears`, ``depth`` per Sequential) by its
+    Sparse-IFT ``kind``; returns their names. ``kind`` ``none`` leaves the module unchanged."""
     if kind == IFT_NONE:
         return []
-    names = hidden_linears(module)
+    names = hidden_linears(module, depth)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module

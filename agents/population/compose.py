@@ -62,6 +62,11 @@ def check_supported(cfg: Any) -> None:
             f"the population engine does not implement agent.sb3.policy_kwargs.{sorted(policy_kwargs)[0]}"
         )
     sparsity = cfg.sparsity
+    if sparsity.get("ift") is not None:  # docs/design.md decision 43
+        raise PopulationConfigError(
+            f"the population engine does not build sparsity.ift={sparsity.ift} (its networks are chains of plain "
+            "batched Linear layers): of Sparse-IFT it trains Sparse Wide, sparsity.wide=true; use python -m sparse_rl.run"
+        )
     if sparsity.get("structure_decay") is not None or sparsity.get("mask_decay", "none") != "none" or sparsity.get("sr_ste"):
         raise PopulationConfigError(
             "the population engine does not run the N:M recipes (sparsity.structure_decay, mask_decay, sr_ste): "
