@@ -31,6 +31,7 @@ CASES = [
     (["agent.sb3.learning_rate=nan"], "agent.sb3.learning_rate must be a finite number positive, got nan"),
     (["agent.sb3.batch_size=200000"], "agent.sb3.batch_size=200000 is larger than agent.sb3.buffer_size (100000)"),
     (["agent.sb3.gamma=1.5"], "agent.sb3.gamma must be in (0, 1], got 1.5"),
+    (["sparsity=rigl", "sparsity.ift=wide"], "unknown sparsity.ift 'wide'; valid choices: doped, factorized, parallel, null"),
     (["+agent.sb3.policy_kwargs.optimizer_kwargs.eps=0"], "agent.sb3.policy_kwargs.optimizer_kwargs.eps must be positive"),
     pytest.param(["device=cuda"], "device=cuda but CUDA is not available", marks=NO_CUDA),
     (["run_root={tmp}/a_file"], "run_root={tmp}/a_file: {tmp}/a_file is a file, not a folder"),
