@@ -256,13 +256,13 @@ def _ppo_member_state(run, seed: int) -> dict[str, torch.Tensor]:
 
 def test_ppo_population_writes_the_sb3_paths_run_directory(tmp_path):
     """End to end: SB3's whole rollouts (320 env steps for 300), one progress row per rollout with SB3's train/
-    keys, evaluations, summary.json, a model.zip PPO.load reads with the member's weights and masks; every member's
-    sparse invariants hold."""
+    keys and linear learning-rate schedule, evaluations, summary.json, a model.zip PPO.load reads with the member's
+    weights and masks; every member's sparse invariants hold."""
     from stable_baselines3 import PPO
 
     from tests.test_population import _assert_member_invariants
 
-    run = _ppo_run(tmp_path, [(0, "dense"), (1, "rigl"), (2, "set")])
+    run = _ppo_run(tmp_path, [(0, "dense"), (1, "rigl"), (2, "set")], "CartPole", "agent.lr_schedule=linear")
     run.learn()
     assert run.num_timesteps == 320 and run.loop.clock == 5 * 2 * 2  # rollouts x epochs x minibatches
     _assert_member_invariants(run)
@@ -276,6 +276,9 @@ def test_ppo_population_writes_the_sb3_paths_run_directory(tmp_path):
         assert iterations == ["1", "2", "3", "4", "5"]
         trained = [r for r in rows if r.get("train/value_loss")]
         assert len(trained) == 4 and all(r["train/n_updates"] and r["train/clip_range"] == "0.2" for r in trained)
+        for row in trained:  # SB3's linear schedule at the progress after the rollout that train() used
+            done = (int(row["time/iterations"]) - 1) * N_STEPS
+            assert float(row["train/learning_rate"]) == pytest.approx(3e-4 * (1 - done / TOTAL), rel=1e-12)
         with np.load(run_dir / "evaluations.npz") as data:
             assert list(data["timesteps"]) == [128, 256]
         model = PPO.load(run_dir / "model.zip", device="cpu")
@@ -378,3 +381,74 @@ def test_gae_and_timeout_bootstrap_follow_sb3s_rollout_buffer(tmp_path):
         sb3.compute_returns_and_advantage(last, np.asarray(seen[-1].dones[member : member + 1]))
         torch.testing.assert_close(captured["advantages"][:, member], torch.as_tensor(sb3.advantages[:, 0]))
         torch.testing.assert_close(captured["returns"][:, member], torch.as_tensor(sb3.returns[:, 0]))
+
+
+def test_launcher_trains_and_resumes_a_killed_ppo_population(tmp_path):
+    """Through ``hydra/launcher=population``: PPO jobs form one population; killed (SIGKILL) after a checkpoint
+    inside a rollout, ``resume=true`` completes every member with the uninterrupted run's evaluations."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    args = ["agent=ppo", "env=CartPole", "sparsity=rigl", "seed=0,1", "agent.normalize=false", "checkpoint_freq=100",
+            "agent.total_timesteps=3000", "agent.sb3.n_steps=64", "agent.sb3.batch_size=32",
+            "agent.sb3.n_epochs=2"]  # fmt: skip
+    command = [sys.executable, "-m", "sparse_rl.run", "-m", "hydra/launcher=population", "progress_bar=false",
+               "tensorboard=false", "agent.eval_freq=500", "agent.eval_episodes=1", "agent.net_arch=[16,16]",
+               *args]  # fmt: skip
+    cwd = Path(__file__).resolve().parents[1]
+    straight = subprocess.run([*command, f"run_root={tmp_path / 'straight'}"], cwd=cwd, capture_output=True, text=True)
+    assert straight.returncode == 0 and "2 runs in 1 population(s)" in straight.stdout, straight.stderr[-2000:]
+    root = tmp_path / "killed"
+    process = subprocess.Popen([*command, f"run_root={root}"], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metas = []
+    for _ in range(600):
+        metas = list(root.glob(".populations/*/checkpoint/meta.json"))
+        if (metas and json.loads(metas[0].read_text())["num_timesteps"] >= 1000) or process.poll() is not None:
+            break
+        subprocess.run(["sleep", "0.1"])
+    process.kill()
+    process.wait()
+    assert metas and process.returncode == -9, "the population was not killed after a checkpoint"
+    resumed = subprocess.run([*command, f"run_root={root}", "resume=true"], cwd=cwd, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    for seed in (0, 1):
+        found = {}
+        for name in ("straight", "killed"):
+            run_dir = tmp_path / name / "ppo" / "CartPole" / "rigl_s0.9" / f"seed_{seed}"
+            summary = json.loads((run_dir / "summary.json").read_text())
+            assert summary["status"] == "completed" and summary["num_timesteps"] == 3008  # 47 whole rollouts
+            with np.load(run_dir / "evaluations.npz") as data:
+                found[name] = (list(data["timesteps"]), data["results"].tolist())
+        assert found["killed"] == found["straight"] and found["straight"][0] == [500, 1000, 1500, 2000, 2500, 3000]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+agent.sb3.target_kl=0.01", r"^the population engine does not implement agent.sb3.target_kl; supported: "),
+        ("+agent.sb3.use_sde=true", r"^the population engine does not implement agent.sb3.use_sde; supported: "),
+        ("agent.normalize=true", r"agent.normalize=false, agent.lr_schedule=constant or linear$"),
+    ],
+)
+def test_what_the_ppo_members_do_not_implement_is_refused_in_one_line(override, message):
+    from agents.population.compose import PopulationConfigError, check_supported
+    from tests.agent_helpers import compose_run
+
+    cfg = compose_run(["agent=ppo", "env=CartPole", "agent.normalize=false", override])
+    with pytest.raises(PopulationConfigError, match=message):
+        check_supported(cfg)
+
+
+def test_a_diverging_ppo_member_fails_alone(tmp_path):
+    run = _ppo_run(tmp_path, [(0, "dense"), (1, "rigl"), (2, "set")], "Pendulum", "nan_check_freq=64")
+    with torch.no_grad():
+        run.agent.critic.layers[0].weight[1].fill_(float("nan"))
+    run.learn(nan_check_freq=64)
+    summaries = run.finish()
+    assert [s["status"] for s in summaries] == ["completed", "failed", "completed"]
+    assert "non-finite" in summaries[1]["error"]  # its NaN value loss reaches the actor too, through the shared loss
+    assert all(np.isfinite(s["score"]) for s in (summaries[0], summaries[2]))
+    for member in (0, 2):
+        assert all(torch.isfinite(p[member]).all() for p in run.agent.parameters_per_member())
