@@ -336,10 +336,20 @@ def test_every_population_agent_implements_the_protocol():
 
     from agents.population.base import PopulationAgent
     from agents.population.compose import AGENT_CLASSES
+    from agents.population.rollout import OnPolicyAgent
 
-    required = ("from_config", "member_groups", "optimizers", "target_pairs", "warmup_actions", "policy_actions",
-                "env_actions", "eval_actions", "replay_action_dim", "update", "sb3_layer_pairs")  # fmt: skip
+    required = ("from_config", "member_groups", "optimizers", "target_pairs", "env_actions", "eval_actions",
+                "replay_action_dim", "update", "sb3_layer_pairs")  # fmt: skip
+    off_policy = ("warmup_actions", "policy_actions")  # the off-policy loop's acting (agents.population.trainer)
+    on_policy = tuple(name for name in vars(OnPolicyAgent) if not name.startswith("_"))  # the rollout loop's
+    assert {"sample", "values", "train_log"} <= set(on_policy)
     for name, cls in AGENT_CLASSES.items():
         assert cls.name == name and cls.sb3_keys
-        missing = [m for m in required if getattr_static(cls, m) is getattr_static(PopulationAgent, m)]
+        for method in (*required, *(on_policy if cls.on_policy else off_policy)):
+            assert hasattr(cls, method), (name, method)
+        missing = [
+            m
+            for m in (*required, *([] if cls.on_policy else off_policy))
+            if getattr_static(cls, m) is getattr_static(PopulationAgent, m)
+        ]
         assert not missing, (name, missing)
