@@ -36,10 +36,11 @@ class ReferencedRun(PopulationRun):
         plan = self.members[index].plan
         start = sb3_start(plan)
         self.index, self.model, self.controller = index, start.model, start.controller
-        like = self.model.replay_buffer
-        self.model.replay_buffer = type(like)(
-            self.loop.replay.capacity, self.model.observation_space, self.model.action_space, device="cpu"
-        )
+        like = getattr(self.model, "replay_buffer", None)
+        if like is not None:  # off-policy: a real SB3 buffer of the population's capacity
+            self.model.replay_buffer = type(like)(
+                self.loop.replay.capacity, self.model.observation_space, self.model.action_space, device="cpu"
+            )
         self.model.set_logger(configure(str(log_dir), ["csv"]))
         settings = diagnostics_settings(plan.cfg.diagnostics)
         self.callback = DiagnosticsCallback(self.controller, settings, int(plan.cfg.seed), spec=plan.agent)
@@ -209,3 +210,56 @@ def test_a_resumed_population_measures_where_and_what_the_uninterrupted_one_does
         keep = [k for k in whole[0] if not k.endswith("churn_initial") and not k.endswith("churn_last")]
         assert "150" in {row[STEP_KEY].split(".")[0] for row in again}
         assert len(whole) >= 5 and [{k: r[k] for k in keep} for r in again] == [{k: r[k] for k in keep} for r in whole]
+
+
+class ReferencedRolloutRun(ReferencedRun):
+    """:class:`ReferencedRun` for on-policy members: at every rollout end the SB3 model's own ``RolloutBuffer`` is
+    filled with the member's transitions by SB3's ``add`` and its advantages and returns computed by SB3's
+    ``compute_returns_and_advantage`` (not by the population's GAE)."""
+
+    def _sync(self) -> None:
+        loop, index, model = self.loop, self.index, self.model
+        copy_member(self.agent, index, model, to_sb3=True)
+        buffer, rows = model.rollout_buffer, {name: value[:, index] for name, value in loop.buffer.items()}
+        buffer.reset()
+        for t in range(loop.n_steps):
+            buffer.add(
+                rows["obs"][t : t + 1].numpy(), rows["actions"][t : t + 1].numpy(), rows["rewards"][t : t + 1].numpy(),
+                rows["episode_starts"][t : t + 1].numpy(), rows["values"][t : t + 1], rows["log_probs"][t : t + 1],
+            )  # fmt: skip
+        with torch.no_grad():
+            last = model.policy.predict_values(torch.as_tensor(loop._obs[index : index + 1], dtype=torch.float32))
+        buffer.compute_returns_and_advantage(last.flatten(), loop._episode_starts[index : index + 1])
+        model._current_progress_remaining = 1.0 - max(loop.num_timesteps - loop.n_steps, 0) / loop.total
+        loop.sync_controller_clocks()
+        member = loop.members[index].controller
+        self.controller.clock, self.controller.num_updates = member.clock, member.num_updates
+        model.num_timesteps = loop.num_timesteps
+        if hasattr(self, "callback"):
+            self.callback.num_timesteps = loop.num_timesteps
+
+    def env_stepped(self, loop) -> None:
+        PopulationRun.env_stepped(self, loop)
+
+    def rollout_ended(self, loop) -> None:
+        super().rollout_ended(loop)
+        self._sync()
+        self.callback.on_rollout_end()
+
+
+@pytest.mark.skipif("ppo" not in AGENT_CLASSES, reason="PPO members are not registered yet")
+def test_a_ppo_members_diagnostics_are_the_sb3_paths_for_its_weights_masks_and_rollout(tmp_path):
+    """PPO members: each rollout end's row equals the SB3 path's callback's on the same weights, masks and rollout
+    (advantages and returns computed by SB3's ``RolloutBuffer``)."""
+    extra = ("agent.normalize=false", "diagnostics.freq=4")  # tiny_run: 64-step rollouts, 2 epochs of 32
+    plans = [
+        plan_member(tiny_run("ppo", method, tmp_path / f"{method}_{seed}", f"seed={seed}", "checkpoint_freq=0", *extra))
+        for seed, method in ((1, "static"), (0, "rigl"))
+    ]
+    run = ReferencedRolloutRun(plans, [32, 32], tmp_path / "population", "cpu", False)
+    run.shadow(1, tmp_path / "reference")
+    run.learn()
+    summary = run.finish()[1]
+    ours, reference = _rows(tmp_path / "rigl_0" / "progress.csv"), _rows(tmp_path / "reference" / "progress.csv")
+    assert len(ours) >= 3 and ours == reference
+    assert _same(summary["diagnostics"], run.callback.last)
