@@ -278,6 +278,7 @@ def test_ppo_population_writes_the_sb3_paths_run_directory(tmp_path):
         assert len(trained) == 4 and all(r["train/n_updates"] and r["train/clip_range"] == "0.2" for r in trained)
         for row in trained:  # SB3's linear schedule at the progress after the rollout that train() used
             done = (int(row["time/iterations"]) - 1) * N_STEPS
+            assert int(row["train/n_updates"]) == (int(row["time/iterations"]) - 1) * 2  # SB3's PPO counts epochs
             assert float(row["train/learning_rate"]) == pytest.approx(3e-4 * (1 - done / TOTAL), rel=1e-12)
         with np.load(run_dir / "evaluations.npz") as data:
             assert list(data["timesteps"]) == [128, 256]

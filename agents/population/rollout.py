@@ -114,8 +114,13 @@ class PopulationRolloutTrainer(PopulationTrainer):
 
     @property
     def iteration(self) -> int:
-        """Rollouts trained so far (SB3's ``iteration``)."""
+        """Rollouts collected so far (SB3's ``iteration``)."""
         return self.num_timesteps // self.n_steps
+
+    @property
+    def n_updates(self) -> int:
+        """SB3's ``_n_updates`` of PPO: epochs trained (``n_epochs`` per trained rollout)."""
+        return (self.num_timesteps - self.pos) // self.n_steps * self.n_epochs
 
     # ----------------------------------------------------------------- the loop
     def learn(self, hooks: RolloutHooks, nan_check_freq: int = 1000) -> None:

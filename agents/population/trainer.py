@@ -243,6 +243,11 @@ class PopulationTrainer:
     def env_clock(self) -> EnvClock:
         return EnvClock(self.num_timesteps, self.total, self.learning_starts)
 
+    @property
+    def n_updates(self) -> int:
+        """SB3's ``_n_updates`` (logged as ``train/n_updates``): gradient steps (off-policy ``train()``)."""
+        return self.clock
+
     # ----------------------------------------------------------------- the loop
     def learn(self, hooks: LoopHooks, nan_check_freq: int = 1000) -> None:
         """Train until ``total`` env steps, telling ``hooks``; members with non-finite weights are failed alone."""
