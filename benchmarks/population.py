@@ -1,15 +1,18 @@
 """Population engine throughput: member-env-steps/s for K members against plain SB3, side by side in one run.
 
-    python benchmarks/population.py                                  # CPU: K = 1, 4; SAC HalfCheetah and DQN CartPole
+    python benchmarks/population.py                                  # CPU: K = 1, 4; SAC, TD3, PPO HalfCheetah, DQN CartPole
     python benchmarks/population.py --device cuda --sizes 1 4 16 64  # one GPU (the population step as a CUDA graph)
     python benchmarks/population.py --agents dqn --methods dense rigl --sizes 1 4 --seconds 20 --out results.json
     python benchmarks/population.py --real-run --sizes 64 --device cuda   # + a real run with the paper's cadence
 
 Every steady-state configuration uses the paper's agent settings (configs/agent/*.yaml: SAC 256-256 batch 256, DQN
-512-512 batch 128) except a short warm-up (``learning_starts`` = one batch) and a 100k replay buffer, and measures
+512-512 batch 128; TD3 sfujim/TD3's 256-256 batch 256, the actor every 2nd gradient step) except a short warm-up
+(``learning_starts`` = one batch) and a 100k replay buffer, and measures
 steady-state training: env step, the population step (transition write, one gradient step per env step, the next
 action), topology updates on the paper's schedule (RigL every 1,000 gradient steps of a 1M-step run). Evaluation is
-excluded there. It prints where the time goes (env, population step, topology).
+excluded there. It prints where the time goes (env, population step, topology). PPO (configs/agent/ppo.yaml: 64-64,
+rollouts of 2,048 steps, 10 epochs of 32 minibatches of 64; ``agent.normalize=false``, which the engine requires) is
+measured over whole rollouts, collection and training (env, train, topology).
 
 ``--real-run`` adds, per agent, method and K, a real run through ``PopulationRun`` with everything a run does: the
 paper's warm-up, replay buffer, evaluation cadence (DQN CartPole: 20 episodes every 2,000 steps; SAC HalfCheetah: 10
@@ -34,7 +37,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ENVS = {"sac": "HalfCheetah", "dqn": "CartPole"}
+ENVS = {"sac": "HalfCheetah", "dqn": "CartPole", "td3": "HalfCheetah", "ppo": "HalfCheetah"}
+ON_POLICY = ("ppo",)  # whole rollouts of configs/agent/ppo.yaml (2,048 steps, 10 epochs of 32 minibatches of 64)
 BENCH_BUFFER = 100_000  # replay rows per member: enough for the measured steps, bounded memory at K = 64
 
 
@@ -45,10 +49,13 @@ def compose(agent: str, method: str, seed: int, run_dir: Path, real: list[str] |
 
     import sparse_rl.run  # noqa: F401  (registers the schema)
 
-    batch = {"sac": 256, "dqn": 128}[agent]
     overrides = [f"agent={agent}", f"env={ENVS[agent]}", f"sparsity={method}", f"seed={seed}", f"run_dir={run_dir}",
                  "progress_bar=false"]  # fmt: skip
-    if real is None:
+    if agent in ON_POLICY:  # no warm-up or replay; the population engine trains PPO without normalisation
+        overrides += ["agent.normalize=false", *(["agent.eval_freq=100000000", "tensorboard=false",
+                      "checkpoint_freq=0"] if real is None else real)]  # fmt: skip
+    elif real is None:
+        batch = {"sac": 256, "dqn": 128, "td3": 256}[agent]
         overrides += [
             f"agent.sb3.learning_starts={batch}", f"agent.sb3.buffer_size={BENCH_BUFFER}", "agent.eval_freq=100000000",
             "tensorboard=false", "checkpoint_freq=0",
@@ -70,10 +77,11 @@ class Timers:
     """Wall time per phase of the trainer's loop (synchronised on CUDA)."""
 
     def __init__(self, trainer, device: torch.device) -> None:
-        self.totals = {"env": 0.0, "step": 0.0}
         self.device = device
-        loop = trainer.loop  # agents.population.trainer.PopulationTrainer
-        for name, attribute, owner in (("env", "step", loop.envs), ("step", "_population_step", loop)):
+        loop = trainer.loop  # agents.population.trainer.PopulationTrainer (on-policy: rollout.PopulationRolloutTrainer)
+        update = ("train", "_train") if trainer.on_policy else ("step", "_population_step")
+        self.totals = {"env": 0.0, update[0]: 0.0}
+        for name, attribute, owner in (("env", "step", loop.envs), (*update, loop)):
             self._wrap(owner, attribute, name)
 
     def _wrap(self, owner, attribute: str, name: str) -> None:
@@ -104,11 +112,13 @@ def bench_population(
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    warm = int(plans[0].cfg.agent.sb3.learning_starts) + 20  # past warm-up and the CUDA-graph capture
+    sb3 = plans[0].cfg.agent.sb3
+    warm = int(sb3.n_steps) if trainer.on_policy else int(sb3.learning_starts) + 20  # past warm-up, graph capture
     trainer.total = warm
     trainer.learn(nan_check_freq=10**9)
     steps, start = 0, time.perf_counter()
     chunk = 50 if dev.type == "cuda" else max(5, 400 // k)
+    chunk = int(sb3.n_steps) if trainer.on_policy else chunk  # whole rollouts: collection and training
     while time.perf_counter() - start < seconds:  # headline: no timers (they synchronise the device)
         trainer.total += chunk
         trainer.learn(nan_check_freq=10**9)
@@ -197,7 +207,7 @@ def real_run(
     return {
         "engine": "population real run", "agent": agent, "method": method, "k": k, "device": device,
         "cuda_graph": trainer.cuda_graph, "env_workers": workers, "env_steps": trainer.total,
-        "learning_starts": int(cfg.agent.sb3.learning_starts), "eval_freq": int(cfg.agent.eval_freq),
+        "learning_starts": int(cfg.agent.sb3.get("learning_starts", 0)), "eval_freq": int(cfg.agent.eval_freq),
         "eval_episodes": int(cfg.agent.eval_episodes), "checkpoint_freq": int(cfg.checkpoint_freq),
         "wall_s": wall, "build_s": built - start, "learn_s": learned - built, "finish_s": time.perf_counter() - learned,
         "member_steps_per_s": trainer.total * k / wall, "ms_per_member_step": 1000 * wall / (trainer.total * k),
@@ -221,11 +231,12 @@ def bench_sb3(agent: str, method: str, seconds: float, scratch: Path) -> dict:
         plan.agent, agent_cfg, env, net_arch=agent_cfg["net_arch"], sparse=method != "dense", seed=0, device="cpu"
     )  # fmt: skip
     attach_controller(model, AGENTS.get(agent), plan.sparsity, 1_000_000, 0)
-    model.learn(total_timesteps=int(agent_cfg["sb3"]["learning_starts"]) + 20)
+    model.learn(total_timesteps=int(agent_cfg["sb3"].get("learning_starts", 0)) + 20)  # PPO: one whole rollout
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        model.learn(total_timesteps=100, reset_num_timesteps=False)
-        steps += 100
+        before = model.num_timesteps
+        model.learn(total_timesteps=100, reset_num_timesteps=False)  # PPO: one whole rollout
+        steps += model.num_timesteps - before
     wall = time.perf_counter() - start
     return {"engine": "sb3", "agent": agent, "method": method, "k": 1, "device": "cpu", "env_steps": steps, "wall_s": wall,
             "member_steps_per_s": steps / wall}  # fmt: skip
@@ -234,7 +245,7 @@ def bench_sb3(agent: str, method: str, seconds: float, scratch: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--agents", nargs="+", default=["sac", "dqn"], choices=["sac", "dqn"])
+    parser.add_argument("--agents", nargs="+", default=["sac", "dqn", "td3", "ppo"], choices=["sac", "dqn", "td3", "ppo"])
     parser.add_argument("--methods", nargs="+", default=["dense", "rigl"], choices=["dense", "static", "set", "rigl", "prune"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[1, 4], help="population sizes K")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per configuration")
@@ -245,7 +256,7 @@ def main() -> None:
     parser.add_argument("--real-run", action="store_true", help="also a real run per configuration (see above)")
     parser.add_argument(
         "--real-steps", type=int, nargs=2, metavar=("SAC", "DQN"), default=[50_000, 100_000],
-        help="env steps of the real runs (default: a 50k slice of SAC's 1M budget, DQN's whole 100k)",
+        help="env steps of the real runs (default: a 50k slice of SAC's (and TD3's, PPO's) 1M budget, DQN's whole 100k)",
     )  # fmt: skip
     parser.add_argument(
         "--real-override", nargs="*", default=[],
@@ -305,7 +316,8 @@ def measure(args: argparse.Namespace) -> None:
                     )
                 )
                 if args.real_run:
-                    steps = dict(zip(("sac", "dqn"), args.real_steps))[agent]
+                    steps = {"sac": args.real_steps[0], "td3": args.real_steps[0], "ppo": args.real_steps[0],
+                             "dqn": args.real_steps[1]}[agent]  # fmt: skip
                     graph = not args.no_cuda_graph
                     row = real_run(agent, method, k, args.device, graph, steps, args.real_override, args.scratch,
                                    args.env_workers)  # fmt: skip

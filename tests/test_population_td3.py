@@ -252,6 +252,17 @@ def test_td3_population_resumes_exactly_from_its_checkpoint(stop, tmp_path):
         assert a.controller.num_updates == b.controller.num_updates
 
 
+def test_a_diverging_td3_member_fails_alone(tmp_path):
+    trainer = _trainer("td3", tmp_path, [(0, "dense"), (1, "rigl"), (2, "set")], "nan_check_freq=50")
+    with torch.no_grad():
+        trainer.agent.critic.layers[0].weight[2 * 1].fill_(float("nan"))  # member 1's first twin critic
+    trainer.learn(nan_check_freq=50)
+    summaries = trainer.finish()
+    assert [s["status"] for s in summaries] == ["completed", "failed", "completed"]
+    assert "non-finite" in summaries[1]["error"] and "critic" in summaries[1]["error"]
+    assert all(np.isfinite(s["score"]) for s in (summaries[0], summaries[2]))
+
+
 def test_launcher_trains_td3_and_writes_an_sb3_loadable_model(tmp_path):
     result = _sweep(tmp_path, "agent=td3", "env=Pendulum", "sparsity=rigl", "seed=0,1")
     assert result.returncode == 0, result.stderr[-2000:]
