@@ -453,3 +453,24 @@ def test_a_diverging_ppo_member_fails_alone(tmp_path):
     assert all(np.isfinite(s["score"]) for s in (summaries[0], summaries[2]))
     for member in (0, 2):
         assert all(torch.isfinite(p[member]).all() for p in run.agent.parameters_per_member())
+
+
+@pytest.mark.parametrize("kind", ["box", "discrete"])
+def test_a_rollouts_draws_at_once_are_the_draws_step_by_step(kind):
+    """The loop draws a rollout's acting noise in one call; each row is what the member's stream gives at that env
+    step alone (so a member's actions do not depend on where a rollout starts or resumes)."""
+    from agents.population.streams import Draw, MemberStreams
+
+    models = [_sb3_ppo(seed, "dense", kind, None, 0.0) for seed in (4, 9)]
+    pop = _population(models, kind, None, 0.0)
+    streams = MemberStreams([4, 9], torch.device("cpu"))
+    rollout, n_steps = 3, 32
+    noise = pop.rollout_noise(streams, rollout, n_steps)
+    for i in (0, 1, 17, 31):
+        step = rollout * n_steps + i
+        if kind == "box":
+            expected = streams.normal(Draw.ACT_NOISE, step, pop.act_dim)
+        else:
+            expected = streams.uniform(Draw.ACT_NOISE, step, 1).to(torch.float32)
+        assert torch.equal(noise[:, i], expected)
+    assert not torch.equal(noise[0], noise[1])

@@ -23,6 +23,7 @@ parameter tensor, shared by all members), schedules for ``clip_range``/``clip_ra
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -42,13 +43,14 @@ from agents.population.base import (
     sb3_linears,
 )
 from agents.population.networks import BatchedMLP, member_module
-from agents.population.streams import Draw, MemberStreams
+from agents.population.streams import LANES, Draw, MemberStreams
 from sparse_rl.controller import SparseGroup
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
 
 ADVANTAGE_EPSILON = 1e-8  # stable_baselines3.PPO.train: (A - mean) / (std + 1e-8)
+LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))  # torch.distributions.Normal.log_prob's constant
 
 
 def _names(prefix: str, n_hidden: int, head: str) -> list[str]:
@@ -181,23 +183,38 @@ class PopulationPPO(PopulationAgent):
         return self.critic(obs)[..., 0]
 
     # ----------------------------------------------------------------- acting
-    @torch.no_grad()
-    def sample(self, obs: torch.Tensor, streams: MemberStreams, step: torch.Tensor | int) -> tuple[torch.Tensor, ...]:
-        """SB3's ``policy.forward`` for observations ``[K, obs]``: (buffer actions ``[K, A or 1]``, values ``[K]``,
-        log-probabilities ``[K]``), the sample drawn from each member's stream at env step ``step``.
+    def rollout_noise(self, streams: MemberStreams, rollout: int, n_steps: int) -> torch.Tensor:
+        """The acting draws of rollout ``rollout`` ``[K, n_steps, ·]``, drawn at once: env step
+        ``t = rollout·n_steps + i`` gets row ``i``, the same numbers as a draw at step ``t`` alone (counter-based
+        streams; Box: standard normals, ``ACT_NOISE`` words ``t·w …`` with ``w`` whole vector lanes; Discrete: one
+        uniform, word ``t``)."""
+        if self.discrete:
+            return streams.uniform(Draw.ACT_NOISE, rollout, n_steps).to(torch.float32).view(self.k, n_steps, 1)
+        width = -(-self.act_dim // LANES) * LANES
+        normal = streams.normal(Draw.ACT_NOISE, rollout, n_steps * width)
+        return normal.view(self.k, n_steps, width)[..., : self.act_dim]
 
-        Box: ``μ + σ·ε`` with standard-normal ε; Discrete: the inverse CDF of the categorical at a uniform draw.
+    @torch.no_grad()
+    def sample(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """SB3's ``policy.forward`` for observations ``[K, obs]``: (buffer actions ``[K, A or 1]``, values ``[K]``,
+        log-probabilities ``[K]``) with this step's draws ``noise`` ``[K, ·]`` (:meth:`rollout_noise`).
+
+        Box: ``μ + σ·ε``, its log-probability with ``torch.distributions.Normal.log_prob``'s operations (written
+        out: building the distribution costs more than the arithmetic, and this runs every env step); Discrete: the
+        inverse CDF of the categorical at the uniform draw.
         """
         x = self._obs_tensor(obs)
-        dist = self.distribution(x)
+        out = self.actor(x)[:, :1]
         if self.discrete:
-            u = streams.uniform(Draw.ACT_NOISE, step, 1).to(torch.float32).view(self.k, 1, 1)
+            dist = Categorical(logits=out, validate_args=False)
             cdf = dist.probs.cumsum(dim=-1)
-            actions = torch.clamp((cdf <= u).sum(dim=-1, keepdim=True), max=self.act_dim - 1).to(torch.float32)
+            actions = torch.clamp((cdf <= noise.view(self.k, 1, 1)).sum(dim=-1, keepdim=True), max=self.act_dim - 1)
+            actions = actions.to(torch.float32)
+            log_prob = dist.log_prob(actions[..., 0].long())
         else:
-            noise = streams.normal(Draw.ACT_NOISE, step, self.act_dim).view(self.k, 1, self.act_dim)
-            actions = torch.addcmul(dist.mean, noise, dist.stddev)
-        log_prob, _ = self.log_prob_entropy(dist, actions)
+            std = torch.ones_like(out) * self.log_std.unsqueeze(1).exp()
+            actions = torch.addcmul(out, noise.view(self.k, 1, self.act_dim), std)
+            log_prob = (-((actions - out) ** 2) / (2 * std**2) - std.log() - LOG_SQRT_2PI).sum(dim=-1)
         return actions[:, 0], self.values(x)[:, 0], log_prob[:, 0]
 
     def env_actions(self, replay_actions: np.ndarray, active: np.ndarray) -> np.ndarray:

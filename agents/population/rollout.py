@@ -56,8 +56,12 @@ class OnPolicyAgent(Protocol):
     """What this loop asks of an on-policy agent besides :class:`~agents.population.base.PopulationAgent`'s
     building, groups, evaluation and export (:class:`agents.population.ppo.PopulationPPO` implements it)."""
 
-    def sample(self, obs: torch.Tensor, streams: MemberStreams, step: int) -> tuple[torch.Tensor, ...]:
-        """(buffer actions ``[K, ·]``, values ``[K]``, log-probabilities ``[K]``) for observations ``[K, obs]``."""
+    def rollout_noise(self, streams: MemberStreams, rollout: int, n_steps: int) -> torch.Tensor:
+        """The acting draws of a whole rollout ``[K, n_steps, ·]`` (row ``i``: env step ``rollout·n_steps + i``)."""
+
+    def sample(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(buffer actions ``[K, ·]``, values ``[K]``, log-probabilities ``[K]``) for observations ``[K, obs]`` and
+        this step's draws."""
 
     def values(self, obs: torch.Tensor) -> torch.Tensor:
         """Values ``[K, B]`` of observations ``[K, B, obs]``."""
@@ -110,6 +114,7 @@ class PopulationRolloutTrainer(PopulationTrainer):
         self.buffer = {f: torch.zeros(self.n_steps, self.k, *shapes.get(f, ()), device=self.device) for f in BUFFER_FIELDS}
         self._obs = self.envs.reset()
         self._episode_starts = np.ones(self.k, dtype=bool)
+        self._noise, self._noise_rollout = torch.zeros(0), -1  # the acting draws of rollout _noise_rollout
         self._next_update = min((m.next_update for m in self.members), default=float("inf"))
 
     @property
@@ -139,7 +144,10 @@ class PopulationRolloutTrainer(PopulationTrainer):
     def _env_step(self, hooks: LoopHooks) -> None:
         """SB3's ``collect_rollouts`` body: sample, step the envs, report episodes, bootstrap timeouts, store."""
         obs = torch.as_tensor(self._obs, dtype=torch.float32, device=self.device)
-        actions, values, log_probs = self.agent.sample(obs, self.streams, self.num_timesteps)
+        rollout = self.num_timesteps // self.n_steps  # collecting: num_timesteps = rollout·n_steps + pos
+        if self._noise_rollout != rollout:  # a rollout's draws at once (also the first step after a resume)
+            self._noise, self._noise_rollout = self.agent.rollout_noise(self.streams, rollout, self.n_steps), rollout
+        actions, values, log_probs = self.agent.sample(obs, self._noise[:, self.pos])
         result = self.envs.step(self.agent.env_actions(actions.cpu().numpy(), self.active))
         self.num_timesteps += 1
         for member in self.members:
