@@ -146,7 +146,7 @@ def test_diagnostics_leave_every_members_training_unchanged(tmp_path):
     members = [(0, "rigl"), (1, "dense")]
     runs = {}
     for name, extra in (("on", DIAG), ("off", ("diagnostics.freq=0",))):
-        runs[name] = _trainer("sac", tmp_path / name, members, *extra)
+        runs[name] = _trainer("dqn", tmp_path / name, members, *extra)
         runs[name].learn()
     assert runs["on"].diagnostics is not None and runs["off"].diagnostics is None
     assert all(_rows(tmp_path / "on" / f"{m}_{s}" / "progress.csv") for s, m in members)
