@@ -38,7 +38,7 @@ MemberData = Callable[[BaseAlgorithm, int], None]  # makes the model's buffer sh
 
 
 class MemberReplayRows(ReplayBuffer):
-    """SB3's ``ReplayBuffer`` over one member's rows of a :class:`PopulationReplay`, holding nothing itself.
+    """SB3's ``ReplayBuffer`` over one member's rows of a :class:`PopulationReplay` (it holds only the last drawn rows).
 
     SB3's own ``sample`` draws the indices (numpy's global generator, over the member's filled size and write
     position); SB3's own ``_get_samples`` turns the drawn rows, gathered from the population's (device) tensors, into
