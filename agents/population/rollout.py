@@ -174,13 +174,15 @@ class PopulationRolloutTrainer(PopulationTrainer):
     @torch.no_grad()
     def advantages_and_returns(self) -> tuple[torch.Tensor, torch.Tensor]:
         """SB3's ``RolloutBuffer.compute_returns_and_advantage`` over the full rollout ``[n_steps, K]``: GAE(λ) with
-        the values of the observations after it, cut where the next step starts an episode."""
-        last_values = self.agent.values(self.agent._obs_tensor(self._obs))[:, 0]
-        dones = torch.as_tensor(self._episode_starts, dtype=torch.float32, device=self.device)
+        the values of the observations after it, cut where the next step starts an episode. In float32 NumPy with
+        SB3's operations, element by element (a recurrence over ``n_steps`` tiny arrays: NumPy's per-call cost is a
+        fraction of torch's)."""
+        last_values = self.agent.values(self.agent._obs_tensor(self._obs))[:, 0].cpu().numpy()
+        dones = self._episode_starts.astype(np.float32)
         gamma, lam = self.settings.gamma, self.settings.gae_lambda
-        values, rewards, starts = self.buffer["values"], self.buffer["rewards"], self.buffer["episode_starts"]
-        advantages = torch.zeros_like(values)
-        last_gae = torch.zeros_like(last_values)
+        values, rewards, starts = (self.buffer[f].cpu().numpy() for f in ("values", "rewards", "episode_starts"))
+        advantages = np.zeros_like(values)
+        last_gae = np.zeros_like(last_values)
         for step in reversed(range(self.n_steps)):
             if step == self.n_steps - 1:
                 next_non_terminal, next_values = 1.0 - dones, last_values
@@ -189,7 +191,8 @@ class PopulationRolloutTrainer(PopulationTrainer):
             delta = rewards[step] + gamma * next_values * next_non_terminal - values[step]
             last_gae = delta + gamma * lam * next_non_terminal * last_gae
             advantages[step] = last_gae
-        return advantages, advantages + values
+        advantages_t = torch.as_tensor(advantages, device=self.device)
+        return advantages_t, advantages_t + self.buffer["values"]
 
     def minibatch_order(self, epoch: int) -> torch.Tensor:
         """Each member's permutation of its rollout for epoch ``epoch`` (counted over the run) ``[K, n_steps]``: the
