@@ -15,7 +15,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from agents.callbacks import TrainingStopped
 from agents.diagnostics_callback import PREFIX, STEP_KEY, DiagnosticsCallback, diagnostics_settings
-from agents.population.compose import AGENT_CLASSES
 from agents.population.export import copy_member
 from experiment.member_start import sb3_start
 from experiment.population import plan_member
@@ -97,12 +96,7 @@ def _same(a: dict, b: dict) -> bool:
     return True
 
 
-REGISTERED = pytest.mark.skipif("td3" not in AGENT_CLASSES, reason="TD3 members are not registered yet")
-
-
-@pytest.mark.parametrize(
-    ("agent", "method"), [("sac", "rigl"), ("dqn", "set"), ("dqn", "dense"), pytest.param("td3", "rigl", marks=REGISTERED)]
-)
+@pytest.mark.parametrize(("agent", "method"), [("sac", "rigl"), ("dqn", "set"), ("dqn", "dense"), ("td3", "rigl")])
 def test_a_members_diagnostics_are_the_sb3_paths_for_its_weights_masks_and_replay(agent, method, tmp_path):
     """At every point, the member's row equals the SB3 path's callback's on the same weights, masks and replay
     contents (so the same batch), clock and mask history; and so do the values at the end (``summary.json``)."""
@@ -247,7 +241,6 @@ class ReferencedRolloutRun(ReferencedRun):
         self.callback.on_rollout_end()
 
 
-@pytest.mark.skipif("ppo" not in AGENT_CLASSES, reason="PPO members are not registered yet")
 def test_a_ppo_members_diagnostics_are_the_sb3_paths_for_its_weights_masks_and_rollout(tmp_path):
     """PPO members: each rollout end's row equals the SB3 path's callback's on the same weights, masks and rollout
     (advantages and returns computed by SB3's ``RolloutBuffer``)."""
