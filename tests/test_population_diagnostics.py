@@ -276,3 +276,20 @@ def test_cuda_population_measures_its_members_between_graph_replays_and_trains_a
         on, off = _member_state(runs["on"], seed), _member_state(runs["off"], seed)
         for key, tensor in off.items():  # the tolerance of test_population_cuda's graph-vs-eager comparison
             torch.testing.assert_close(on[key], tensor, atol=1e-5, rtol=1e-4, msg=f"{seed} {key}")
+
+
+def test_a_failing_measurement_warns_and_the_population_trains_on(tmp_path, monkeypatch, capsys):
+    """As on the SB3 path: one warning per member, its ``summary.json`` says where, training completes."""
+    import agents.diagnostics_callback
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(agents.diagnostics_callback, "measure_group", broken)
+    run = _trainer("dqn", tmp_path, [(0, "set"), (1, "dense")], *DIAG)
+    run.learn()
+    summaries = run.finish()
+    assert [s["status"] for s in summaries] == ["completed", "completed"]
+    assert all(s["diagnostics"] == {"error": "at gradient step 50: RuntimeError: boom"} for s in summaries)
+    assert capsys.readouterr().err.count("warning: diagnostics stopped at gradient step 50: RuntimeError: boom\n") == 2
+    assert not _rows(tmp_path / "set_0" / "progress.csv")
