@@ -26,15 +26,15 @@ import numpy as np
 import torch
 from stable_baselines3.common.utils import FloatSchedule
 
+from agents.population.base import PopulationAgent
 from agents.population.member_envs import MemberEnvs
-from agents.population.ppo import PopulationPPO
 from agents.population.streams import Draw, MemberStreams
 from agents.population.trainer import AgentFactory, LoopHooks, MemberSettings, PopulationTrainer, next_update_step
 from agents.ppo import rollout_gradient_steps
 from envs import EnvSpec
 
 BUFFER_FIELDS = ("obs", "actions", "rewards", "episode_starts", "values", "log_probs")
-MINIBATCH_FIELDS = ("obs", "actions", "values", "log_probs", "advantages", "returns")  # PopulationPPO.update's order
+MINIBATCH_FIELDS = ("obs", "actions", "values", "log_probs", "advantages", "returns")  # OnPolicyAgent.update's order
 MEAN_METRICS = ("entropy_loss", "policy_gradient_loss", "value_loss", "approx_kl", "clip_fraction")  # SB3's means
 
 
@@ -293,8 +293,9 @@ def _explained_variance(predicted: torch.Tensor, returns: torch.Tensor) -> torch
     return torch.where(var == 0, torch.nan, explained)
 
 
-def zero_minibatch(agent: PopulationPPO, batch_size: int) -> list[torch.Tensor]:
-    """A minibatch of zeros in :meth:`~agents.population.ppo.PopulationPPO.update`'s order (start-up cost probes)."""
+def zero_minibatch(agent: PopulationAgent, batch_size: int) -> list[torch.Tensor]:
+    """A minibatch of zeros in :meth:`OnPolicyAgent.update`'s order for an on-policy ``agent`` (start-up cost
+    probes)."""
     k, device = agent.k, agent.device
     shapes = {"obs": (agent.obs_dim,), "actions": (agent.replay_action_dim,)}
     return [torch.zeros(k, batch_size, *shapes.get(f, ()), device=device) for f in MINIBATCH_FIELDS]
