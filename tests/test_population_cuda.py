@@ -87,3 +87,28 @@ def test_one_copy_each_way_per_population_step(agent, tmp_path):
     names = [event.name for event in profile.events()]
     assert sum("Memcpy HtoD" in name for name in names) == steps
     assert sum("Memcpy DtoH" in name for name in names) == steps
+
+
+def test_ppo_population_on_cuda_equals_the_cpu_population(tmp_path):
+    """PPO members (design 41; the rollout loop runs eagerly on CUDA): the same members and streams on the GPU stay
+    within float32 rounding of the CPU's through two rollouts and their epochs (TF32 off); invariants hold; the
+    first rollout's stored observations start equal."""
+    from tests.test_population_ppo import _ppo_member_state, _ppo_plans
+
+    use_tf32(False)
+    members = [(0, "rigl"), (1, "dense")]
+    runs = {}
+    for device in ("cpu", "cuda"):
+        plans = _ppo_plans(tmp_path / device, members, "Pendulum", "agent.total_timesteps=128")
+        runs[device] = PopulationRun(plans, [32, 32], tmp_path / device / "population", device, True)
+        runs[device].learn()
+        _assert_member_invariants(runs[device])
+    assert not runs["cuda"].cuda_graph
+    assert torch.equal(runs["cuda"].loop.buffer["obs"][0].cpu(), runs["cpu"].loop.buffer["obs"][0])
+    for seed, _ in members:
+        expected, found = _ppo_member_state(runs["cpu"], seed), _ppo_member_state(runs["cuda"], seed)
+        for key, tensor in expected.items():
+            if key.endswith("/mask"):
+                assert torch.equal(found[key].cpu(), tensor), (seed, key)
+            else:
+                torch.testing.assert_close(found[key].cpu(), tensor, atol=1e-3, rtol=1e-3, msg=f"{seed} {key}")
