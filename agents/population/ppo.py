@@ -23,6 +23,7 @@ parameter tensor, shared by all members), schedules for ``clip_range``/``clip_ra
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from gymnasium import spaces
+from stable_baselines3 import PPO
+from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 from torch.distributions import Categorical, Normal
 
@@ -49,6 +52,14 @@ from sparse_rl.controller import SparseGroup
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
 
+
+def sb3_default(function: Any, name: str) -> Any:
+    """The default of argument ``name`` in SB3's signature of ``function`` (a class: its constructor)."""
+    return inspect.signature(function).parameters[name].default
+
+
+# PPO arguments a config may leave out (SB3's defaults then apply, read from SB3's signature)
+SB3_KEYS_WITH_DEFAULTS = ("clip_range", "clip_range_vf", "normalize_advantage", "ent_coef", "vf_coef", "max_grad_norm")
 ADVANTAGE_EPSILON = 1e-8  # stable_baselines3.PPO.train: (A - mean) / (std + 1e-8)
 LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))  # torch.distributions.Normal.log_prob's constant
 
@@ -119,31 +130,19 @@ class PopulationPPO(PopulationAgent):
 
     @classmethod
     def from_config(cls, cfg, net_arch, obs_dim, action_space, decays, device, capturable) -> PopulationPPO:
-        sb3 = cfg.agent.sb3
         if not isinstance(action_space, (spaces.Box, spaces.Discrete)):
             raise PopulationConfigError(f"the population engine's PPO acts in Box or Discrete spaces, not {action_space}")
+        sb3 = cfg.agent.sb3
         policy_kwargs = dict(sb3.get("policy_kwargs") or {})
+        ppo = {key: sb3.get(key, sb3_default(PPO, key)) for key in SB3_KEYS_WITH_DEFAULTS}  # a key absent: SB3's
         return cls(
-            len(decays),
-            obs_dim,
-            action_space,
-            hidden_sizes(net_arch, "pi"),
-            hidden_sizes(net_arch, "vf"),
-            cfg.agent.activation,
-            learning_rate=sb3.learning_rate,
-            clip_range=sb3.get("clip_range", 0.2),
-            clip_range_vf=sb3.get("clip_range_vf"),
-            normalize_advantage=sb3.get("normalize_advantage", True),
-            ent_coef=sb3.get("ent_coef", 0.0),
-            vf_coef=sb3.get("vf_coef", 0.5),
-            max_grad_norm=sb3.get("max_grad_norm", 0.5),
+            len(decays), obs_dim, action_space, hidden_sizes(net_arch, "pi"), hidden_sizes(net_arch, "vf"),
+            cfg.agent.activation, learning_rate=sb3.learning_rate, **ppo,
             optimizer_kwargs=dict(policy_kwargs.get("optimizer_kwargs") or {}),
-            actor_decay=[d["actor"] for d in decays],
-            critic_decay=[d["critic"] for d in decays],
-            device=device,
+            actor_decay=[d["actor"] for d in decays], critic_decay=[d["critic"] for d in decays], device=device,
             capturable=capturable,
-            log_std_init=policy_kwargs.get("log_std_init", 0.0),
-        )  # fmt: skip  (defaults above: SB3's PPO and ActorCriticPolicy signatures, used only where the key is absent)
+            log_std_init=policy_kwargs.get("log_std_init", sb3_default(ActorCriticPolicy, "log_std_init")),
+        )  # fmt: skip
 
     # ----------------------------------------------------------------- networks
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
