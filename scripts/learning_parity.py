@@ -32,7 +32,8 @@ from analysis.aggregate import mean_ci  # noqa: E402
 from analysis.loading import load_runs  # noqa: E402
 from tests.test_learning import CASES  # noqa: E402  (one source for the small-budget settings)
 
-CASE_AGENTS = {"dqn_cartpole": "dqn", "sac_pendulum": "sac"}  # the paper's two clean algorithms (issue 11)
+# the paper's two clean algorithms (issue 11), and TD3 (issue 21)
+CASE_AGENTS = {"dqn_cartpole": "dqn", "sac_pendulum": "sac", "td3_pendulum": "td3"}
 METHODS = "dense,rigl"
 SPARSITY = "0.9"  # the learning tests' sparse setting
 STATISTICS = ("score", "curve")
