@@ -32,8 +32,10 @@ from analysis.aggregate import mean_ci  # noqa: E402
 from analysis.loading import load_runs  # noqa: E402
 from tests.test_learning import CASES  # noqa: E402  (one source for the small-budget settings)
 
-# the paper's two clean algorithms (issue 11), and TD3 (issue 21)
-CASE_AGENTS = {"dqn_cartpole": "dqn", "sac_pendulum": "sac", "td3_pendulum": "td3"}
+# the paper's two clean algorithms (issue 11), TD3 and PPO (issue 21)
+CASE_AGENTS = {"dqn_cartpole": "dqn", "sac_pendulum": "sac", "td3_pendulum": "td3", "ppo_cartpole": "ppo"}
+# on both paths: what the population engine needs (it does not normalise observations and rewards, design 41)
+CASE_OVERRIDES = {"ppo_cartpole": ["agent.normalize=false"]}
 METHODS = "dense,rigl"
 SPARSITY = "0.9"  # the learning tests' sparse setting
 STATISTICS = ("score", "curve")
@@ -54,7 +56,7 @@ def completed_seeds(run_root: Path) -> int:
 def sweep(case: str, seeds: range, run_root: Path, population: bool, jobs: int) -> float:
     """Run one case's sweep over ``seeds`` on one path; returns its wall time in seconds."""
     agent = CASE_AGENTS[case]
-    overrides, _ = CASES[agent]
+    overrides = [*CASES[agent][0], *CASE_OVERRIDES.get(case, [])]
     launcher = ["hydra/launcher=population"] if population else ["hydra/launcher=local", f"hydra.launcher.n_jobs={jobs}"]
     cmd = [
         sys.executable, "-m", "sparse_rl.run", "-m", *launcher, f"agent={agent}", f"sparsity={METHODS}",
