@@ -444,7 +444,8 @@ class PopulationRun:
             env.close()
 
     def export_member(self, member: MemberRecord, path: Path) -> None:
-        """Write ``member`` as an SB3 ``model.zip`` (``SAC.load`` / ``DQN.load``; masks in the policy's state dict)."""
+        """Write ``member`` as an SB3 ``model.zip`` (``SAC.load``, ``DQN.load``, ``TD3.load``, ``PPO.load``; masks in the
+        policy's state dict)."""
         model = self.sb3_model(member)
         copy_member(self.agent, member.index, model, to_sb3=True)
         model.num_timesteps = self.num_timesteps

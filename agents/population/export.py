@@ -1,8 +1,8 @@
 """A population member ⇄ an SB3 model: member ``k``'s rows of the batched tensors are exactly SB3's layers.
 
-Used to write each member's ``model.zip`` (loadable with ``SAC.load`` / ``DQN.load``, masks included) and by the
-parity tests, which copy SB3 models into a population and compare one update of each. Which batched rows are which
-SB3 layers is the agent's own (:meth:`~agents.population.base.PopulationAgent.sb3_layer_pairs`).
+Used to write each member's ``model.zip`` (loadable with its SB3 class's ``load``: ``SAC``, ``DQN``, ``TD3``, ``PPO``;
+masks included) and by the parity tests, which copy SB3 models into a population and compare one update of each.
+Which batched rows are which SB3 layers is the agent's own (:meth:`~agents.population.base.PopulationAgent.sb3_layer_pairs`).
 """
 
 from __future__ import annotations
