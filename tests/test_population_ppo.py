@@ -116,11 +116,16 @@ def test_ppo_population_epoch_equals_sb3_train_per_member(kind, methods, clip_ra
     per_member = [_minibatches(model, generator) for model in models]
     for model, batches in zip(models, per_member):
         _sb3_train(model, batches)
-    clipped_norms = []
-    for step in range(EPOCHS * MINIBATCHES):
-        metrics = pop.update(*_stacked([batches[step] for batches in per_member]))
-        clipped_norms.append(metrics["clip_fraction"])
-    assert torch.stack(clipped_norms).sum() > 0, "no ratio left the clip range: the surrogate's clip is untested"
+    steps = [pop.update(*_stacked([batches[step] for batches in per_member])) for step in range(EPOCHS * MINIBATCHES)]
+    assert sum(m["clip_fraction"].sum() for m in steps) > 0, "no ratio left the clip range: the surrogate's clip is untested"
+    for member, model in enumerate(models):  # the logged values, aggregated as SB3's train() (the rollout loop's way)
+        logged = model.logger.name_to_value
+        for key in ("policy_gradient_loss", "value_loss", "entropy_loss", "clip_fraction"):
+            ours = float(torch.stack([m[key][member] for m in steps]).mean())
+            assert ours == pytest.approx(logged[f"train/{key}"], rel=1e-5, abs=1e-7), key
+        last_epoch = steps[-MINIBATCHES:]  # SB3 logs approx_kl over the last epoch only
+        ours = float(torch.stack([m["approx_kl"][member] for m in last_epoch]).mean())
+        assert ours == pytest.approx(logged["train/approx_kl"], rel=1e-5, abs=1e-7)
     for member, model in enumerate(models):
         _assert_member_equals(pop, member, model, atol=5e-6)
         if kind == "box":

@@ -35,7 +35,7 @@ from envs import EnvSpec
 
 BUFFER_FIELDS = ("obs", "actions", "rewards", "episode_starts", "values", "log_probs")
 MINIBATCH_FIELDS = ("obs", "actions", "values", "log_probs", "advantages", "returns")  # OnPolicyAgent.update's order
-MEAN_METRICS = ("entropy_loss", "policy_gradient_loss", "value_loss", "approx_kl", "clip_fraction")  # SB3's means
+MEAN_METRICS = ("entropy_loss", "policy_gradient_loss", "value_loss", "clip_fraction")  # SB3's means over train()
 
 
 @dataclass(frozen=True)
@@ -217,16 +217,16 @@ class PopulationRolloutTrainer(PopulationTrainer):
         minibatches = 0
         for epoch in range(self.n_epochs):
             order = self.minibatch_order((self.iteration - 1) * self.n_epochs + epoch)
+            kl_sum, epoch_minibatches = 0.0, 0  # SB3 starts approx_kl_divs anew each epoch: the last epoch's is logged
             for start in range(0, self.n_steps, self.batch_size):
                 index = order[:, start : start + self.batch_size]
-                batch = [
-                    _take(per_member[f], index) for f in ("obs", "actions", "values", "log_probs", "advantages", "returns")
-                ]
-                metrics = self._gradient_step(batch)
+                metrics = self._gradient_step([_take(per_member[f], index) for f in MINIBATCH_FIELDS])
                 for key in MEAN_METRICS:
                     sums[key] = sums.get(key, 0.0) + metrics[key]
+                kl_sum, epoch_minibatches = kl_sum + metrics["approx_kl"], epoch_minibatches + 1
                 minibatches += 1
         self.last_metrics = {key: value / minibatches for key, value in sums.items()}
+        self.last_metrics["approx_kl"] = kl_sum / epoch_minibatches
         self.last_metrics["loss"] = metrics["loss"]
         self.last_metrics["explained_variance"] = _explained_variance(self.buffer["values"].T, returns.T)
         self.last_metrics.update(self.agent.train_log())
