@@ -45,12 +45,11 @@ from analysis.robustness import RETURN_COLUMNS, SIGMA_UNITS, plot_robustness, ro
 from analysis.tables import markdown_table
 from envs import EVAL_SEED_OFFSET, make_vec_env
 from envs.noise import NOISE_KINDS, ObservationNoise, noise_kind
-from experiment.checkpoint import latest_checkpoint
 from experiment.cli import CONFIGS_DIR
 from experiment.layout import HYDRA_CONFIG, MODEL_FILE, atomic_write, atomic_write_text
 from experiment.plan import Plan, UsageError, plan_run
 from experiment.sb3 import build_plan_model
-from experiment.sb3_state import VEC_NORMALIZE_FILE, load_vec_normalize
+from experiment.sb3_state import VEC_NORMALIZE_FILE, load_vec_normalize, vec_normalize_file
 from experiment.schema import RunSchema
 
 DEFAULTS_FILE = CONFIGS_DIR / "robustness.yaml"
@@ -244,7 +243,7 @@ class SavedRun:
     record: RunRecord
     plan: Plan
     model: Any
-    checkpoint: Path | None
+    normalization: Path | None  # its VecNormalize statistics (experiment.sb3_state.vec_normalize_file)
     episodes: int
     kind: str  # pixels or vector (envs.noise.noise_kind)
 
@@ -277,9 +276,12 @@ def load_saved_run(record: RunRecord, device: str, episodes: int | None) -> Save
     """Rebuild ``record``'s model from ``.hydra/config.yaml`` and load its ``model.zip`` policy (read only)."""
     cfg = on_current_schema(OmegaConf.load(record.path / HYDRA_CONFIG))
     plan = plan_run(cfg, check_run_dir=False)
-    checkpoint = latest_checkpoint(record.path)
-    if cfg.agent.normalize and (checkpoint is None or not (checkpoint / VEC_NORMALIZE_FILE).is_file()):
-        raise UsageError(f"agent.normalize=true but no checkpoint/{VEC_NORMALIZE_FILE} holds the observation statistics")
+    normalization = vec_normalize_file(record.path)
+    if cfg.agent.normalize and normalization is None:
+        raise UsageError(
+            f"agent.normalize=true but neither checkpoint/{VEC_NORMALIZE_FILE} nor {VEC_NORMALIZE_FILE} holds the "
+            "observation statistics"
+        )
     torch.set_num_threads(int(cfg.torch_threads))
     env = make_vec_env(plan.env, 1, int(cfg.seed) + EVAL_SEED_OFFSET)
     kind = noise_kind(env.observation_space)  # refuses unsupported observations before any evaluation
@@ -288,7 +290,7 @@ def load_saved_run(record: RunRecord, device: str, episodes: int | None) -> Save
     env.close()
     load_policy(model, record.path / MODEL_FILE)
     episodes = int(cfg.agent.eval_episodes) if episodes is None else episodes
-    return SavedRun(record, plan, model, checkpoint, episodes, kind)
+    return SavedRun(record, plan, model, normalization, episodes, kind)
 
 
 def evaluation_env(run: SavedRun, noise: dict[str, Any] | None = None) -> VecEnv:
@@ -298,7 +300,7 @@ def evaluation_env(run: SavedRun, noise: dict[str, Any] | None = None) -> VecEnv
     env = make_vec_env(run.plan.env, 1, run.eval_seed, **kwargs)
     if cfg.agent.normalize:
         env = VecNormalize(env, training=False, norm_reward=False)
-        load_vec_normalize(run.checkpoint / VEC_NORMALIZE_FILE, env)
+        load_vec_normalize(run.normalization, env)
     return env
 
 

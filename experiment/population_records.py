@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.vec_env import VecNormalize
 
 from agents.build import build_model, sb3_kwargs
 from agents.callbacks import TrainingStopped, record_topology
@@ -43,7 +44,7 @@ from experiment.layout import EVALUATIONS_FILE, MODEL_FILE, SUMMARY_FILE, atomic
 from experiment.member_start import sb3_start
 from experiment.plan import Plan, UsageError
 from experiment.progress import Budget, StepCosts, time_per_call
-from experiment.sb3_state import run_logger
+from experiment.sb3_state import VEC_NORMALIZE_FILE, run_logger, save_vec_normalize
 from experiment.summary import final_checks, run_summary
 from sparse_rl.controller import SparsityInvariantError, TopologyController
 
@@ -115,7 +116,7 @@ def rollout_settings(cfg: DictConfig) -> RolloutSettings:
     return RolloutSettings(
         total_timesteps=int(cfg.agent.total_timesteps), n_steps=int(sb3.n_steps), n_epochs=int(sb3.n_epochs),
         batch_size=int(sb3.batch_size), gamma=float(sb3.gamma), gae_lambda=float(sb3.gae_lambda),
-        learning_rate=learning_rate,
+        learning_rate=learning_rate, normalize=bool(cfg.agent.normalize),
     )  # fmt: skip
 
 
@@ -353,7 +354,7 @@ class PopulationRun:
         Every member's episodes run as one batch where the env allows it (:meth:`MemberEnvs.evaluate`), with the
         returns of the episodes run one after another.
         """
-        returns, lengths = self.eval_envs.evaluate(self.agent.eval_actions, self.loop.active)
+        returns, lengths = self.eval_envs.evaluate(self.loop.eval_actions, self.loop.active)
         for member in self.members:
             if member.status == "running":
                 self._record_evaluation(member, returns[member.index], lengths[member.index])
@@ -450,6 +451,19 @@ class PopulationRun:
         copy_member(self.agent, member.index, model, to_sb3=True)
         model.num_timesteps = self.num_timesteps
         model.save(path)
+        if self.loop.normalizer is not None:  # the SB3 path's VecNormalize statistics file, next to the model
+            self.export_normalization(member, path.parent / VEC_NORMALIZE_FILE)
+
+    def export_normalization(self, member: MemberRecord, path: Path) -> None:
+        """Write ``member``'s observation/reward statistics with the SB3 path's own writer
+        (:func:`experiment.sb3_state.save_vec_normalize`: ``vecnormalize.npz``, no pickle), from an SB3
+        ``VecNormalize`` as the SB3 path builds it holding them."""
+        env = VecNormalize(make_vec_env(member.plan.env, 1, member.seed))
+        try:
+            self.loop.normalizer.to_vec_normalize(member.index, env)
+            save_vec_normalize(env, path)
+        finally:
+            env.close()
 
     def finish(self) -> list[dict]:
         """Invariants, ``model.zip`` and ``summary.json`` of every member; returns the summaries."""

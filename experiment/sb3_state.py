@@ -26,6 +26,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from torch.utils.tensorboard import SummaryWriter
 
 from envs.state import innermost_vec_env, restore_vec_env_states, vec_env_states
+from experiment.checkpoint import latest_checkpoint
 from experiment.layout import PROGRESS_FILE, atomic_write, atomic_write_json, atomic_write_npz
 
 STEP_COLUMN = "time/total_timesteps"
@@ -144,6 +145,16 @@ def restore_training_state(folder: Path, model: BaseAlgorithm, eval_env: VecEnv 
 # drops ``returns``; keeping it makes the reward normalisation continue exactly.
 VEC_NORMALIZE_FILE = "vecnormalize.npz"
 RMS_FIELDS = ("mean", "var", "count")
+
+
+def vec_normalize_file(run_dir: Path) -> Path | None:
+    """Where a run directory keeps its VecNormalize statistics: its last checkpoint's (the SB3 path), else next to
+    ``model.zip`` (a population member's export, docs/design.md decision 41); ``None`` if neither exists."""
+    checkpoint = latest_checkpoint(run_dir)
+    for path in ([] if checkpoint is None else [checkpoint / VEC_NORMALIZE_FILE]) + [run_dir / VEC_NORMALIZE_FILE]:
+        if path.is_file():
+            return path
+    return None
 
 
 def save_vec_normalize(venv: VecNormalize, path: Path) -> None:

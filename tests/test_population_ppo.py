@@ -435,7 +435,7 @@ def test_launcher_trains_and_resumes_a_killed_ppo_population(tmp_path):
     [
         ("+agent.sb3.target_kl=0.01", r"^the population engine does not implement agent.sb3.target_kl; supported: "),
         ("+agent.sb3.use_sde=true", r"^the population engine does not implement agent.sb3.use_sde; supported: "),
-        ("agent.normalize=true", r"agent.normalize=false, agent.lr_schedule=constant or linear$"),
+        ("agent.n_envs=2", r"^the population engine needs agent.n_envs=1, agent.lr_schedule=constant or linear$"),
     ],
 )
 def test_what_the_ppo_members_do_not_implement_is_refused_in_one_line(override, message):

@@ -73,9 +73,11 @@ def check_supported(cfg: Any) -> None:
             "its groups have no per-group optimizer to step a latent; use python -m sparse_rl.run"
         )
     schedules = AGENT_CLASSES[agent].lr_schedules
-    if cfg.agent.n_envs != 1 or cfg.agent.normalize or cfg.agent.lr_schedule not in schedules:
+    normalizes = AGENT_CLASSES[agent].on_policy  # VecNormalize per member: the rollout loop's (agents.population.normalize)
+    if cfg.agent.n_envs != 1 or (cfg.agent.normalize and not normalizes) or cfg.agent.lr_schedule not in schedules:
+        normalize = "" if normalizes else ", agent.normalize=false"
         raise PopulationConfigError(
-            f"the population engine needs agent.n_envs=1, agent.normalize=false, agent.lr_schedule={' or '.join(schedules)}"
+            f"the population engine needs agent.n_envs=1{normalize}, agent.lr_schedule={' or '.join(schedules)}"
         )
     train_freq, gradient_steps = cfg.agent.sb3.get("train_freq", 1), cfg.agent.sb3.get("gradient_steps", 1)
     if not isinstance(train_freq, int) or not isinstance(gradient_steps, int) or gradient_steps < 1:

@@ -28,6 +28,7 @@ from stable_baselines3.common.utils import FloatSchedule
 
 from agents.population.base import PopulationAgent
 from agents.population.member_envs import MemberEnvs
+from agents.population.normalize import MemberNormalize
 from agents.population.streams import Draw, MemberStreams
 from agents.population.trainer import AgentFactory, LoopHooks, MemberSettings, PopulationTrainer, next_update_step
 from agents.ppo import rollout_gradient_steps
@@ -50,6 +51,7 @@ class RolloutSettings:
     gamma: float
     gae_lambda: float
     learning_rate: float | Callable[[float], float]
+    normalize: bool = False  # SB3's VecNormalize per member (agents.population.normalize)
 
 
 class OnPolicyAgent(Protocol):
@@ -112,7 +114,10 @@ class PopulationRolloutTrainer(PopulationTrainer):
         self.last_metrics: dict[str, torch.Tensor] = {}
         shapes = {"obs": (self.agent.obs_dim,), "actions": (self.agent.replay_action_dim,)}
         self.buffer = {f: torch.zeros(self.n_steps, self.k, *shapes.get(f, ()), device=self.device) for f in BUFFER_FIELDS}
+        self.normalizer = MemberNormalize(self.k, self.agent.obs_dim) if settings.normalize else None
         self._obs = self.envs.reset()
+        if self.normalizer is not None:  # VecNormalize.reset: the first observations update the statistics
+            self._obs = self.normalizer.reset(self._obs)
         self._episode_starts = np.ones(self.k, dtype=bool)
         self._noise, self._noise_rollout = torch.zeros(0), -1  # the acting draws of rollout _noise_rollout
         self._next_update = min((m.next_update for m in self.members), default=float("inf"))
@@ -155,11 +160,14 @@ class PopulationRolloutTrainer(PopulationTrainer):
             if episode is not None and member.status == "running":
                 hooks.episode_ended(self, member, episode)
         hooks.env_stepped(self)
-        rewards = torch.as_tensor(result.rewards, dtype=torch.float32, device=self.device)
+        next_obs, env_rewards, terminal_obs = result.next_obs, result.rewards, result.real_next_obs
+        if self.normalizer is not None:  # SB3's VecNormalize.step_wait, under the algorithm
+            next_obs, env_rewards, terminal_obs = self.normalizer.step(next_obs, env_rewards, result.dones, terminal_obs)
+        rewards = torch.as_tensor(env_rewards, dtype=torch.float32, device=self.device)
         truncated = np.asarray(result.dones) & ~np.asarray(result.terminated)
         if truncated.any():  # SB3: rewards[idx] += gamma * V(terminal observation) where TimeLimit.truncated
             with torch.no_grad():
-                terminal = self.agent.values(self.agent._obs_tensor(result.real_next_obs))[:, 0]
+                terminal = self.agent.values(self.agent._obs_tensor(terminal_obs))[:, 0]
             where = torch.as_tensor(truncated, device=self.device)
             rewards = torch.where(where, rewards + self.settings.gamma * terminal, rewards)
         row = {
@@ -169,7 +177,12 @@ class PopulationRolloutTrainer(PopulationTrainer):
         for field in BUFFER_FIELDS:
             self.buffer[field][self.pos] = row[field]
         self.pos += 1
-        self._obs, self._episode_starts = result.next_obs, np.asarray(result.dones, dtype=bool)
+        self._obs, self._episode_starts = next_obs, np.asarray(result.dones, dtype=bool)
+
+    def eval_actions(self, obs: np.ndarray) -> np.ndarray:
+        """The members' deterministic actions for evaluation observations ``[K, ·, obs]``; normalised first with each
+        member's current statistics, frozen (SB3's ``EvalCallback`` syncs them into the eval ``VecNormalize``)."""
+        return self.agent.eval_actions(obs if self.normalizer is None else self.normalizer.normalize_obs(obs))
 
     @torch.no_grad()
     def advantages_and_returns(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,6 +266,7 @@ class PopulationRolloutTrainer(PopulationTrainer):
             "controllers": [m.controller.state_dict() for m in self.members],
             "obs": torch.as_tensor(self._obs),
             "episode_starts": torch.as_tensor(self._episode_starts),
+            **({} if self.normalizer is None else {"normalize": self.normalizer.state()}),
         }
 
     def state_json(self) -> dict[str, Any]:
@@ -276,6 +290,8 @@ class PopulationRolloutTrainer(PopulationTrainer):
         self.envs.restore(state["envs"], continue_streams=True)
         self._obs = tensors["obs"].numpy()
         self._episode_starts = tensors["episode_starts"].numpy().astype(bool)
+        if self.normalizer is not None:
+            self.normalizer.load_state(tensors["normalize"])
         self.agent.refresh_masks()
 
 

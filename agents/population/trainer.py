@@ -37,6 +37,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from agents.population.base import DeviceClock, EnvClock, PopulationAgent, polyak_
 from agents.population.export import copy_member
 from agents.population.member_envs import MemberEnvs
+from agents.population.normalize import MemberNormalize
 from agents.population.replay import PopulationReplay
 from agents.population.streams import MemberStreams
 from agents.spec import off_policy_gradient_steps
@@ -154,6 +155,8 @@ class LoopHooks(Protocol):
 class PopulationTrainer:
     """Trains ``members`` (one run each) of the agent ``make_agent`` builds, together, on ``env``."""
 
+    normalizer: MemberNormalize | None = None  # VecNormalize per member (the on-policy loop's, agent.normalize)
+
     def __init__(
         self,
         members: Sequence[MemberSettings],
@@ -247,6 +250,10 @@ class PopulationTrainer:
     def n_updates(self) -> int:
         """SB3's ``_n_updates`` (logged as ``train/n_updates``): gradient steps (off-policy ``train()``)."""
         return self.clock
+
+    def eval_actions(self, obs: np.ndarray) -> np.ndarray:
+        """The members' deterministic actions for evaluation observations (the agent's ``eval_actions``)."""
+        return self.agent.eval_actions(obs)
 
     # ----------------------------------------------------------------- the loop
     def learn(self, hooks: LoopHooks, nan_check_freq: int = 1000) -> None:
