@@ -109,6 +109,13 @@ def test_a_members_normalized_rollout_is_sb3_vecnormalize_of_its_env(tmp_path):
         train()
 
     loop._train = capture_then_train
+    evaluate, at_evaluation = run.evaluate, []
+
+    def recording_evaluate():  # the statistics the evaluation at env step 128 (agent.eval_freq) normalises with
+        at_evaluation.append((loop.num_timesteps, loop.normalizer.obs_mean.copy(), loop.normalizer.obs_var.copy()))
+        evaluate()
+
+    run.evaluate = recording_evaluate
     for member in run.members:
         run._open_run_dir(member)
     loop.learn(run)
@@ -117,6 +124,7 @@ def test_a_members_normalized_rollout_is_sb3_vecnormalize_of_its_env(tmp_path):
     run.agent.load_state_dict(captured["agent"])
     truncated_at = [i for i, r in enumerate(seen) if r.dones.any()]
     assert truncated_at == [199]  # Pendulum's time limit: the bootstrap uses the normalised terminal observation
+    assert [t for t, _, _ in at_evaluation] == [128, 256]
     for k in range(2):
         space = make_vec_env(load_env_spec("Pendulum"), 1, k)
         venv = VecNormalize(_Replay(first_obs, seen, k, space))
@@ -124,6 +132,9 @@ def test_a_members_normalized_rollout_is_sb3_vecnormalize_of_its_env(tmp_path):
         for t in range(256):
             assert np.array_equal(buffer["obs"][t, k].numpy(), obs[0]), t
             obs, rewards, dones, infos = venv.step(np.zeros((1, 1)))
+            if t + 1 == at_evaluation[0][0]:  # SB3's EvalCallback runs after this step's VecNormalize update
+                assert np.array_equal(at_evaluation[0][1][k], venv.obs_rms.mean)
+                assert np.array_equal(at_evaluation[0][2][k], venv.obs_rms.var)
             if dones[0] and infos[0]["TimeLimit.truncated"]:  # SB3's collect_rollouts, with member k's critic
                 terminal = np.zeros((2, 3), dtype=np.float32)
                 terminal[k] = infos[0]["terminal_observation"]

@@ -154,15 +154,15 @@ class PopulationRolloutTrainer(PopulationTrainer):
             self._noise, self._noise_rollout = self.agent.rollout_noise(self.streams, rollout, self.n_steps), rollout
         actions, values, log_probs = self.agent.sample(obs, self._noise[:, self.pos])
         result = self.envs.step(self.agent.env_actions(actions.cpu().numpy(), self.active))
+        next_obs, env_rewards, terminal_obs = result.next_obs, result.rewards, result.real_next_obs
+        if self.normalizer is not None:  # SB3's VecNormalize.step_wait, before the callbacks (an evaluation sees it)
+            next_obs, env_rewards, terminal_obs = self.normalizer.step(next_obs, env_rewards, result.dones, terminal_obs)
         self.num_timesteps += 1
         for member in self.members:
             episode = result.episodes[member.index]
             if episode is not None and member.status == "running":
                 hooks.episode_ended(self, member, episode)
         hooks.env_stepped(self)
-        next_obs, env_rewards, terminal_obs = result.next_obs, result.rewards, result.real_next_obs
-        if self.normalizer is not None:  # SB3's VecNormalize.step_wait, under the algorithm
-            next_obs, env_rewards, terminal_obs = self.normalizer.step(next_obs, env_rewards, result.dones, terminal_obs)
         rewards = torch.as_tensor(env_rewards, dtype=torch.float32, device=self.device)
         truncated = np.asarray(result.dones) & ~np.asarray(result.terminated)
         if truncated.any():  # SB3: rewards[idx] += gamma * V(terminal observation) where TimeLimit.truncated
