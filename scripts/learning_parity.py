@@ -34,7 +34,7 @@ from tests.test_learning import CASES  # noqa: E402  (one source for the small-b
 
 # the paper's two clean algorithms (issue 11), TD3 and PPO (issue 21)
 CASE_AGENTS = {"dqn_cartpole": "dqn", "sac_pendulum": "sac", "td3_pendulum": "td3", "ppo_cartpole": "ppo"}
-# on both paths: what the population engine needs (it does not normalise observations and rewards, design 41)
+# on both paths: the measured PPO rows' setting (taken before the population engine normalised, design 41)
 CASE_OVERRIDES = {"ppo_cartpole": ["agent.normalize=false"]}
 METHODS = "dense,rigl"
 SPARSITY = "0.9"  # the learning tests' sparse setting
