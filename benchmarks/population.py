@@ -11,8 +11,8 @@ Every steady-state configuration uses the paper's agent settings (configs/agent/
 steady-state training: env step, the population step (transition write, one gradient step per env step, the next
 action), topology updates on the paper's schedule (RigL every 1,000 gradient steps of a 1M-step run). Evaluation is
 excluded there. It prints where the time goes (env, population step, topology). PPO (configs/agent/ppo.yaml: 64-64,
-rollouts of 2,048 steps, 10 epochs of 32 minibatches of 64; ``agent.normalize=false``, as the rows measured before the engine normalised) is
-measured over whole rollouts, collection and training (env, train, topology).
+rollouts of 2,048 steps, 10 epochs of 32 minibatches of 64; ``agent.normalize=false``, as the rows measured
+before the engine normalised) is measured over whole rollouts, collection and training (env, train, topology).
 
 ``--real-run`` adds, per agent, method and K, a real run through ``PopulationRun`` with everything a run does: the
 paper's warm-up, replay buffer, evaluation cadence (DQN CartPole: 20 episodes every 2,000 steps; SAC HalfCheetah: 10
