@@ -65,14 +65,16 @@ class MemberNormalize:
         self, obs: np.ndarray, rewards: np.ndarray, dones: np.ndarray, terminal_obs: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``VecNormalize.step_wait`` on raw ``obs`` ``[K, obs]``, ``rewards`` (float32) and ``dones`` ``[K]``:
-        normalised observations, rewards and terminal observations (``terminal_obs``: the raw ``real_next_obs``)."""
+        normalised observations, rewards and terminal observations (``terminal_obs``: the raw ``real_next_obs``; its
+        normalised rows hold only where ``dones``)."""
         self.obs_mean, self.obs_var, self.obs_count = _update(self.obs_mean, self.obs_var, self.obs_count, obs)
         normalized = self.normalize_obs(obs)
         self.returns = self.returns * self.gamma + rewards
         self.ret_mean, self.ret_var, self.ret_count = _update(self.ret_mean, self.ret_var, self.ret_count, self.returns)
         scaled = np.clip(rewards / np.sqrt(self.ret_var + self.epsilon), -self.clip_reward, self.clip_reward)
-        terminal = self.normalize_obs(terminal_obs)
-        self.returns[np.asarray(dones, dtype=bool)] = 0
+        dones = np.asarray(dones, dtype=bool)
+        terminal = self.normalize_obs(terminal_obs) if dones.any() else normalized  # read only where an episode ended
+        self.returns[dones] = 0
         return normalized, scaled.astype(np.float32), terminal
 
     def normalize_obs(self, obs: np.ndarray) -> np.ndarray:
