@@ -393,7 +393,7 @@ class PopulationRun:
             logger.record(f"train/{key}", float(values[member.index]))
         if self.loop.clock > 0:  # SB3 records these in train(), i.e. once gradient steps have begun
             logger.record("train/learning_rate", self.learning_rate)
-            logger.record("train/n_updates", self.loop.n_updates, exclude="tensorboard")
+            logger.record("train/n_updates", self.loop.member_n_updates(member.index), exclude="tensorboard")
         for key, value in self.agent.rollout_log(self.loop.env_clock).items():
             logger.record(key, value)
         record_topology(logger, member.loop.topology)  # recomputed only when the masks change

@@ -433,7 +433,6 @@ def test_launcher_trains_and_resumes_a_killed_ppo_population(tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("+agent.sb3.target_kl=0.01", r"^the population engine does not implement agent.sb3.target_kl; supported: "),
         ("+agent.sb3.use_sde=true", r"^the population engine does not implement agent.sb3.use_sde; supported: "),
         ("agent.n_envs=2", r"^the population engine needs agent.n_envs=1, agent.lr_schedule=constant or linear$"),
     ],

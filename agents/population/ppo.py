@@ -16,9 +16,15 @@ SB3 path (``configs/agent/ppo.yaml``: ``max_grad_norm``), the norm includes the 
 masks apply at the optimizer step (:meth:`~agents.population.base.PopulationAgent.finish_gradients_`), with the
 kernel decay.
 
+``target_kl`` stops a member early as SB3 does: its approximate KL is checked before the step, and a member past
+``1.5·target_kl`` takes no step of this minibatch nor of the rest of the ``train()`` (:meth:`PopulationPPO.update`'s
+``training`` mask, kept by the rollout loop). torch's Adam keeps one ``step`` count per parameter tensor, shared by
+the members; each member's own count is in ``adam_steps``, and a step of members with different counts runs torch's
+Adam once per count, the other members' rows restored (:meth:`PopulationPPO.optimizer_step`), so every member's
+update is the one SB3's single-member Adam computes.
+
 Not implemented (refused by the engine with one line, see ``sb3_keys``): ``use_sde`` (state-dependent
-exploration), ``target_kl`` (a member stopping early would need its own Adam step count: torch's Adam keeps one per
-parameter tensor, shared by all members), schedules for ``clip_range``/``clip_range_vf``.
+exploration), schedules for ``clip_range``/``clip_range_vf``.
 """
 
 from __future__ import annotations
@@ -59,7 +65,8 @@ def sb3_default(function: Any, name: str) -> Any:
 
 
 # PPO arguments a config may leave out (SB3's defaults then apply, read from SB3's signature)
-SB3_KEYS_WITH_DEFAULTS = ("clip_range", "clip_range_vf", "normalize_advantage", "ent_coef", "vf_coef", "max_grad_norm")
+SB3_KEYS_WITH_DEFAULTS = ("clip_range", "clip_range_vf", "normalize_advantage", "ent_coef", "vf_coef", "max_grad_norm",
+                          "target_kl")  # fmt: skip
 ADVANTAGE_EPSILON = 1e-8  # stable_baselines3.PPO.train: (A - mean) / (std + 1e-8)
 LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))  # torch.distributions.Normal.log_prob's constant
 
@@ -74,7 +81,8 @@ class PopulationPPO(PopulationAgent):
 
     name = "ppo"
     sb3_keys = ("learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "clip_range",
-                "clip_range_vf", "normalize_advantage", "ent_coef", "vf_coef", "max_grad_norm", "policy_kwargs")  # fmt: skip
+                "clip_range_vf", "normalize_advantage", "ent_coef", "vf_coef", "max_grad_norm", "target_kl",
+                "policy_kwargs")  # fmt: skip
     # SB3 policy kwargs the engine implements (their effect is in the SB3 start the members copy)
     policy_keys = ("optimizer_kwargs", "log_std_init", "ortho_init")
     on_policy = True  # trained by agents.population.rollout
@@ -102,6 +110,7 @@ class PopulationPPO(PopulationAgent):
         device: torch.device,
         capturable: bool = False,
         log_std_init: float = 0.0,
+        target_kl: float | None = None,
     ) -> None:
         """Hyperparameters: SB3's ``PPO`` arguments of the same names; ``log_std_init``: SB3's policy kwarg (the
         members' starts overwrite it)."""
@@ -112,6 +121,7 @@ class PopulationPPO(PopulationAgent):
         self.clip_range, self.clip_range_vf = float(clip_range), None if clip_range_vf is None else float(clip_range_vf)
         self.normalize_advantage, self.ent_coef, self.vf_coef = bool(normalize_advantage), float(ent_coef), float(vf_coef)
         self.max_grad_norm = float(max_grad_norm)
+        self.target_kl = None if target_kl is None else float(target_kl)
         self.actor = BatchedMLP(
             k, [obs_dim, *hidden_pi, self.act_dim], activation, _names("policy_net", len(hidden_pi), "action_net"), device
         )
@@ -127,6 +137,7 @@ class PopulationPPO(PopulationAgent):
         # SB3's ActorCriticPolicy: one optimizer over all parameters
         params = [*self.actor.parameters(), *self.critic.parameters()] + ([] if self.discrete else [self.log_std])
         self.optimizer = adam(params, learning_rate, optimizer_kwargs, capturable)
+        self.adam_steps = torch.zeros(k, dtype=torch.int64)  # each member's Adam step count (SB3: its optimizer's)
 
     @classmethod
     def from_config(cls, cfg, net_arch, obs_dim, action_space, decays, device, capturable) -> PopulationPPO:
@@ -247,9 +258,15 @@ class PopulationPPO(PopulationAgent):
         advantages: torch.Tensor,
         returns: torch.Tensor,
         snapshot_dense: bool = False,
+        training: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """One PPO minibatch step per member on minibatches ``[K, B, ·]`` (``[K, B]`` for the per-sample scalars);
-        SB3's logged quantities ``[K]``."""
+        SB3's logged quantities ``[K]``, and ``continue_training`` ``[K]`` (bool): the members that took this step.
+
+        ``training`` (bool ``[K]``, default all): the members still training in this ``train()``; the others take no
+        step. With ``target_kl``, a member whose approximate KL exceeds ``1.5·target_kl`` takes none either (SB3
+        checks before the optimizer step and leaves ``train()``); its losses of this minibatch are still returned.
+        """
         dist = self.distribution(obs)
         log_prob, entropy = self.log_prob_entropy(dist, actions)
         values = self.values(obs)
@@ -268,13 +285,19 @@ class PopulationPPO(PopulationAgent):
             log_ratio = log_prob - old_log_prob
             approx_kl = ((torch.exp(log_ratio) - 1) - log_ratio).mean(dim=1)
             clip_fraction = ((ratio - 1).abs() > self.clip_range).float().mean(dim=1)
+        stepping = None if training is None else training.detach().cpu()
+        if self.target_kl is not None:  # SB3: approx_kl_div > 1.5 * target_kl → no step, leave train()
+            within = (approx_kl <= 1.5 * self.target_kl).cpu()  # NaN: SB3's comparison is False, it steps on
+            within |= torch.isnan(approx_kl).cpu()
+            stepping = within if stepping is None else stepping & within
         self.optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()
         clip_member_grad_norm_(self.parameters_per_member(), self.k, self.max_grad_norm)  # SB3: before the masks
         self.finish_gradients_("actor", snapshot_dense)
         self.finish_gradients_("critic", snapshot_dense)
-        self.optimizer.step()
+        self.optimizer_step(torch.ones(self.k, dtype=torch.bool) if stepping is None else stepping)
         return {
+            "continue_training": torch.ones(self.k, dtype=torch.bool) if stepping is None else stepping,
             "policy_gradient_loss": policy_loss.detach(),
             "value_loss": value_loss.detach(),
             "entropy_loss": entropy_loss.detach(),
@@ -282,6 +305,37 @@ class PopulationPPO(PopulationAgent):
             "clip_fraction": clip_fraction,
             "loss": loss.detach(),
         }
+
+    @torch.no_grad()
+    def optimizer_step(self, stepping: torch.Tensor) -> None:
+        """Adam's step of the members ``stepping`` (bool ``[K]``, CPU), each with its own step count ``adam_steps``.
+
+        torch's Adam keeps one ``step`` per parameter tensor; members whose counts differ (one stopped early by
+        ``target_kl`` in an earlier ``train()``) are stepped by one call of torch's own Adam per count, the tensor's
+        ``step`` set to that count, and the rows of every member not in that call (parameters and moments) put
+        back afterwards. All members stepping with one count (no early stop so far): a single plain step.
+        """
+        counts = sorted({int(c) for c in self.adam_steps[stepping].tolist()})
+        params = self.parameters_per_member()
+        for count in counts:
+            rows = stepping & (self.adam_steps == count)
+            for p in params:
+                state = self.optimizer.state.get(p)
+                if state:
+                    state["step"].fill_(count)
+            if bool(rows.all()):
+                self.optimizer.step()
+                continue
+            keep = (~rows).to(params[0].device)
+            saved = [(p, p[keep].clone(), self.optimizer.state.get(p)) for p in params]
+            saved = [(p, value, {n: t[keep].clone() for n, t in (s or {}).items() if n != "step"}) for p, value, s in saved]
+            self.optimizer.step()
+            for p, value, moments in saved:
+                p[keep] = value
+                for name, tensor in self.optimizer.state[p].items():
+                    if name != "step":  # moments created by this step: a member not in it has none yet (zeros)
+                        tensor[keep] = moments[name] if name in moments else 0
+        self.adam_steps += stepping.to(torch.int64)
 
     def train_log(self) -> dict[str, torch.Tensor]:
         """SB3's ``train/std`` (Box actions) and ``train/clip_range`` per member."""

@@ -8,7 +8,9 @@ log-probability kept), Box actions clipped for the env, an episode cut by the ti
 rollout in minibatches of ``batch_size``, each a :meth:`~agents.population.ppo.PopulationPPO.update`. Whole rollouts
 are collected, the last one past the budget included, as SB3 does. Every optimizer step is one step of the topology
 clock (``agents.ppo.SPEC``: ``clock_optimizer`` is the policy's optimizer), so each member's controller advances
-after every minibatch step, as on the SB3 path.
+after every minibatch step, as on the SB3 path. A member that ``target_kl`` stops early takes no further step in
+that ``train()`` and its controller none either; after the ``train()`` its clock moves to the others' (the SB3 path's
+``ClockSyncCallback`` at the next rollout start: ``advance_to``).
 
 Each member's numbers are its own (docs/design.md decisions 34 and 41): its action samples come from its stream at
 the env step, its minibatch order from its stream at the epoch (``Draw.REPLAY_INDEX``: which stored transitions a
@@ -68,8 +70,11 @@ class OnPolicyAgent(Protocol):
     def values(self, obs: torch.Tensor) -> torch.Tensor:
         """Values ``[K, B]`` of observations ``[K, B, obs]``."""
 
-    def update(self, *minibatch: torch.Tensor, snapshot_dense: bool = False) -> dict[str, torch.Tensor]:
-        """One minibatch step of every member (obs, actions, old values, old log-probs, advantages, returns)."""
+    def update(
+        self, *minibatch: torch.Tensor, snapshot_dense: bool = False, training: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """One minibatch step of the members still ``training`` (obs, actions, old values, old log-probs,
+        advantages, returns); the metrics include ``continue_training`` (bool ``[K]``: those that took the step)."""
 
     def train_log(self) -> dict[str, torch.Tensor]:
         """Per-member entries ``[K]`` of SB3's ``train/`` log besides the losses (PPO: ``std``, ``clip_range``)."""
@@ -121,6 +126,8 @@ class PopulationRolloutTrainer(PopulationTrainer):
         self._episode_starts = np.ones(self.k, dtype=bool)
         self._noise, self._noise_rollout = torch.zeros(0), -1  # the acting draws of rollout _noise_rollout
         self._next_update = min((m.next_update for m in self.members), default=float("inf"))
+        self._stopped = np.zeros(self.k, dtype=bool)  # members target_kl stopped in the train() under way
+        self.member_epochs = np.zeros(self.k, dtype=np.int64)  # SB3's _n_updates per member (epochs begun)
 
     @property
     def iteration(self) -> int:
@@ -129,8 +136,17 @@ class PopulationRolloutTrainer(PopulationTrainer):
 
     @property
     def n_updates(self) -> int:
-        """SB3's ``_n_updates`` of PPO: epochs trained (``n_epochs`` per trained rollout)."""
+        """SB3's ``_n_updates`` of PPO without early stops: epochs trained (``n_epochs`` per trained rollout)."""
         return (self.num_timesteps - self.pos) // self.n_steps * self.n_epochs
+
+    def member_n_updates(self, member: int) -> int:
+        """SB3's ``_n_updates`` of member ``member``: the epochs its ``train()`` calls began (one stopped early by
+        ``target_kl`` counts the epoch it stopped in, and none after)."""
+        return int(self.member_epochs[member])
+
+    def _due(self, t: int) -> list:
+        """Members with controller work at step ``t``, except those stopped early in this ``train()``."""
+        return [m for m in self.members if m.next_update <= t and not self._stopped[m.index]]
 
     # ----------------------------------------------------------------- the loop
     def learn(self, hooks: RolloutHooks, nan_check_freq: int = 1000) -> None:
@@ -226,34 +242,70 @@ class PopulationRolloutTrainer(PopulationTrainer):
             "values": self.buffer["values"].T, "log_probs": self.buffer["log_probs"].T,
             "advantages": advantages.T, "returns": returns.T,
         }  # fmt: skip
-        sums: dict[str, torch.Tensor] = {}
-        minibatches = 0
+        # SB3's lists per member: a member stopped by target_kl adds nothing after the minibatch it stopped at
+        zeros = torch.zeros(self.k, device=self.device)
+        sums = {key: zeros for key in MEAN_METRICS}
+        minibatches, kl_sum, epoch_minibatches, loss = zeros, zeros, zeros, zeros
+        training = torch.ones(self.k, dtype=torch.bool)  # SB3's continue_training per member (CPU)
+        clock_end = self.clock + self.n_epochs * -(-self.n_steps // self.batch_size)  # agents.ppo.nominal_clock
         for epoch in range(self.n_epochs):
+            if not bool(training.any()):
+                break
             order = self.minibatch_order((self.iteration - 1) * self.n_epochs + epoch)
-            kl_sum, epoch_minibatches = 0.0, 0  # SB3 starts approx_kl_divs anew each epoch: the last epoch's is logged
+            begun = training.to(self.device)  # SB3 starts approx_kl_divs anew each epoch: the last epoch's is logged
+            kl_sum, epoch_minibatches = torch.where(begun, 0, kl_sum), torch.where(begun, 0, epoch_minibatches)
+            self.member_epochs += training.numpy()  # SB3's _n_updates += 1 after each epoch it began
             for start in range(0, self.n_steps, self.batch_size):
+                if not bool(training.any()):
+                    break
                 index = order[:, start : start + self.batch_size]
-                metrics = self._gradient_step([_take(per_member[f], index) for f in MINIBATCH_FIELDS])
+                metrics = self._gradient_step([_take(per_member[f], index) for f in MINIBATCH_FIELDS], training)
+                counted = training.to(self.device)  # SB3 records the minibatch's losses before its KL check
                 for key in MEAN_METRICS:
-                    sums[key] = sums.get(key, 0.0) + metrics[key]
-                kl_sum, epoch_minibatches = kl_sum + metrics["approx_kl"], epoch_minibatches + 1
-                minibatches += 1
+                    sums[key] = sums[key] + torch.where(counted, metrics[key], 0)
+                kl_sum = kl_sum + torch.where(counted, metrics["approx_kl"], 0)
+                epoch_minibatches, minibatches = epoch_minibatches + counted, minibatches + counted
+                loss = torch.where(counted, metrics["loss"], loss)
+                training = metrics["continue_training"].cpu()
+        self.clock = clock_end  # the nominal clock; members stopped early catch up (the SB3 path's ClockSyncCallback)
+        self._sync_stopped_clocks()
         self.last_metrics = {key: value / minibatches for key, value in sums.items()}
         self.last_metrics["approx_kl"] = kl_sum / epoch_minibatches
-        self.last_metrics["loss"] = metrics["loss"]
+        self.last_metrics["loss"] = loss
         self.last_metrics["explained_variance"] = _explained_variance(self.buffer["values"].T, returns.T)
         self.last_metrics.update(self.agent.train_log())
 
-    def _gradient_step(self, batch: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One minibatch step of every member; the controllers that have work at the new clock step follow."""
+    def _gradient_step(self, batch: list[torch.Tensor], training: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One minibatch step of the members still ``training``; the controllers of those that stepped and have
+        work at the new clock step follow."""
         step = self.clock + 1
         due = step >= self._next_update
         snapshot = due and any(m.controller.wants_dense_grad(step) for m in self._due(step))
-        metrics = self.agent.update(*batch, snapshot_dense=snapshot)
+        metrics = self.agent.update(*batch, snapshot_dense=snapshot, training=training)
+        self._stopped = ~metrics["continue_training"].cpu().numpy()
         self.clock = step
         if due:
             self._step_controllers()
         return metrics
+
+    def _sync_stopped_clocks(self) -> None:
+        """The SB3 path's ``ClockSyncCallback`` at the rollout start after a ``train()``: the controller of a member
+        stopped early moves to the nominal clock (``advance_to``: a due pruning/SET update is applied now, RigL's
+        waits for the next gradient step)."""
+        changed = False
+        for member in self.members:
+            if not self._stopped[member.index]:
+                continue
+            updates_before = member.controller.num_updates
+            member.controller.advance_to(self.clock)
+            member.next_update = self._next_update_step(member.controller, self.clock)
+            if member.controller.num_updates != updates_before:
+                member.topology.refresh()
+                changed = True
+        if changed:
+            self.agent.refresh_masks()
+        self._stopped[:] = False
+        self._next_update = min(m.next_update for m in self.members)
 
     # ----------------------------------------------------------------- state (for checkpoints)
     def state_tensors(self) -> dict[str, Any]:
@@ -270,7 +322,10 @@ class PopulationRolloutTrainer(PopulationTrainer):
         }
 
     def state_json(self) -> dict[str, Any]:
-        return {"num_timesteps": self.num_timesteps, "clock": self.clock, "pos": self.pos, "envs": self.envs.states()}
+        return {
+            "num_timesteps": self.num_timesteps, "clock": self.clock, "pos": self.pos, "envs": self.envs.states(),
+            "member_epochs": self.member_epochs.tolist(), "adam_steps": self.agent.adam_steps.tolist(),
+        }  # fmt: skip
 
     def load_state(self, tensors: Mapping[str, Any], state: Mapping[str, Any]) -> None:
         """Continue exactly where :meth:`state_tensors` / :meth:`state_json` / ``member_state`` were taken."""
@@ -280,6 +335,8 @@ class PopulationRolloutTrainer(PopulationTrainer):
         for field in BUFFER_FIELDS:
             self.buffer[field].copy_(tensors["rollout"][field])
         self.num_timesteps, self.clock, self.pos = int(state["num_timesteps"]), int(state["clock"]), int(state["pos"])
+        self.member_epochs[:] = state.get("member_epochs", self.n_updates)  # before target_kl: every member's
+        self.agent.adam_steps[:] = torch.as_tensor(state.get("adam_steps", [self.clock] * self.k))
         for member, controller_state, saved in zip(self.members, tensors["controllers"], state["members"]):
             member.controller.load_state_dict(controller_state)
             member.status, member.error = saved["status"], saved["error"]

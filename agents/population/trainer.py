@@ -251,6 +251,10 @@ class PopulationTrainer:
         """SB3's ``_n_updates`` (logged as ``train/n_updates``): gradient steps (off-policy ``train()``)."""
         return self.clock
 
+    def member_n_updates(self, member: int) -> int:
+        """SB3's ``_n_updates`` of member ``member`` (off-policy: every member's is :attr:`n_updates`)."""
+        return self.n_updates
+
     def eval_actions(self, obs: np.ndarray) -> np.ndarray:
         """The members' deterministic actions for evaluation observations (the agent's ``eval_actions``)."""
         return self.agent.eval_actions(obs)
