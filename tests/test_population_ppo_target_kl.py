@@ -100,20 +100,26 @@ def test_a_member_stopped_by_target_kl_equals_its_sb3_run_and_the_others_go_on(k
                 torch.testing.assert_close(ours[1], state["exp_avg_sq"], atol=1e-9, rtol=1e-4)
 
 
-def test_a_member_stopped_early_trains_bit_identically_alone_and_in_a_population(tmp_path):
-    """Decisions 34 and 41 with ``target_kl``: member 3 (RigL) stops early in a train() while the others train on
-    (Pendulum, target_kl 0.002); alone and in the trio its weights, masks, Adam moments, evaluations and progress
-    rows (train/n_updates counting its own epochs, the losses up to its stop) are the same bit for bit, and its
-    controller's clock catches up with the others' after the train() (the SB3 path's ClockSyncCallback)."""
-    kl = "+agent.sb3.target_kl=0.002"
+@pytest.mark.parametrize("target_kl", ["0.002", "0.000002"])
+def test_a_member_stopped_early_trains_bit_identically_alone_and_in_a_population(target_kl, tmp_path):
+    """Decisions 34 and 41 with ``target_kl``: member 3 (RigL) stops early in some train() calls where the others
+    train on or stop elsewhere (Pendulum; 0.002: only member 3 stops, once; 0.000002: every member stops, member 3
+    in its 3rd train() before RigL's update point 10, which then waits for its next gradient step: this fails if its
+    controller is stepped while it is stopped). Alone and in the trio its weights, masks, Adam moments, evaluations
+    and progress rows (train/n_updates counting its own epochs, the losses up to its stop) are the same bit for bit,
+    and its controller's clock catches up with the loop's after each train() (the SB3 path's ClockSyncCallback)."""
+    kl = f"+agent.sb3.target_kl={target_kl}"
     alone = _ppo_run(tmp_path / "alone", [(3, "rigl")], "Pendulum", kl)
     alone.learn()
     trio = _ppo_run(tmp_path / "trio", [(5, "set"), (3, "rigl"), (0, "dense")], "Pendulum", kl)
     trio.learn()
     nominal = trio.loop.n_updates
-    assert trio.loop.member_epochs.tolist() == [nominal, alone.loop.member_epochs[0], nominal]
-    assert alone.loop.member_epochs[0] < nominal, "member 3 did not stop early: the test needs a smaller target_kl"
-    assert trio.agent.adam_steps[1] == alone.agent.adam_steps[0] < trio.agent.adam_steps[0] == trio.loop.clock
+    assert trio.loop.member_epochs[1] == alone.loop.member_epochs[0] < nominal, "member 3 did not stop early"
+    assert trio.agent.adam_steps[1] == alone.agent.adam_steps[0]
+    assert len(set(trio.agent.adam_steps.tolist())) > 1, "the members stopped alike: nothing to desynchronise"
+    if target_kl == "0.002":
+        assert trio.loop.member_epochs.tolist() == [nominal, alone.loop.member_epochs[0], nominal]
+        assert trio.agent.adam_steps[1] < trio.agent.adam_steps[0] == trio.loop.clock
     assert [m.controller.clock for m in trio.members] == [trio.loop.clock] * 3
     assert alone.members[0].controller.num_updates > 0
     reference, state = _ppo_member_state(alone, 3), _ppo_member_state(trio, 3)
@@ -158,3 +164,36 @@ def test_a_population_with_early_stops_resumes_exactly(stop, tmp_path):
     for seed in (0, 3):
         name = f"{dict((s, m) for s, m in members)[seed]}_{seed}"
         assert _progress_rows(tmp_path / "resumed" / name)[-1] == _progress_rows(tmp_path / "straight" / name)[-1]
+
+
+def test_a_stopped_members_rigl_update_waits_for_its_next_optimizer_step(tmp_path, monkeypatch):
+    """On the SB3 path a RigL update runs at an optimizer step (the clock follows ``policy.optimizer``'s steps); a
+    member stopped by target_kl takes none until the next train(), so an update point inside its skipped steps
+    waits for that one (``ClockSyncCallback``'s ``advance_to``). Pendulum, target_kl 0.000002: the member stops at
+    its KL check of clock step 10, RigL's update point 10."""
+    from agents.population.ppo import PopulationPPO
+    from sparse_rl.controller import TopologyController
+
+    taken: list[int] = []  # the clock steps at which the member took an optimizer step
+    updates: list[tuple[int, float]] = []  # (clock step of the update, its update point)
+    update, step = PopulationPPO.update, TopologyController.step
+
+    def recording_update(self, *args, **kwargs):
+        out = update(self, *args, **kwargs)
+        if bool(out["continue_training"][0]):
+            taken.append(run.loop.clock + 1)
+        return out
+
+    def recording_step(self, t):
+        before = self.num_updates
+        changed = step(self, t)
+        if self.num_updates != before:
+            updates.append((t, self.last_update["step"]))
+        return changed
+
+    monkeypatch.setattr(PopulationPPO, "update", recording_update)
+    monkeypatch.setattr(TopologyController, "step", recording_step)
+    run = _ppo_run(tmp_path, [(3, "rigl")], "Pendulum", "+agent.sb3.target_kl=0.000002")
+    run.learn()
+    assert updates and all(t in taken for t, _ in updates), (updates, taken)
+    assert any(t > point for t, point in updates), "no update point fell inside a stop: the test needs another kl"
