@@ -9,6 +9,7 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.type_aliases import RolloutBufferSamples
 
+from agents.population.rollout import TrainLog
 from tests.test_population_parity import _assert_member_equals
 from tests.test_population_ppo import (
     EPOCHS,
@@ -49,16 +50,20 @@ def _on_policy(model: PPO, batches: list[RolloutBufferSamples]) -> list[RolloutB
     return out
 
 
-def _population_train(pop, per_member: list[list[RolloutBufferSamples]]) -> torch.Tensor:
+def _population_train(pop, per_member: list[list[RolloutBufferSamples]]) -> tuple[torch.Tensor, dict]:
     """SB3's ``train()`` loop with each member's stop: ``update`` with the members still training; the epochs each
-    member began (SB3's ``_n_updates`` increments)."""
+    member began (SB3's ``_n_updates`` increments) and the rollout loop's log of the train()."""
     training, epochs = torch.ones(pop.k, dtype=torch.bool), torch.zeros(pop.k, dtype=torch.int64)
+    log = TrainLog(pop.k, torch.device("cpu"))
     for epoch in range(EPOCHS):
         epochs += training
+        log.begin_epoch(training)
         for i in range(MINIBATCHES):
             step = epoch * MINIBATCHES + i
-            training = pop.update(*_stacked([b[step] for b in per_member]), training=training)["continue_training"]
-    return epochs
+            metrics = pop.update(*_stacked([b[step] for b in per_member]), training=training)
+            log.add(metrics, training)
+            training = metrics["continue_training"]
+    return epochs, log.values()
 
 
 @pytest.mark.parametrize("kind", ["box", "discrete"])
@@ -81,7 +86,12 @@ def test_a_member_stopped_by_target_kl_equals_its_sb3_run_and_the_others_go_on(k
             per_member[STOPPER] = _off_policy(per_member[STOPPER], 1, generator)
         for model, batches in zip(models, per_member):
             _sb3_train(model, batches)
-        updates.append(_population_train(pop, per_member))
+        epochs, logged = _population_train(pop, per_member)
+        updates.append(epochs)
+        for member, model in enumerate(models):  # SB3's train/ values, the stopping minibatch's losses included
+            for key in ("policy_gradient_loss", "value_loss", "entropy_loss", "clip_fraction", "approx_kl", "loss"):
+                theirs = model.logger.name_to_value[f"train/{key}"]
+                assert float(logged[key][member]) == pytest.approx(theirs, rel=1e-5, abs=1e-7), (train, member, key)
     assert [m._n_updates for m in models] == [4, 1 + 2, 4]  # SB3 stopped member 1 in its first epoch
     assert updates[0].tolist() == [2, 1, 2] and updates[1].tolist() == [2, 2, 2]
     assert pop.adam_steps.tolist() == [8, 1 + 4, 8]

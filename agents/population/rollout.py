@@ -242,36 +242,25 @@ class PopulationRolloutTrainer(PopulationTrainer):
             "values": self.buffer["values"].T, "log_probs": self.buffer["log_probs"].T,
             "advantages": advantages.T, "returns": returns.T,
         }  # fmt: skip
-        # SB3's lists per member: a member stopped by target_kl adds nothing after the minibatch it stopped at
-        zeros = torch.zeros(self.k, device=self.device)
-        sums = {key: zeros for key in MEAN_METRICS}
-        minibatches, kl_sum, epoch_minibatches, loss = zeros, zeros, zeros, zeros
+        log = TrainLog(self.k, self.device)
         training = torch.ones(self.k, dtype=torch.bool)  # SB3's continue_training per member (CPU)
         clock_end = self.clock + self.n_epochs * -(-self.n_steps // self.batch_size)  # agents.ppo.nominal_clock
         for epoch in range(self.n_epochs):
             if not bool(training.any()):
                 break
             order = self.minibatch_order((self.iteration - 1) * self.n_epochs + epoch)
-            begun = training.to(self.device)  # SB3 starts approx_kl_divs anew each epoch: the last epoch's is logged
-            kl_sum, epoch_minibatches = torch.where(begun, 0, kl_sum), torch.where(begun, 0, epoch_minibatches)
+            log.begin_epoch(training)
             self.member_epochs += training.numpy()  # SB3's _n_updates += 1 after each epoch it began
             for start in range(0, self.n_steps, self.batch_size):
                 if not bool(training.any()):
                     break
                 index = order[:, start : start + self.batch_size]
                 metrics = self._gradient_step([_take(per_member[f], index) for f in MINIBATCH_FIELDS], training)
-                counted = training.to(self.device)  # SB3 records the minibatch's losses before its KL check
-                for key in MEAN_METRICS:
-                    sums[key] = sums[key] + torch.where(counted, metrics[key], 0)
-                kl_sum = kl_sum + torch.where(counted, metrics["approx_kl"], 0)
-                epoch_minibatches, minibatches = epoch_minibatches + counted, minibatches + counted
-                loss = torch.where(counted, metrics["loss"], loss)
+                log.add(metrics, training)
                 training = metrics["continue_training"].cpu()
         self.clock = clock_end  # the nominal clock; members stopped early catch up (the SB3 path's ClockSyncCallback)
         self._sync_stopped_clocks()
-        self.last_metrics = {key: value / minibatches for key, value in sums.items()}
-        self.last_metrics["approx_kl"] = kl_sum / epoch_minibatches
-        self.last_metrics["loss"] = loss
+        self.last_metrics = log.values()
         self.last_metrics["explained_variance"] = _explained_variance(self.buffer["values"].T, returns.T)
         self.last_metrics.update(self.agent.train_log())
 
@@ -350,6 +339,39 @@ class PopulationRolloutTrainer(PopulationTrainer):
         if self.normalizer is not None:
             self.normalizer.load_state(tensors["normalize"])
         self.agent.refresh_masks()
+
+
+class TrainLog:
+    """SB3's logging lists of one ``PPO.train`` per member ``[K]``: the losses and clip fractions of every minibatch
+    a member trained on, the one it stopped at included (SB3 records them before its ``target_kl`` check), averaged;
+    ``approx_kl`` over the last epoch it began (SB3 starts that list anew each epoch); ``loss`` of its last
+    minibatch."""
+
+    def __init__(self, k: int, device: torch.device) -> None:
+        self.device = device
+        zeros = torch.zeros(k, device=device)
+        self.sums = {key: zeros for key in MEAN_METRICS}
+        self.minibatches, self.kl_sum, self.epoch_minibatches, self.loss = zeros, zeros, zeros, zeros
+
+    def begin_epoch(self, training: torch.Tensor) -> None:
+        """An epoch begins for the members ``training`` (bool ``[K]``)."""
+        begun = training.to(self.device)
+        self.kl_sum = torch.where(begun, 0, self.kl_sum)
+        self.epoch_minibatches = torch.where(begun, 0, self.epoch_minibatches)
+
+    def add(self, metrics: Mapping[str, torch.Tensor], training: torch.Tensor) -> None:
+        """A minibatch's ``metrics`` (``update``'s) for the members that were ``training`` when it began."""
+        counted = training.to(self.device)
+        for key in MEAN_METRICS:
+            self.sums[key] = self.sums[key] + torch.where(counted, metrics[key], 0)
+        self.kl_sum = self.kl_sum + torch.where(counted, metrics["approx_kl"], 0)
+        self.epoch_minibatches, self.minibatches = self.epoch_minibatches + counted, self.minibatches + counted
+        self.loss = torch.where(counted, metrics["loss"], self.loss)
+
+    def values(self) -> dict[str, torch.Tensor]:
+        """SB3's ``train/`` means (keys without the prefix)."""
+        out = {key: value / self.minibatches for key, value in self.sums.items()}
+        return {**out, "approx_kl": self.kl_sum / self.epoch_minibatches, "loss": self.loss}
 
 
 def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
