@@ -253,6 +253,21 @@ class PopulationAgent(nn.Module):
             clip_member_grad_norm_(self.group_parameters(group), self.k, max_grad_norm)
         add_kernel_decay_(layers, [self.decay[group]] * len(layers))
 
+    def step_group_(
+        self,
+        group: str,
+        optimizer: torch.optim.Optimizer,
+        loss: torch.Tensor,
+        snapshot_dense: bool,
+        max_grad_norm: float | None = None,
+    ) -> None:
+        """One optimizer step of ``group`` on the members' losses ``[K]`` (summed: members' gradients are disjoint),
+        with :meth:`finish_gradients_` between backward and step, as SB3's ``loss.backward(); optimizer.step()``."""
+        optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        self.finish_gradients_(group, snapshot_dense, max_grad_norm)
+        optimizer.step()
+
     def group_parameters(self, group: str) -> list[torch.Tensor]:
         """Weights and biases of a group's layers (leading dimension: rows)."""
         return [p for layer in self.group_layers[group] for p in (layer.weight, layer.bias)]

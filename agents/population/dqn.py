@@ -188,8 +188,5 @@ class PopulationDQN(PopulationAgent):
             target_q = rewards + (1 - dones) * self.gamma * next_q
         current_q = torch.gather(self.q_net(obs), dim=-1, index=actions.long())
         loss = TD_LOSSES[self.loss_name](current_q, target_q, reduction="none").mean(dim=(1, 2))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.sum().backward()
-        self.finish_gradients_("q", snapshot_dense, self.max_grad_norm)
-        self.optimizer.step()
+        self.step_group_("q", self.optimizer, loss, snapshot_dense, self.max_grad_norm)
         return {"loss": loss.detach()}

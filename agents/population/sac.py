@@ -244,16 +244,10 @@ class PopulationSAC(PopulationAgent):
             target_q = rewards + (1 - dones) * self.gamma * next_q
         current_q = self._q(self.critic, obs, actions)
         critic_loss = 0.5 * (current_q - target_q.unsqueeze(1)).pow(2).mean(dim=(2, 3)).sum(dim=1)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.sum().backward()
-        self.finish_gradients_("critic", snapshot_dense)
-        self.critic_optimizer.step()
+        self.step_group_("critic", self.critic_optimizer, critic_loss, snapshot_dense)
         min_q_pi = self._q(self.critic, obs, actions_pi).min(dim=1).values
         actor_loss = (ent * log_prob - min_q_pi).mean(dim=(1, 2))
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.sum().backward()
-        self.finish_gradients_("actor", snapshot_dense)
-        self.actor_optimizer.step()
+        self.step_group_("actor", self.actor_optimizer, actor_loss, snapshot_dense)
         polyak_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.tau)
         return {
             "actor_loss": actor_loss.detach(),

@@ -224,17 +224,11 @@ class PopulationTD3(PopulationAgent):
             target_q = rewards + (1 - dones) * self.gamma * next_q
         current_q = self._q(self.critic, obs, actions)
         critic_loss = (current_q - target_q.unsqueeze(1)).pow(2).mean(dim=(2, 3)).sum(dim=1)  # SB3: Σ mse, no 0.5
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.sum().backward()
-        self.finish_gradients_("critic", snapshot_dense)
-        self.critic_optimizer.step()
+        self.step_group_("critic", self.critic_optimizer, critic_loss, snapshot_dense)
         if clock_step:
             q1 = self._q(self.critic, obs, self._mu(self.actor, obs))[:, 0]  # SB3's critic.q1_forward
             actor_loss = -q1.mean(dim=(1, 2))
-            self.actor_optimizer.zero_grad(set_to_none=True)
-            actor_loss.sum().backward()
-            self.finish_gradients_("actor", snapshot_dense)
-            self.actor_optimizer.step()
+            self.step_group_("actor", self.actor_optimizer, actor_loss, snapshot_dense)
             polyak_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.tau)
             polyak_(list(self.actor_target.parameters()), list(self.actor.parameters()), self.tau)
             self.last_actor_loss.copy_(actor_loss.detach())
