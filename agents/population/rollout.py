@@ -29,7 +29,6 @@ import torch
 from stable_baselines3.common.utils import FloatSchedule
 
 from agents.population.base import PopulationAgent
-from agents.population.member_envs import MemberEnvs
 from agents.population.normalize import MemberNormalize
 from agents.population.streams import Draw, MemberStreams
 from agents.population.trainer import AgentFactory, LoopHooks, MemberSettings, PopulationTrainer, next_update_step
@@ -100,16 +99,10 @@ class PopulationRolloutTrainer(PopulationTrainer):
     ) -> None:
         """``cuda_graph`` is accepted for the loop's common signature; this loop runs eagerly."""
         self.settings = settings
-        self.device = torch.device(device)
-        self.cuda_graph = False
-        self.k = len(members)
-        self.learning_starts, self.clock_stride = 0, 1  # no warm-up; every optimizer step is a clock step
+        self.learning_starts = 0  # no warm-up; every optimizer step is a clock step (the agent's clock_stride: 1)
         self.n_steps, self.n_epochs, self.batch_size = settings.n_steps, settings.n_epochs, settings.batch_size
         self.lr_schedule = FloatSchedule(settings.learning_rate)
-        self.streams = MemberStreams([m.seed for m in members], self.device)
-        self.envs = MemberEnvs(env, [m.seed for m in members], env_workers)
-        self.action_space = self.envs.action_space
-        self.agent = make_agent(self.envs.observation_space, self.action_space, [m.decay for m in members], self.device, False)
+        self._build(members, env, make_agent, device, False, env_workers)
         steps = rollout_gradient_steps(settings.total_timesteps, self.n_steps, 1, self.n_epochs, self.batch_size)
         self.members = [self._start_member(i, member, steps) for i, member in enumerate(members)]
         self.agent.refresh_masks()

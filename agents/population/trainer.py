@@ -168,26 +168,15 @@ class PopulationTrainer:
         env_workers: int = 0,
     ) -> None:
         self.settings = settings
-        self.device = torch.device(device)
-        self.cuda_graph = cuda_graph and self.device.type == "cuda"
-        self.k = len(members)
         self.learning_starts, self.batch_size = settings.learning_starts, settings.batch_size
         self.train_freq, self.gradient_steps = settings.train_freq, settings.gradient_steps
-        self.streams = MemberStreams([m.seed for m in members], self.device)
-        self.envs = MemberEnvs(env, [m.seed for m in members], env_workers)
-        self.action_space = self.envs.action_space
-        self.agent = make_agent(
-            self.envs.observation_space, self.action_space, [m.decay for m in members], self.device, self.cuda_graph
-        )
-        self.clock_stride = int(self.agent.clock_stride)
+        self._build(members, env, make_agent, device, cuda_graph, env_workers)
         steps = off_policy_gradient_steps(
             settings.total_timesteps, self.learning_starts, self.train_freq, self.gradient_steps, 1
         )
         # the last clock value the controllers reach (the SB3 path's AgentSpec.gradient_steps, e.g. agents.td3's)
         steps = max(self.clock_stride, steps // self.clock_stride * self.clock_stride)
-        self.members: list[Member] = []
-        for i, member in enumerate(members):
-            self.members.append(self._start_member(i, member, steps))
+        self.members: list[Member] = [self._start_member(i, member, steps) for i, member in enumerate(members)]
         targets, sources = zip(*self.agent.target_pairs())
         polyak_(targets, sources, 1.0)  # targets start as copies (SB3)
         self.agent.refresh_masks()
@@ -216,6 +205,27 @@ class PopulationTrainer:
         self._graph_metrics: dict[tuple[int, bool, int], dict[str, torch.Tensor]] = {}
         self._eager_runs: dict[tuple[int, bool, int], int] = {}
         self._next_update = min((m.next_update for m in self.members), default=math.inf)
+
+    def _build(
+        self,
+        members: Sequence[MemberSettings],
+        env: EnvSpec,
+        make_agent: AgentFactory,
+        device: str,
+        cuda_graph: bool,
+        env_workers: int,
+    ) -> None:
+        """What every loop starts from: the device, the members' streams and envs, and the batched agent."""
+        self.device = torch.device(device)
+        self.cuda_graph = cuda_graph and self.device.type == "cuda"
+        self.k = len(members)
+        self.streams = MemberStreams([m.seed for m in members], self.device)
+        self.envs = MemberEnvs(env, [m.seed for m in members], env_workers)
+        self.action_space = self.envs.action_space
+        self.agent = make_agent(
+            self.envs.observation_space, self.action_space, [m.decay for m in members], self.device, self.cuda_graph
+        )
+        self.clock_stride = int(self.agent.clock_stride)
 
     def _start_member(self, index: int, member: MemberSettings, steps: int) -> Member:
         """Copy the SB3 path's start of ``member`` into row ``index``; its controller adopts the masks and continues
