@@ -51,6 +51,8 @@ def compose(agent: str, method: str, seed: int, run_dir: Path, real: list[str] |
 
     overrides = [f"agent={agent}", f"env={ENVS[agent]}", f"sparsity={method}", f"seed={seed}", f"run_dir={run_dir}",
                  "progress_bar=false"]  # fmt: skip
+    if real is None:  # steady state: the loop is called in short chunks, and every call's end measures diagnostics
+        overrides.append("diagnostics.freq=0")  # (SB3's on_training_end); their cost: benchmarks/diagnostics_overhead.py
     if agent in ON_POLICY:  # no warm-up or replay; the population engine trains PPO without normalisation
         overrides += ["agent.normalize=false", *(["agent.eval_freq=100000000", "tensorboard=false",
                       "checkpoint_freq=0"] if real is None else real)]  # fmt: skip
