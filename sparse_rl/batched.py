@@ -33,11 +33,16 @@ class BatchedLinear(nn.Module):
         # RigL's dense gradient, snapshotted before masking on the step that precedes a topology update
         self.register_buffer("dense_grad", torch.zeros(n, out_features, in_features, device=device), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rows: slice | None = None, frozen: bool = False) -> torch.Tensor:
+        """``x[N, B, in] → y[N, B, out]``; ``rows``: only these rows (``x`` then has as many); ``frozen``: no gradient
+        reaches the weight and bias (only the input's), e.g. a critic in an actor's loss."""
+        weight, bias = (self.weight, self.bias) if rows is None else (self.weight[rows], self.bias[rows])
+        if frozen:
+            weight, bias = weight.detach(), bias.detach()
         # computed as y^T = W x^T + b: the weight gradient then comes out of backward already in the weight's
         # [N, out, in] layout (x W^T would give it transposed, and autograd would copy it into place every step);
         # y is returned as a transposed view, which the next layer's x^T reads contiguously
-        return torch.baddbmm(self.bias.unsqueeze(2), self.weight, x.transpose(1, 2)).transpose(1, 2)
+        return torch.baddbmm(bias.unsqueeze(2), weight, x.transpose(1, 2)).transpose(1, 2)
 
     @torch.no_grad()
     def refresh_grad_multiplier(self) -> None:

@@ -97,6 +97,29 @@ def test_td3_population_update_equals_sb3_update_per_member():
             assert layers[1].weight[member][~layers[1].weight_mask[member]].abs().sum() == 0
 
 
+def test_td3_actor_step_takes_no_critic_gradient():
+    """The actor's step differentiates Q₁ w.r.t. the action only (SB3 also fills the critic's gradients there and
+    its next critic step discards them): after a step with the actor's, the critics' gradients are the critic
+    step's, exactly as after a critic-only step from the same state."""
+    k, generator = 2, torch.Generator().manual_seed(3)
+    pop = PopulationTD3(
+        k, 3, 1, HIDDEN, "ReLU", gamma=0.99, tau=0.005, learning_rate=LR, policy_delay=DELAY,
+        target_policy_noise=TARGET_NOISE, target_noise_clip=NOISE_CLIP, exploration_noise=0.1,
+        optimizer_kwargs=OPTIMIZER_KWARGS, actor_decay=[0.0] * k, critic_decay=[0.0] * k, device=torch.device("cpu"),
+    )  # fmt: skip
+    for layer in [*pop.sparse_layers(), *pop.target_layers()]:
+        torch.nn.init.normal_(layer.weight, std=0.3, generator=generator)
+    batches = [_batch(3, 1, None, generator) for _ in range(k)]
+    fields = ("observations", "actions", "rewards", "next_observations", "dones")
+    inputs = [*(_stack(batches, f) for f in fields), torch.randn(k, B, 1, generator=generator)]
+    critic_only, with_actor = copy.deepcopy(pop), copy.deepcopy(pop)
+    critic_only.update(*inputs, clock_step=False)
+    with_actor.update(*inputs, clock_step=True)
+    for a, b in zip(critic_only.critic.layers, with_actor.critic.layers):
+        assert torch.equal(a.weight.grad, b.weight.grad) and torch.equal(a.bias.grad, b.bias.grad)
+    assert all(layer.weight.grad.abs().sum() > 0 for layer in with_actor.actor.layers)
+
+
 def test_topology_clock_advances_at_actor_steps_only(tmp_path, monkeypatch):
     """Design decisions 31 and 40: the controllers step at gradient steps that are multiples of ``policy_delay``
     (an odd update point is applied at the next actor step, as ``TopologyController.tick`` does on the SB3 path),

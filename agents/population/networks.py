@@ -27,12 +27,14 @@ class BatchedMLP(nn.Module):
         self.layers = nn.ModuleList(BatchedLinear(n, a, b, device) for a, b in zip(sizes[:-1], sizes[1:]))
         self.activation = getattr(nn, activation)()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rows: slice | None = None, frozen: bool = False) -> torch.Tensor:
+        """``rows``, ``frozen``: see :meth:`BatchedLinear.forward`. The layers' ``forward`` is called directly (they
+        carry no module hooks): acting runs this at every env step, where ``Module.__call__`` is a visible cost."""
         for i, layer in enumerate(self.layers):
-            x = layer(x)
+            x = layer.forward(x, rows, frozen)
             if i < len(self.layers) - 1:
                 x = self.activation(x)
-        return _GradInOutputLayout.apply(x)
+        return _GradInOutputLayout.apply(x) if torch.is_grad_enabled() else x  # (no backward: nothing to lay out)
 
     def member_layers(self, row: int, optimizer: torch.optim.Optimizer | None, prefix: str = "") -> dict[str, MemberLinear]:
         """Row ``row`` of every layer, keyed by its SB3 name."""

@@ -226,7 +226,9 @@ class PopulationTD3(PopulationAgent):
         critic_loss = (current_q - target_q.unsqueeze(1)).pow(2).mean(dim=(2, 3)).sum(dim=1)  # SB3: Σ mse, no 0.5
         self.step_group_("critic", self.critic_optimizer, critic_loss, snapshot_dense)
         if clock_step:
-            q1 = self._q(self.critic, obs, self._mu(self.actor, obs))[:, 0]  # SB3's critic.q1_forward
+            # SB3's critic.q1_forward: the first twin's rows only, and no critic gradient (SB3 computes one and the
+            # next critic step's zero_grad discards it)
+            q1 = self.critic(torch.cat([obs, self._mu(self.actor, obs)], dim=-1), rows=slice(0, None, N_CRITICS), frozen=True)
             actor_loss = -q1.mean(dim=(1, 2))
             self.step_group_("actor", self.actor_optimizer, actor_loss, snapshot_dense)
             polyak_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.tau)
