@@ -188,6 +188,8 @@ class MemberRecord:
     eval_timesteps: list[int] = field(default_factory=list)
     eval_results: list[list[float]] = field(default_factory=list)
     eval_lengths: list[list[int]] = field(default_factory=list)
+    logged_n_updates: int = 0  # the member's SB3 _n_updates when its train/ values were last recorded
+    logged_topology: int = 0  # its controller's num_updates when its topology was last recorded
 
     @property
     def index(self) -> int:
@@ -306,7 +308,9 @@ class PopulationRun:
         atomic_write(member.run_dir / ".hydra" / "config.yaml", lambda tmp: OmegaConf.save(cfg, tmp, resolve=True))
         atomic_write_json(member.run_dir / "population.json", {"population_dir": str(self.population_dir)})
         member.logger = run_logger(member.run_dir, bool(cfg.tensorboard), None)
-        record_topology(member.logger, member.controller)
+        member.logged_n_updates = self.loop.member_n_updates(member.index)  # a fresh logger has nothing pending
+        record_topology(member.logger, member.controller)  # the SB3 path's TopologyLoggerCallback at the start
+        member.logged_topology = member.controller.num_updates
 
     # ----------------------------------------------------------------- LoopHooks
     def episode_ended(self, loop: PopulationTrainer, member: Member, episode: Mapping[str, Any]) -> None:
@@ -366,6 +370,7 @@ class PopulationRun:
         member.logger.record("eval/mean_reward", float(np.mean(returns)))
         member.logger.record("eval/mean_ep_length", float(np.mean(lengths)))
         member.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
+        self._record_pending(member)
         member.logger.dump(self.num_timesteps)
         arrays = {
             "timesteps": np.asarray(member.eval_timesteps),
@@ -389,15 +394,26 @@ class PopulationRun:
         if member.episode_rewards:  # on-policy: SB3 logs them once an episode has ended
             logger.record("rollout/ep_rew_mean", float(np.mean(member.episode_rewards)))
             logger.record("rollout/ep_len_mean", float(np.mean(member.episode_lengths)))
-        for key, values in self.loop.last_metrics.items():
-            logger.record(f"train/{key}", float(values[member.index]))
-        if self.loop.clock > 0:  # SB3 records these in train(), i.e. once gradient steps have begun
+        self._record_pending(member)
+        logger.dump(self.num_timesteps)
+
+    def _record_pending(self, member: MemberRecord) -> None:
+        """What SB3 has recorded since the member's last dump, which any dump (rollout log or evaluation) writes: its
+        ``train()``'s ``train/`` values if it trained since (SB3's logger keeps them until the next dump, so an
+        evaluation between two rollout logs takes them), and the agent's per-env-step entries (DQN's exploration
+        rate, recorded in ``_on_step``), and the topology after a topology update (``TopologyLoggerCallback``)."""
+        logger, n_updates = member.logger, self.loop.member_n_updates(member.index)
+        if n_updates != member.logged_n_updates:
+            for key, values in self.loop.last_metrics.items():
+                logger.record(f"train/{key}", float(values[member.index]))
             logger.record("train/learning_rate", self.learning_rate)
-            logger.record("train/n_updates", self.loop.member_n_updates(member.index), exclude="tensorboard")
+            logger.record("train/n_updates", n_updates, exclude="tensorboard")
+            member.logged_n_updates = n_updates
         for key, value in self.agent.rollout_log(self.loop.env_clock).items():
             logger.record(key, value)
-        record_topology(logger, member.loop.topology)  # recomputed only when the masks change
-        logger.dump(self.num_timesteps)
+        if member.controller.num_updates != member.logged_topology:
+            record_topology(logger, member.loop.topology)  # recomputed only when the masks change
+            member.logged_topology = member.controller.num_updates
 
     # ----------------------------------------------------------------- outputs
     @property
@@ -552,3 +568,5 @@ class PopulationRun:
         self.steps_at_start = self.num_timesteps
         for member in self.members:
             member.logger = run_logger(member.run_dir, bool(member.plan.cfg.tensorboard), self.num_timesteps)
+            member.logged_n_updates = self.loop.member_n_updates(member.index)  # SB3's new process: nothing pending
+            member.logged_topology = member.controller.num_updates  # (the resumed start is not a start)

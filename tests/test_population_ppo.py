@@ -279,11 +279,13 @@ def test_ppo_population_writes_the_sb3_paths_run_directory(tmp_path):
         rows = _progress_rows(run_dir)
         iterations = [r["time/iterations"] for r in rows if r.get("time/iterations")]
         assert iterations == ["1", "2", "3", "4", "5"]
+        # a row has the values of the last train() before it (SB3's logger: an evaluation inside a rollout takes them)
         trained = [r for r in rows if r.get("train/value_loss")]
-        assert len(trained) == 4 and all(r["train/n_updates"] and r["train/clip_range"] == "0.2" for r in trained)
+        assert [int(r["time/total_timesteps"]) for r in trained] == [128, 192, 256, 320]  # evaluations at 128, 256
+        assert all(r["train/n_updates"] and r["train/clip_range"] == "0.2" for r in trained)
         for row in trained:  # SB3's linear schedule at the progress after the rollout that train() used
-            done = (int(row["time/iterations"]) - 1) * N_STEPS
-            assert int(row["train/n_updates"]) == (int(row["time/iterations"]) - 1) * 2  # SB3's PPO counts epochs
+            done = (int(row["time/total_timesteps"]) - 1) // N_STEPS * N_STEPS
+            assert int(row["train/n_updates"]) == done // N_STEPS * 2  # SB3's PPO counts epochs
             assert float(row["train/learning_rate"]) == pytest.approx(3e-4 * (1 - done / TOTAL), rel=1e-12)
         with np.load(run_dir / "evaluations.npz") as data:
             assert list(data["timesteps"]) == [128, 256]
