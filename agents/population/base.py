@@ -305,7 +305,8 @@ def clip_member_grad_norm_(params: Sequence[torch.Tensor], k: int, max_norm: flo
     norms = squares.sqrt()
     coefficients = torch.clamp(max_norm / (norms + 1e-6), max=1.0)
     for g in grads:
-        g.mul_(coefficients.view(k, *([1] * (g.dim() - 1))).repeat_interleave(g.shape[0] // k, dim=0))
+        per_row = coefficients.view(k, *([1] * (g.dim() - 1)))
+        g.mul_(per_row if g.shape[0] == k else per_row.repeat_interleave(g.shape[0] // k, dim=0))
     return norms
 
 
