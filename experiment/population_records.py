@@ -295,6 +295,7 @@ class PopulationRun:
                 self.loop, self.diagnostics_settings, [m.seed for m in self.members], self.members[0].plan.agent,
                 lambda index: self.sb3_model(self.members[index], self.loop.device),
                 rollout_rows(self.loop) if self.on_policy else replay_rows(self.loop.replay), self._diagnostics_states,
+                lambda index: self._record_pending(self.members[index]),
             )  # fmt: skip
             self.diagnostics.start()
         self.loop.learn(self, nan_check_freq)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from agents.diagnostics_callback import STEP_KEY
 from experiment.plan import plan_run
 from experiment.population import plan_member
 from experiment.population_records import PopulationRun
@@ -26,16 +27,21 @@ def _row_keys(run_dir: Path, evaluations_only: bool) -> list[tuple[int, frozense
     return [
         (int(float(row["time/total_timesteps"])), frozenset(k for k, v in row.items() if v != "" and k not in EPISODE_KEYS))
         for row in rows
-        if not evaluations_only or row.get("eval/mean_reward")
+        if not evaluations_only or row.get("eval/mean_reward") or row.get(STEP_KEY)
     ]
 
 
-@pytest.mark.parametrize(("agent", "method"), [("dqn", "rigl"), ("sac", "static"), ("td3", "rigl"), ("ppo", "rigl")])
-def test_a_members_progress_rows_have_the_sb3_paths_keys(agent, method, tmp_path):
+@pytest.mark.parametrize(
+    ("agent", "method", "diagnostics"),
+    [("dqn", "rigl", False), ("sac", "static", False), ("td3", "rigl", False), ("ppo", "rigl", False),
+     ("dqn", "rigl", True), ("ppo", "rigl", True)],
+)  # fmt: skip
+def test_a_members_progress_rows_have_the_sb3_paths_keys(agent, method, diagnostics, tmp_path):
     """Evaluation rows of every agent (SB3: ``EvalCallback``'s dump) and, for PPO, every row: PPO's rollouts are 64
     steps and evaluations every 100, so the evaluation at 100 takes the first ``train()``'s values and the rollout
-    row at 128 has none (it failed before: evaluation rows had no ``train/`` values, rollout rows always had them)."""
-    extra = ("checkpoint_freq=0",)
+    row at 128 has none (it failed before: evaluation rows had no ``train/`` values, rollout rows always had them).
+    With diagnostics every 4 gradient steps, their rows (dumps of their own) take the pending values too."""
+    extra = ("checkpoint_freq=0", *(("diagnostics.freq=4", "diagnostics.batch_size=16") if diagnostics else ()))
     train(plan_run(tiny_run(agent, method, tmp_path / "sb3", *extra)))
     run = PopulationRun(
         [plan_member(tiny_run(agent, method, tmp_path / "pop", *extra))], [32, 32], tmp_path / "p", "cpu", False
@@ -45,4 +51,6 @@ def test_a_members_progress_rows_have_the_sb3_paths_keys(agent, method, tmp_path
     evaluations_only = agent != "ppo"  # off-policy rollout rows come every few episodes: a path's own episodes
     sb3, population = (_row_keys(tmp_path / name, evaluations_only) for name in ("sb3", "pop"))
     assert len(sb3) >= 3 and any(any(k.startswith("train/") for k in keys) for _, keys in sb3)
+    if diagnostics:  # their rows, with training values the rows before them had not taken
+        assert sum(STEP_KEY in keys and any(k.startswith("train/") for k in keys) for _, keys in sb3) >= 2
     assert population == sb3

@@ -114,7 +114,9 @@ class PopulationDiagnostics:
     ``make_model``: an SB3 model of a member's run (built once per member, at its first measurement, with the global
     random generators' states restored afterwards); ``member_data``: shows a member's data in the model's buffer
     (:func:`replay_rows`, :func:`rollout_rows`); ``states``: each member's :meth:`RunDiagnostics.state` from the
-    checkpoint a run resumes from. Between measurement points and topology updates a rollout end costs one comparison
+    checkpoint a run resumes from; ``before_row(member)``: called before a member's measurement point, whose row
+    is a dump of the member's logger (the caller records there what SB3 would have recorded since its last
+    dump). Between measurement points and topology updates a rollout end costs one comparison
     (no per-member Python).
     """
 
@@ -127,8 +129,10 @@ class PopulationDiagnostics:
         make_model: MemberModel,
         member_data: MemberData,
         states: Sequence[Mapping[str, Any] | None] | None = None,
+        before_row: Callable[[int], None] | None = None,
     ) -> None:
         self.loop, self.spec, self.make_model, self.member_data = loop, spec, make_model, member_data
+        self.before_row = before_row
         states = states or [None] * len(seeds)
         self.runs = [
             RunDiagnostics(settings, int(seed), member.controller.groups, spec, None if state is None else state["next"])
@@ -171,6 +175,7 @@ class PopulationDiagnostics:
             run, controller = self.runs[member.index], member.controller
             run.track_masks(controller.num_updates, controller.sparse)
             if run.due(controller.clock):
+                self._before_row(member.index)
                 model, groups = self._model(member.index)
                 run.at_rollout_end(model, groups, controller.clock, loggers[member.index], loop.num_timesteps)
         self._check_at = self._next_check()
@@ -183,9 +188,15 @@ class PopulationDiagnostics:
             run.track_masks(controller.num_updates, controller.sparse)
             if not run.due(controller.clock) and controller.clock <= run.measured_at:
                 continue  # nothing left to measure
+            if run.due(controller.clock):
+                self._before_row(member.index)
             model, groups = self._model(member.index)
             run.at_training_end(model, groups, controller.clock, loggers[member.index], self.loop.num_timesteps)
         self._check_at = self._next_check()
+
+    def _before_row(self, member: int) -> None:
+        if self.before_row is not None:
+            self.before_row(member)
 
     def _model(self, member: int) -> tuple[BaseAlgorithm, list[SparseGroup]]:
         """The member's SB3 model holding its current weights, masks and data, and the model's groups."""
