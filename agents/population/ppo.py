@@ -317,7 +317,7 @@ class PopulationPPO(PopulationAgent):
         """
         counts = sorted({int(c) for c in self.adam_steps[stepping].tolist()})
         params = self.parameters_per_member()
-        # every parameter's state holds one ``step`` after any step here (all of them get gradients), so one tells
+        # after any step here every parameter's state holds the same ``step`` (all get gradients): the first one's tells
         first = self.optimizer.state.get(params[0])
         if len(counts) == 1 and first and int(first["step"]) == counts[0] and bool(stepping.all()):  # the hot path
             self.optimizer.step()
