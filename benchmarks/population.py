@@ -9,8 +9,9 @@ Every steady-state configuration uses the paper's agent settings (configs/agent/
 512-512 batch 128; TD3 sfujim/TD3's 256-256 batch 256, the actor every 2nd gradient step) except a short warm-up
 (``learning_starts`` = one batch) and a 100k replay buffer, and measures
 steady-state training: env step, the population step (transition write, one gradient step per env step, the next
-action), topology updates on the paper's schedule (RigL every 1,000 gradient steps of a 1M-step run). Evaluation is
-excluded there. It prints where the time goes (env, population step, topology). PPO (configs/agent/ppo.yaml: 64-64,
+action), topology updates on the paper's schedule (RigL every 1,000 gradient steps of a 1M-step run). Evaluation and
+training diagnostics are excluded there (``diagnostics.freq=0``; their cost: benchmarks/diagnostics_overhead.py). It
+prints where the time goes (env, population step, topology). PPO (configs/agent/ppo.yaml: 64-64,
 rollouts of 2,048 steps, 10 epochs of 32 minibatches of 64; ``agent.normalize=false``, as the rows measured
 before the engine normalised) is measured over whole rollouts, collection and training (env, train, topology).
 
