@@ -188,6 +188,8 @@ def record_of(run: RunRecord, root: str | os.PathLike[str]) -> dict[str, Any]:
         "seed": run.seed,
         "config_hash": config_hash(run.path),
         "code_version": code,
+        # summaries written before the SB3 path named its engine are SB3's (the population engine always named it)
+        "engine": str(summary.get("engine", "sb3")),
         "timesteps": [int(t) for t in run.timesteps],
         "returns": [float(r) for r in run.returns],
         "score": float(run.score) if run.score is not None else None,
@@ -371,8 +373,20 @@ def _paper_dense(paper: Mapping[str, Any], agent: str, env: str) -> str:
     return f"{text} ({item['note']})" if item.get("note") else text
 
 
-def per_env_markdown(per_env: pd.DataFrame, study: StudyDefinition, paper: Mapping[str, Any]) -> list[str]:
-    """One table per env: each method's score (mean, 95% CI, seeds), active parameters and the paper's value."""
+def engines_by_cell(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, float], str]:
+    """What trained each (env, method, sparsity) cell's runs: ``sb3``, ``population`` or both, comma-separated."""
+    found: dict[tuple[str, str, float], set[str]] = {}
+    for r in records:
+        found.setdefault((str(r["env"]), str(r["method"]), float(r["sparsity"])), set()).add(str(r.get("engine", "?")))
+    return {cell: ", ".join(sorted(engines)) for cell, engines in found.items()}
+
+
+def per_env_markdown(
+    per_env: pd.DataFrame, study: StudyDefinition, paper: Mapping[str, Any], records: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    """One table per env: each method's score (mean, 95% CI, seeds), active parameters, the engine that trained its
+    runs and the paper's value."""
+    engines = engines_by_cell(records)
     lines = []
     for env in study.envs:
         cell = per_env[per_env["env"] == env]
@@ -387,6 +401,7 @@ def per_env_markdown(per_env: pd.DataFrame, study: StudyDefinition, paper: Mappi
                 "seeds": cell["n_seeds"],
                 "score (mean, 95% CI)": [_ci(m, lo, hi) for m, lo, hi in zip(cell["mean"], cell["ci_low"], cell["ci_high"])],
                 "active params": [_cell(p, 6) for p in cell["active_params"]],
+                "engine": [engines.get((env, m, float(sp)), "?") for m, sp in zip(cell["method"], cell["sparsity"])],
                 "paper": [
                     _paper_dense(paper, study.agent, env) if m == DENSE_METHOD else "— (not given per env)"
                     for m in cell["method"]
@@ -529,6 +544,9 @@ def report_markdown(
         "- Per env: mean over seeds with a 95% percentile bootstrap CI (rliable); one seed has no interval.",
         f"- Code versions in the table: {', '.join(sorted({str(r.get('code_version')) for r in records})) or '—'}. "
         f"Cells whose runs differ in config (agent, env, sparsity): {', '.join(mixed_config_cells(records)) or 'none'}.",
+        "- Engine: `sb3` runs were trained by SB3's own loop (`python -m sparse_rl.run`), `population` runs by the "
+        "population engine (`hydra/launcher=population`), whose members are parity-tested against SB3 "
+        "(docs/testing.md); the per-env tables say which trained each cell.",
         "",
         "## The paper's orderings, checked",
         "",
@@ -550,7 +568,7 @@ def report_markdown(
             }
         )[["sparsity", "claim", "P(a>b) [95% CI]", "n_envs", "seeds", "verdict", "source"]]
         lines += [markdown_table(shown), ""]
-    lines += ["## Per environment (raw returns)", "", *per_env_markdown(per_env, study, paper)]
+    lines += ["## Per environment (raw returns)", "", *per_env_markdown(per_env, study, paper, records)]
     lines += ["## Aggregate", ""]
     if aggregate.empty:
         lines += ["Needs a completed dense run per env.", ""]

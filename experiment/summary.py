@@ -82,11 +82,15 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def run_summary(plan: Any, status: str, controller: Any, eval_cb: Any, wall: float, steps: int, **extra: Any) -> dict:
-    """``sparsity`` is the requested sparsity; ``sparsity_reached`` the one the networks hold (kernels only)."""
+def run_summary(
+    plan: Any, status: str, controller: Any, eval_cb: Any, wall: float, steps: int, engine: str = "sb3", **extra: Any
+) -> dict:
+    """``sparsity`` is the requested sparsity; ``sparsity_reached`` the one the networks hold (kernels only);
+    ``engine`` what trained the run: ``sb3`` (SB3's own loop) or ``population`` (the population engine)."""
     stats = controller.stats()
     return {
         "status": status,
+        "engine": engine,
         "agent": plan.agent.name,
         "env": plan.env.name,
         "method": plan.method,

@@ -44,5 +44,5 @@ def test_each_env_family_resumes_past_a_checkpoint(agent, env, modules, exact, e
         train(plan_run(compose_run(overrides)))
     assert json.loads((tmp_path / "run" / "checkpoint" / "meta.json").read_text())["num_timesteps"] == 100
     summary = train(plan_run(compose_run([*overrides, "resume=true"])))
-    assert summary["status"] == "completed" and summary["num_timesteps"] == 240
+    assert summary["status"] == "completed" and summary["num_timesteps"] == 240 and summary["engine"] == "sb3"
     assert summary["exact_resume"] is exact

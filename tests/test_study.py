@@ -102,6 +102,25 @@ def test_report_with_one_seed_says_no_data_not_held(tmp_path: Path) -> None:
     assert "| no data |" in Path(study.report).read_text()
 
 
+def test_records_and_report_say_which_engine_trained_each_cell(tmp_path: Path) -> None:
+    study = _study(tmp_path, seeds=2, methods=["dense", "a"], envs=["CartPole"])
+    root = Path(study.run_root)
+    make_run(root, "dqn", "CartPole", "dense", 0.0, 0, np.ones(20))  # an SB3 summary from before it named its engine
+    for seed in (0, 1):
+        run = make_run(root, "dqn", "CartPole", "a", 0.9, seed, np.ones(20))
+        summary = json.loads((run / "summary.json").read_text())
+        (run / "summary.json").write_text(json.dumps({**summary, "engine": "population" if seed else "sb3"}))
+    records = harvest(study, root, []).added
+    assert {(r["method"], r["seed"]): r["engine"] for r in records} == {
+        ("dense", 0): "sb3",
+        ("a", 0): "sb3",
+        ("a", 1): "population",
+    }
+    write_report(study, records, PAPER, study.report, study.figures, "cmd", reps=REPS)
+    rows = {line.split("|")[1].strip(): line for line in Path(study.report).read_text().splitlines() if "| 1" in line}
+    assert "| population, sb3 |" in rows["a"] and "| sb3 |" in rows["dense"]
+
+
 @pytest.mark.parametrize(
     ("relation", "low", "high", "expected"),
     [
