@@ -47,6 +47,7 @@ from envs import EVAL_SEED_OFFSET, make_vec_env
 from envs.noise import NOISE_KINDS, ObservationNoise, noise_kind
 from experiment.cli import CONFIGS_DIR
 from experiment.layout import HYDRA_CONFIG, MODEL_FILE, atomic_write, atomic_write_text
+from experiment.numerics import apply_torch_settings
 from experiment.plan import Plan, UsageError, plan_run
 from experiment.sb3 import build_plan_model
 from experiment.sb3_state import VEC_NORMALIZE_FILE, load_vec_normalize, vec_normalize_file
@@ -282,7 +283,7 @@ def load_saved_run(record: RunRecord, device: str, episodes: int | None) -> Save
             f"agent.normalize=true but neither checkpoint/{VEC_NORMALIZE_FILE} nor {VEC_NORMALIZE_FILE} holds the "
             "observation statistics"
         )
-    torch.set_num_threads(int(cfg.torch_threads))
+    apply_torch_settings(cfg)
     env = make_vec_env(plan.env, 1, int(cfg.seed) + EVAL_SEED_OFFSET)
     kind = noise_kind(env.observation_space)  # refuses unsupported observations before any evaluation
     overrides = {"buffer_size": EVAL_BUFFER_SIZE} if "buffer_size" in inspect.signature(plan.agent.algo).parameters else {}

@@ -214,16 +214,16 @@ def _train_held(
     stop: StopSignals | None = None,
 ) -> None:
     """Train the population whose run directories this process holds; record each member's score."""
-    import torch
 
     from agents.callbacks import TrainingStopped
+    from experiment.numerics import apply_torch_settings
     from experiment.population_records import PopulationRun, population_budget, probe_costs
     from experiment.progress import RunProgress, probe, start_line
 
     cfg = members[0].cfg
     folder = population_dir(members)
     resuming = bool(cfg.resume) and _resume_from_checkpoint(members, folder)
-    torch.set_num_threads(int(cfg.torch_threads))  # as the SB3 path (experiment.sb3.train); part of the population key
+    apply_torch_settings(cfg)  # as the SB3 path (experiment.sb3.train); torch_threads is part of the population key
     use_tf32(bool(cfg.tf32))
     costs = probe(lambda: probe_costs(plans, members[0].net_arch, device)) if cfg.progress_bar else None
     trainer = PopulationRun(plans, members[0].net_arch, folder, device, cuda_graph, env_workers)

@@ -47,6 +47,7 @@ from experiment.layout import (
     atomic_write_json,
 )
 from experiment.lock import LocksUnsupported, RunDirLocked, cleanup_stale_staging, hold_run_dir, holder_of
+from experiment.numerics import apply_torch_settings
 from experiment.plan import (
     JobFailed,
     JobSkipped,
@@ -308,7 +309,7 @@ def train(plan: Plan, stop: StopSignals | None = None) -> dict:
     checkpoint; the summary then says ``status: interrupted`` with the env step reached.
     """
     cfg = plan.cfg
-    torch.set_num_threads(cfg.torch_threads)
+    apply_torch_settings(cfg)
     _prepare_run_dir(plan)
     costs = probe(lambda: _probe_costs(plan)) if cfg.progress_bar else None  # before the run's model: it reseeds all
     train_env, eval_env = _make_envs(plan)

@@ -105,6 +105,7 @@ class RunSchema:
     seed: int = MISSING
     device: str = MISSING
     torch_threads: int = MISSING
+    flush_denormal: bool = MISSING  # CPU: float32 denormals flushed to zero (experiment.numerics)
     tf32: bool = MISSING  # CUDA, population engine: TensorFloat-32 matrix products
     run_root: str = MISSING
     run_dir: str = MISSING

@@ -15,6 +15,14 @@ from sparse_rl import SparseGroup, SparsityConfig, TopologyController
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _denormals_kept_between_tests():
+    """Training turns on ``flush_denormal`` for the process (experiment.numerics): each test starts with it off."""
+    torch.set_flush_denormal(False)
+    yield
+    torch.set_flush_denormal(False)
+
+
 def core_config(method: str, sparsity: float = 0.9, **overrides) -> SparsityConfig:
     """A fully specified core config; values are test values, not defaults."""
     values = dict(

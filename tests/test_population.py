@@ -305,26 +305,31 @@ def test_launcher_resumes_a_killed_population(tmp_path):
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-def test_population_trains_with_the_configs_torch_threads(tmp_path, monkeypatch):
-    """Like the SB3 path (``torch_threads``, default 1): parallel runs with more threads each slow down badly."""
+def test_population_trains_with_the_configs_torch_settings(tmp_path, monkeypatch):
+    """Like the SB3 path: ``torch_threads`` (default 1; parallel runs with more threads each slow down badly) and
+    ``flush_denormal`` (experiment.numerics)."""
     from agents.population import trainer as trainer_module
     from experiment.population import run_jobs
+    from tests.test_numerics import flushes_denormals
 
     seen = []
     learn = trainer_module.PopulationTrainer.learn
     monkeypatch.setattr(
         trainer_module.PopulationTrainer,
         "learn",
-        lambda self, *a, **kw: (seen.append(torch.get_num_threads()), learn(self, *a, **kw)),
+        lambda self, *a, **kw: (seen.append((torch.get_num_threads(), flushes_denormals())), learn(self, *a, **kw)),
     )
     cfg = _plans("dqn", tmp_path, [(0, "dense")], "torch_threads=1", total=200)[0].cfg
+    off = _plans("dqn", tmp_path / "off", [(0, "dense")], "torch_threads=1", "flush_denormal=false", total=200)[0].cfg
     before = torch.get_num_threads()
     torch.set_num_threads(2)
+    torch.set_flush_denormal(False)
     try:
         run_jobs([cfg], "cpu", False, 64)
+        run_jobs([off], "cpu", False, 64)
     finally:
         torch.set_num_threads(before)
-    assert seen == [1]
+    assert seen == [(1, True), (1, False)]
 
 
 def test_every_population_agent_implements_the_protocol():
