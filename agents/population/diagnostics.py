@@ -186,9 +186,10 @@ class PopulationDiagnostics:
         for member in self._running():
             run, controller = self.runs[member.index], member.controller
             run.track_masks(controller.num_updates, controller.sparse)
-            if not run.due(controller.clock) and controller.clock <= run.measured_at:
+            due = run.due(controller.clock)
+            if not due and controller.clock <= run.measured_at:
                 continue  # nothing left to measure
-            if run.due(controller.clock):
+            if due:
                 self._before_row(member.index)
             model, groups = self._model(member.index)
             run.at_training_end(model, groups, controller.clock, loggers[member.index], self.loop.num_timesteps)
