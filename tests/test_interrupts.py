@@ -27,6 +27,15 @@ def _send(signum: int) -> None:
     os.kill(os.getpid(), signum)  # delivered to the main thread before os.kill returns (CPython checks at once)
 
 
+@pytest.fixture
+def python_sigint() -> object:
+    """Python's own SIGINT handler, as in an interactive start: a shell's background job (``cmd &``, nohup) starts
+    with SIGINT ignored, and an ignored signal stays ignored (the last test)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 def test_a_signal_is_recorded_not_raised_and_handlers_are_restored() -> None:
     before = signal.getsignal(signal.SIGUSR1)
     with StopSignals() as stop:
@@ -36,7 +45,7 @@ def test_a_signal_is_recorded_not_raised_and_handlers_are_restored() -> None:
     assert signal.getsignal(signal.SIGUSR1) is before and active() is None
 
 
-def test_the_default_set_covers_ctrl_c_kill_and_the_scheduler_signals() -> None:
+def test_the_default_set_covers_ctrl_c_kill_and_the_scheduler_signals(python_sigint: object) -> None:
     assert set(DEFAULT_SIGNALS) == {"SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2"}
     with StopSignals() as stop:
         _send(signal.SIGINT)  # no KeyboardInterrupt
@@ -78,7 +87,7 @@ def test_hand_over_calls_the_previous_python_handler_first() -> None:
         signal.signal(signal.SIGUSR2, old)
 
 
-def test_python_default_sigint_handler_is_not_handed_over_to() -> None:
+def test_python_default_sigint_handler_is_not_handed_over_to(python_sigint: object) -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     with StopSignals() as stop:
         _send(signal.SIGINT)
