@@ -61,3 +61,10 @@ def crash_after_checkpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             yield
     finally:
         monkeypatch.setattr(run, "_save_checkpoint", save)
+
+
+def flushes_denormals() -> bool:
+    """Whether this thread's float arithmetic reads and writes float32 denormals (here 1e-39) as zero."""
+    import torch
+
+    return (torch.tensor([1e-39], dtype=torch.float32) * 1.0).item() == 0.0

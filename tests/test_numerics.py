@@ -9,14 +9,7 @@ from omegaconf import OmegaConf
 from experiment.numerics import apply_torch_settings
 from experiment.plan import plan_run
 from experiment.sb3 import train
-from tests.agent_helpers import compose_run
-
-DENORMAL = 1e-39  # below float32's smallest normal number, 1.18e-38
-
-
-def flushes_denormals() -> bool:
-    """Whether this thread's float arithmetic reads and writes denormals as zero."""
-    return (torch.tensor([DENORMAL], dtype=torch.float32) * 1.0).item() == 0.0
+from tests.agent_helpers import compose_run, flushes_denormals
 
 
 @pytest.mark.parametrize("flush", [True, False])
@@ -40,7 +33,6 @@ def test_sb3_path_trains_with_the_configs_denormal_flushing(tmp_path, monkeypatc
     overrides = ["agent=dqn", "env=CartPole", "agent.total_timesteps=100", "agent.sb3.learning_starts=50",
                  "agent.net_arch=[8]", "agent.eval_freq=1000", "agent.eval_episodes=1", "progress_bar=false",
                  "tensorboard=false", "diagnostics.freq=0"]  # fmt: skip
-    torch.set_flush_denormal(False)
     train(plan_run(compose_run([*overrides, f"run_dir={tmp_path / 'on'}"])))
     train(plan_run(compose_run([*overrides, "flush_denormal=false", f"run_dir={tmp_path / 'off'}"])))
     assert seen == [True, False]

@@ -310,7 +310,7 @@ def test_population_trains_with_the_configs_torch_settings(tmp_path, monkeypatch
     ``flush_denormal`` (experiment.numerics)."""
     from agents.population import trainer as trainer_module
     from experiment.population import run_jobs
-    from tests.test_numerics import flushes_denormals
+    from tests.agent_helpers import flushes_denormals
 
     seen = []
     learn = trainer_module.PopulationTrainer.learn
@@ -322,8 +322,7 @@ def test_population_trains_with_the_configs_torch_settings(tmp_path, monkeypatch
     cfg = _plans("dqn", tmp_path, [(0, "dense")], "torch_threads=1", total=200)[0].cfg
     off = _plans("dqn", tmp_path / "off", [(0, "dense")], "torch_threads=1", "flush_denormal=false", total=200)[0].cfg
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    torch.set_flush_denormal(False)
+    torch.set_num_threads(2)  # flushing starts off in every test (conftest)
     try:
         run_jobs([cfg], "cpu", False, 64)
         run_jobs([off], "cpu", False, 64)
